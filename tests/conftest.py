@@ -1,0 +1,71 @@
+"""Shared fixtures: a real password-protected redis-server on a free loopback port, isolated run dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tracekit.redis_server import RedisServer
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the session; tests use ``redis_client`` (flushed) or their own prefix."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    srv = RedisServer(workdir=tmp_path_factory.mktemp("redis")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """A decoded client on an emptied database."""
+    client = redis_server.client()
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def run_env(tmp_path, redis_server, monkeypatch):
+    """Environment for a run in a private folder: RUN_ID, logs/inputs/outputs roots, Redis URL/password.
+
+    The password goes in the environment, never in argv. Returns the env dict for subprocesses too.
+    """
+    rid = f"t{uuid.uuid4().hex[:8]}"
+    env = {
+        "RUN_ID": rid,
+        "TRACEKIT_LOGS": str(tmp_path / "logs"),
+        "TRACEKIT_INPUTS": str(tmp_path / "inputs"),
+        "TRACEKIT_OUTPUTS": str(tmp_path / "outputs"),
+        "TRACEKIT_REDIS_URL": redis_server.url,
+        "TRACEKIT_REDIS_PASSWORD": redis_server.password,
+        "PYTHONPATH": str(TOOLS),
+    }
+    for k in ("TRACEKIT_LOGS", "TRACEKIT_INPUTS", "TRACEKIT_OUTPUTS"):
+        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    redis_server.client().flushdb()
+    full = dict(os.environ)
+    full.update(env)
+    return full
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 120, check: bool = False):
+    """Run ``tools/<script>`` with this Python; returns CompletedProcess with text output."""
+    proc = subprocess.run([sys.executable, str(TOOLS / script), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc

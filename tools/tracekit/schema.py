@@ -1,0 +1,154 @@
+"""Record formats shared by the parts: raw node logs and the CTS field lists. Defined once here.
+
+Raw files are JSON Lines written by the node side and read by the parser (``paths.py`` says where).
+Raw timestamps are in the *node's* wall clock, epoch milliseconds as floats; the parser adds the
+node's clock offset (``node.json`` ``clock.offset_ms``) and rounds to integer ms for CTS.
+
+PID sentinel ``$PROC_PID_DIR/<pid>`` (written by the adapter before the application executes):
+    one JSON object, ``SENTINEL_FIELDS``. ``starttime`` is field 22 of ``/proc/<pid>/stat``
+    (clock ticks since boot): (node_id, pid, starttime) identifies a process, never the bare PID.
+    ``cgroup`` is null or ``{"version": 1|2, "cpu": <dir>, "memory": <dir>}`` when the task runs in
+    its own cgroup (the collector then reads its µs CPU and peak memory counters).
+
+Event log ``<node_id>/events.jsonl``: one JSON object per line with a ``kind``:
+    ``exec``    the adapter, once per execution of an application (``EXEC_FIELDS``);
+    ``reject``  the worker, a payload that failed validation: nothing ran (``REJECT_FIELDS``);
+    ``fenced``  the worker, an execution whose completion the control plane refused because the
+                task had been recovered and re-queued meanwhile (``FENCED_FIELDS``); the parser marks
+                that attempt ``status = "fenced"``;
+    ``failed``  the controller (``controller/events.jsonl``), a task given up after the maximum
+                number of attempts or with an unreadable payload (``REJECT_FIELDS``).
+
+Samples ``<node_id>/samples.jsonl``: one JSON object per collector tick (``SAMPLE_TICK_FIELDS``)
+    ``{"ts": wall_ms, "mono": mono_ms, "procs": [[...SAMPLE_PROC_FIELDS...], ...]}``.
+    ``cpu_ticks`` is cumulative utime+stime+cutime+cstime of the process plus its live descendants
+    (so CPU before the first tick is never lost); ``rss_pages`` in pages of ``page_size``;
+    ``cg_cpu_us`` / ``cg_mem_kb`` are the task cgroup's cumulative CPU (µs) and current memory when it
+    has one, else null.
+
+Node metadata ``<node_id>/node.json``: ``NODE_META_FIELDS`` (collector); ``<node_id>/worker.json``:
+    ``WORKER_META_FIELDS`` (worker registration).
+"""
+
+from __future__ import annotations
+
+SENTINEL_FIELDS = ("trace_id", "attempt", "node_id", "pid", "starttime", "cgroup", "ts_created")
+
+EVENT_KINDS = ("exec", "reject", "fenced", "failed")
+
+EXEC_FIELDS = (
+    "kind",  # "exec"
+    "trace_id",
+    "attempt",
+    "node_id",
+    "pid",
+    "starttime",  # /proc/<pid>/stat field 22, clock ticks since boot
+    "profile",
+    "cpu_units",
+    "ts_enqueue",  # controller ms (from the payload)
+    "ts_dispatch",  # controller ms (placement time, from the payload)
+    "ts_start",  # node wall ms (float) just before exec
+    "ts_end",  # node wall ms = ts_start + (mono_end - mono_start)
+    "mono_start",  # node monotonic ms
+    "mono_end",
+    "status",  # "ok" | "failed"
+    "exit_code",  # int, or null when killed by a signal
+    "signal",  # int or null
+    "cpu_ms",  # exact user+system CPU from wait4 rusage
+    "utime_ms",
+    "stime_ms",
+    "max_rss_kb",  # wait4 ru_maxrss
+    "cg_cpu_us",  # task cgroup CPU total at exit (µs) or null
+    "cg_peak_kb",  # task cgroup peak memory at exit or null
+    "binding",  # "exclusive" | "shared" | "none"
+    "binding_mechanism",  # "affinity" | "systemd-run" | "cgroup-v2" | "cgroup-v1" | "none"
+    "cpuset",  # e.g. "0-1" or null
+    "cpu_weight",
+    "cpu_quota_pct",
+    "input",
+    "output",
+    "bytes_in",
+    "bytes_out",
+    "error",  # null, or the reason / tail of stderr
+    "argv",
+)
+
+REJECT_FIELDS = ("kind", "trace_id", "attempt", "node_id", "profile", "ts", "reason", "payload_excerpt")
+FENCED_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "reason")
+
+SAMPLE_TICK_FIELDS = ("ts", "mono", "procs")
+SAMPLE_PROC_FIELDS = ("pid", "starttime", "trace_id", "cpu_ticks", "rss_pages", "cg_cpu_us", "cg_mem_kb")
+
+NODE_META_FIELDS = (
+    "node_id",
+    "stage",
+    "hostname",
+    "cpu_cores",
+    "cpu_model",
+    "cpu_freq_mhz",  # per-core nominal MHz (None when unknown: export then needs --cpu-freq-mhz)
+    "mem_mb",
+    "clk_tck",
+    "page_size",
+    "boot_time_ms",
+    "clock",  # {"offset_ms", "rtt_ms", "measured_at_ms"} to the controller (Redis TIME)
+    "collector",  # {"mode", "interval_ms", "started_ms", "stopped_ms", "cpu_s", "ticks", "samples"}
+)
+
+WORKER_META_FIELDS = (
+    "node_id",
+    "cpu_cores",
+    "mem_mb",
+    "capacity",
+    "allocation_ratio",
+    "parallel",
+    "binding",
+    "cpuweight_per_vcpu",
+    "clock",
+    "started_ms",
+)
+
+# --- CTS (DESIGN.md §8): original names kept first; fields are added, never renamed. ---
+INVOCATION_FIELDS = (
+    "trace_id",
+    "pid",
+    "ts_enqueue",
+    "ts_start",
+    "ts_end",
+    "node_id",
+    "attempt",
+    "profile",
+    "cpu_units",
+    "ts_dispatch",
+    "status",  # "ok" | "failed" | "fenced"
+    "exit_code",
+    "cpu_ms",
+    "max_rss_kb",
+    "input",
+    "output",
+    "bytes_in",
+    "bytes_out",
+    "binding",
+    "binding_mechanism",
+    "cpuset",
+    "starttime",
+    "error",
+)
+
+PROC_METRIC_FIELDS = ("ts_ms", "pid", "dt_ms", "cpu_ms", "rss_kb", "node_id", "trace_id", "attempt", "starttime")
+
+NODE_FIELDS = (
+    "node_id",
+    "stage",
+    "cpu_cores",
+    "mem_mb",
+    "cpu_model",
+    "cpu_freq_mhz",
+    "capacity",
+    "allocation_ratio",
+    "parallel",
+    "binding",
+    "clock_offset_ms",
+    "clock_rtt_ms",
+    "clk_tck",
+    "page_size",
+)
