@@ -1,0 +1,60 @@
+"""Run every benchmark under bench/ and print one table of ratios against their baselines.
+
+Each ``bench/bench_*.py`` exposes ``run(quick: bool) -> list[dict]`` with rows
+``{"bench", "metric", "ours", "baseline", "ratio", "target"}``. ``--full`` runs the long versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tools"))
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="run the full-size benchmarks (slow)")
+    ap.add_argument("--only", default="", help="substring filter on benchmark file names")
+    args = ap.parse_args()
+    rows, failed = [], []
+    for path in sorted(HERE.glob("bench_*.py")):
+        if args.only not in path.name:
+            continue
+        print(f"== {path.name}", file=sys.stderr, flush=True)
+        try:
+            rows += _load(path).run(quick=not args.full)
+        except Exception as exc:  # a broken bench must not hide the others' numbers
+            traceback.print_exc()
+            failed.append(f"{path.name}: {exc}")
+    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
+    table = [cols] + [tuple(_fmt(r.get(c)) for c in cols) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for f in failed:
+        print(f"FAILED {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
