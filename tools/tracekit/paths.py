@@ -106,6 +106,16 @@ def worker_meta_path(rid: str, node: str) -> Path:
     return node_dir(rid, node) / "worker.json"
 
 
+def daemon_log_path(rid: str, node: str, name: str) -> Path:
+    """stdout+stderr of a supervised daemon ``name`` (worker, collector, ...) of ``node`` (or "controller")."""
+    return node_dir(rid, node) / f"{name}.log"
+
+
+def daemon_pidfile_path(rid: str, node: str, name: str) -> Path:
+    """Pidfile of a supervised daemon ``name`` of ``node`` (or "controller")."""
+    return node_dir(rid, node) / f"{name}.pid"
+
+
 def placements_path(rid: str) -> Path:
     return run_dir(rid) / "placements.jsonl"
 
