@@ -55,3 +55,66 @@ class Keys:
     def slots(self) -> str:
         """One token (the node id) per free concurrency slot, slots mode only."""
         return self._k("slots:available")
+
+    # --- control-plane keys (docs/control-plane.md "Redis keys") ---
+    @property
+    def nodes(self) -> str:
+        """Sorted set of registered node ids (all scores 0, so ZRANGE yields node_id order)."""
+        return self._k("nodes")
+
+    def node_info(self, node: str) -> str:
+        """Hash: the worker's registration (cores, mem_mb, capacity, parallel, binding, instance, ...)."""
+        return self._k(f"node:{node}")
+
+    def heartbeat(self, node: str) -> str:
+        """String with a short TTL (ms): the worker instance id; its absence means the node is dead."""
+        return self._k(f"hb:{node}")
+
+    @property
+    def wake(self) -> str:
+        """List of at most one token: pushed when something changes, the scheduler blocks on it."""
+        return self._k("wake")
+
+    @property
+    def done(self) -> str:
+        """Hash trace_id -> JSON record of the accepted successful completion."""
+        return self._k("done")
+
+    @property
+    def failed(self) -> str:
+        """Hash trace_id -> JSON record (reason, attempt, node) of a task given up or failed."""
+        return self._k("failed")
+
+    @property
+    def events(self) -> str:
+        """Stream of control-plane events (enqueue, place, start, done, failed, recover) for progress."""
+        return self._k("events")
+
+    @property
+    def controller_log(self) -> str:
+        """Stream of controller log records (placements, failed tasks), drained by the scheduler into
+        placements.jsonl and controller/events.jsonl exactly once (each line carries its stream id)."""
+        return self._k("controller:log")
+
+    @property
+    def scheduler_lock(self) -> str:
+        """String with TTL: the running central scheduler (host:pid:instance)."""
+        return self._k("scheduler:lock")
+
+    @property
+    def seq(self) -> str:
+        """Counter for trace ids handed out by dispatchers."""
+        return self._k("seq")
+
+    @property
+    def config(self) -> str:
+        """Hash of run-wide settings written by the scheduler (max_attempts)."""
+        return self._k("config")
+
+    def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
+        fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
+                 self.controller_log, self.scheduler_lock, self.seq, self.config]
+        per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
+                                                self.run_count(n), self.node_info(n), self.heartbeat(n))]
+        return fixed + per_node

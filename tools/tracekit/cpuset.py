@@ -1,0 +1,38 @@
+"""Exclusive cpuset allocation, pure: each running task gets its own cores while free cores exist.
+
+A task asking for ``n`` cores gets the ``n`` lowest-numbered free cores. When fewer than ``n`` are
+free (over-provisioned capacity, ``--allocation-ratio > 1``), it gets every free core plus the
+least-shared busy ones (fewest current holders, then lowest number), so sharing only starts when the
+node has no free core left and is spread evenly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def allocate(cores: list[int], held: dict[object, list[int]], n: int) -> list[int]:
+    """Cores for a new task of ``n`` units, given the cores ``held`` by running tasks."""
+    if not cores:
+        return []
+    n = max(1, min(n, len(cores)))
+    use = Counter(c for cs in held.values() for c in cs)
+    free = [c for c in sorted(cores) if use[c] == 0]
+    if len(free) >= n:
+        return free[:n]
+    busy = sorted((c for c in cores if use[c] > 0), key=lambda c: (use[c], c))
+    return sorted(free + busy[: n - len(free)])
+
+
+def format_cpus(cpus: list[int]) -> str:
+    """A CPU list as the kernel writes it: ``0-2,5``."""
+    out: list[str] = []
+    cs = sorted(set(cpus))
+    i = 0
+    while i < len(cs):
+        j = i
+        while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
+            j += 1
+        out.append(str(cs[i]) if i == j else f"{cs[i]}-{cs[j]}")
+        i = j + 1
+    return ",".join(out)

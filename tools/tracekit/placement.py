@@ -1,0 +1,126 @@
+"""Placement policy, pure: strict FIFO head -> first-fit or weigher over feasible nodes.
+
+This module is the reference the Lua placement script (``scripts.py``) mirrors; tests compare the two
+on random states. It is also what ``status`` uses to explain why the head task waits.
+
+Feasible node: alive (heartbeat present), ``cap >= cpu_units`` and, when the node registered slot
+tokens (``parallel > 0``), at least one free token.
+
+Weighers (``--weigher``) and their normalisation: the raw metric is divided by the node's
+``cap_total`` so nodes of different sizes compare fairly:
+    ``instances``  run_count / cap_total   (tasks placed or running per capacity unit)
+    ``vcpu``       (cap_total - cap) / cap_total   (fraction of the node's capacity in use)
+``--weigher-order min`` prefers the smallest value, ``max`` the largest. Ties (equal fractions,
+compared exactly by cross-multiplication, never as floats) go to the first node in ``node_id`` order.
+Without a weigher the first feasible node in ``node_id`` order wins (first-fit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WEIGHERS = ("", "instances", "vcpu")
+ORDERS = ("min", "max")
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What placement needs to know about one registered node."""
+
+    node: str
+    alive: bool
+    cap: int
+    cap_total: int
+    run_count: int
+    parallel: int = 0  # > 0: slots mode for this node
+    free_slots: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen node (or None), the candidates considered, and why nothing fits when nothing does."""
+
+    node: str | None
+    candidates: list
+    reason: str = ""
+
+
+def metric(n: NodeState, weigher: str) -> int:
+    """The raw weigher metric of a node (numerator of its normalised value)."""
+    if weigher == "instances":
+        return n.run_count
+    if weigher == "vcpu":
+        return n.cap_total - n.cap
+    return 0
+
+
+def value(n: NodeState, weigher: str) -> float:
+    """The normalised weigher value logged for a candidate (metric / cap_total)."""
+    return round(metric(n, weigher) / n.cap_total, 6) if n.cap_total > 0 else 0.0
+
+
+def feasible(n: NodeState, cpu_units: int) -> bool:
+    """Alive, enough free capacity and, in slots mode, a free slot token."""
+    return n.alive and n.cap >= cpu_units and (n.parallel <= 0 or n.free_slots > 0)
+
+
+def _better(a: NodeState, b: NodeState, weigher: str, order: str) -> bool:
+    """True when ``a`` is strictly preferred over ``b`` (exact fraction comparison)."""
+    lhs = metric(a, weigher) * b.cap_total
+    rhs = metric(b, weigher) * a.cap_total
+    return lhs < rhs if order == "min" else lhs > rhs
+
+
+def why_blocked(nodes: list[NodeState], cpu_units: int) -> str:
+    """A one-line explanation of why no node can take a task of ``cpu_units``."""
+    alive = [n for n in nodes if n.alive]
+    if not nodes:
+        return "no worker registered"
+    if not alive:
+        return f"no alive worker ({len(nodes)} registered, heartbeats expired)"
+    if not any(n.cap_total >= cpu_units for n in alive):
+        biggest = max(alive, key=lambda n: n.cap_total)
+        return f"needs {cpu_units} units but the largest alive node {biggest.node} has cap_total {biggest.cap_total}"
+    fits_cap = [n for n in alive if n.cap >= cpu_units]
+    if not fits_cap:
+        best = max(alive, key=lambda n: n.cap)
+        return f"head-of-line blocking: needs {cpu_units} units, most free is {best.cap} on {best.node}"
+    return f"head-of-line blocking: needs {cpu_units} units; nodes with capacity have no free slot token"
+
+
+def choose(nodes: list[NodeState], cpu_units: int, weigher: str = "", order: str = "min") -> Decision:
+    """Place one task of ``cpu_units``: first-fit in ``node_id`` order, or the best by the weigher.
+
+    ``nodes`` may come in any order; they are considered sorted by ``node_id``. With no weigher the
+    candidates are the nodes scanned up to the first feasible one (only that one is feasible).
+    """
+    if weigher not in WEIGHERS or order not in ORDERS:
+        raise ValueError(f"weigher must be one of {WEIGHERS}, order one of {ORDERS}")
+    ordered = sorted(nodes, key=lambda n: n.node)
+    best: NodeState | None = None
+    cands: list[NodeState] = []
+    for n in ordered:
+        if not feasible(n, cpu_units):
+            continue
+        cands.append(n)
+        if not weigher:
+            best = n
+            break
+        if best is None or _better(n, best, weigher, order):
+            best = n
+    out = [{"node": n.node, "cap": n.cap, "cap_total": n.cap_total, "run_count": n.run_count,
+            "value": value(n, weigher)} for n in cands]
+    if best is None:
+        return Decision(None, out, why_blocked(ordered, cpu_units))
+    return Decision(best.node, out)
+
+
+def apply(nodes: list[NodeState], chosen: str, cpu_units: int) -> list[NodeState]:
+    """The node states after placing ``cpu_units`` on ``chosen`` (for simulating a sequence)."""
+    out = []
+    for n in nodes:
+        if n.node == chosen:
+            n = NodeState(n.node, n.alive, n.cap - cpu_units, n.cap_total, n.run_count + 1, n.parallel,
+                          n.free_slots - (1 if n.parallel > 0 else 0))
+        out.append(n)
+    return out
