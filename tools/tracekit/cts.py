@@ -1,0 +1,519 @@
+"""Raw logs of a run -> CTS (DESIGN.md §8): ``invocations.jsonl``, ``proc_metrics.jsonl``, ``nodes.json``.
+
+Streaming: events are small (one line per task) and are read whole; samples are streamed node by node, keeping
+state only for the processes of the node's tasks, and each task's rows are buffered only while it runs. A finished
+task's block of rows goes to a scratch file; a second pass copies the blocks in the final task order, so memory
+never holds all samples. Processes are keyed by (node_id, pid, starttime); node timestamps get the node's clock
+offset; CPU ticks and pages are converted with the collecting host's CLK_TCK and page size.
+
+Order (deterministic, byte-identical on re-runs): invocations by ``invocation_order_key``; proc_metrics grouped
+by task in the same order, each task's rows by time. The OpenDC export relies on this grouping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paths, schema
+from .errors import UserError
+from .intervals import TaskIntervals, TaskStats, round_ms
+from .jsonl import BadLines, dumps, read_jsonl
+
+try:  # optional: a faster JSON parser for the samples stream; same results as json.loads
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
+NOT_NODE_DIRS = {"CTS", "opendc", "pids", paths.CONTROLLER_DIR}
+RAW_NODE_FILES = ("events.jsonl", "samples.jsonl", "node.json", "worker.json")
+INVOCATIONS = "invocations.jsonl"
+PROC_METRICS = "proc_metrics.jsonl"
+NODES = "nodes.json"
+_ROW_VARS = ("ts_ms", "dt_ms", "cpu_ms", "rss_kb")  # the per-row parts of a proc_metrics line
+
+
+def invocation_order_key(inv: dict) -> tuple:
+    """Total order of invocations (and of proc_metrics blocks, and of OpenDC tasks): submission first."""
+    sub = submission_ms(inv)
+    return (sub if sub is not None else 0, str(inv.get("trace_id")), inv.get("attempt") or 0,
+            str(inv.get("node_id")), inv.get("ts_start") or 0)
+
+
+def submission_ms(inv: dict) -> int | None:
+    """When the task was submitted: ``ts_enqueue``, else the first known later timestamp."""
+    for k in ("ts_enqueue", "ts_dispatch", "ts_start"):
+        if inv.get(k) is not None:
+            return int(inv[k])
+    return None
+
+
+def task_key(node_id: str | None, trace_id: str | None, attempt: int | None) -> tuple:
+    """Identity of one executed attempt (an invocation row) in CTS."""
+    return (node_id, trace_id, attempt)
+
+
+@dataclass
+class NodeInfo:
+    """One node's metadata with the source of every value the parser depends on."""
+
+    node_id: str
+    meta: dict
+    worker: dict
+    offset_ms: float
+    offset_source: str
+    rtt_ms: float | None
+    clk_tck: int
+    page_size: int
+    defaults_used: list[str] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """The node's ``nodes.json`` entry (``schema.NODE_FIELDS``)."""
+        m, w = self.meta, self.worker
+        vals = {
+            "node_id": self.node_id, "stage": m.get("stage"), "cpu_cores": m.get("cpu_cores", w.get("cpu_cores")),
+            "mem_mb": m.get("mem_mb", w.get("mem_mb")), "cpu_model": m.get("cpu_model"),
+            "cpu_freq_mhz": m.get("cpu_freq_mhz"), "capacity": w.get("capacity"),
+            "allocation_ratio": w.get("allocation_ratio"), "parallel": w.get("parallel"),
+            "binding": w.get("binding"), "clock_offset_ms": self.offset_ms, "clock_rtt_ms": self.rtt_ms,
+            "clk_tck": self.clk_tck, "page_size": self.page_size,
+        }
+        return {k: vals.get(k) for k in schema.NODE_FIELDS}
+
+
+def _read_json(path: Path, bad: BadLines) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        bad.add(f"{path}:1", f"unreadable JSON ({exc.__class__.__name__})")
+        return {}
+    if not isinstance(obj, dict):
+        bad.add(f"{path}:1", "not a JSON object")
+        return {}
+    return obj
+
+
+def load_node(run_dir: Path, node_id: str, bad: BadLines) -> NodeInfo:
+    """Read ``node.json`` + ``worker.json``; fall back (and say so) for offset, CLK_TCK and page size."""
+    ndir = run_dir / node_id
+    meta = _read_json(ndir / "node.json", bad)
+    worker = _read_json(ndir / "worker.json", bad)
+    defaults: list[str] = []
+    clock = meta.get("clock") if isinstance(meta.get("clock"), dict) else None
+    wclock = worker.get("clock") if isinstance(worker.get("clock"), dict) else None
+    if clock and isinstance(clock.get("offset_ms"), (int, float)):
+        offset, src, rtt = float(clock["offset_ms"]), "node.json", clock.get("rtt_ms")
+    elif wclock and isinstance(wclock.get("offset_ms"), (int, float)):
+        offset, src, rtt = float(wclock["offset_ms"]), "worker.json", wclock.get("rtt_ms")
+    else:
+        offset, src, rtt = 0.0, "missing", None
+        defaults.append("clock offset (0 assumed)")
+    clk = meta.get("clk_tck")
+    if not isinstance(clk, int) or clk <= 0:
+        clk = os.sysconf("SC_CLK_TCK")
+        defaults.append(f"clk_tck (this host's {clk})")
+    page = meta.get("page_size")
+    if not isinstance(page, int) or page <= 0:
+        page = os.sysconf("SC_PAGE_SIZE")
+        defaults.append(f"page_size (this host's {page})")
+    return NodeInfo(node_id, meta, worker, offset, src, rtt, clk, page, defaults)
+
+
+def discover_nodes(run_dir: Path) -> list[str]:
+    """Node folders of a run: sub-folders holding at least one raw node file."""
+    if not run_dir.is_dir():
+        raise UserError(f"no such run folder: {run_dir}")
+    found = []
+    for d in sorted(run_dir.iterdir()):
+        if d.is_dir() and d.name not in NOT_NODE_DIRS and any((d / f).exists() for f in RAW_NODE_FILES):
+            found.append(d.name)
+    return found
+
+
+@dataclass
+class Task:
+    """One executed attempt being cut into rows."""
+
+    inv: dict
+    start: float
+    end: float
+    use_cg: bool
+    cutter: TaskIntervals
+    template: str
+    lines: list[str] = field(default_factory=list)
+    samples: int = 0
+    trace_mismatch: int = 0
+    done: bool = False
+
+
+@dataclass
+class ParseResult:
+    """Everything the parse produced and observed (the audit's input)."""
+
+    run_dir: Path
+    out_dir: Path
+    nodes: list[NodeInfo] = field(default_factory=list)
+    invocations: list[dict] = field(default_factory=list)
+    stats: dict[tuple, TaskStats] = field(default_factory=dict)  # task_key -> cutting stats
+    task_samples: dict[tuple, int] = field(default_factory=dict)  # task_key -> samples seen
+    rows_per_task: dict[tuple, int] = field(default_factory=dict)
+    cpu_rows_us: dict[tuple, int] = field(default_factory=dict)  # task_key -> sum of its rows' CPU (µs)
+    exact_us: dict[tuple, int] = field(default_factory=dict)
+    cpu_source: dict[tuple, str] = field(default_factory=dict)
+    bad: BadLines = field(default_factory=BadLines)
+    orphan_samples: int = 0
+    orphan_examples: list[str] = field(default_factory=list)
+    non_monotonic_ticks: dict[str, int] = field(default_factory=dict)
+    trace_mismatch: int = 0
+    duplicate_events: int = 0
+    unknown_events: int = 0
+    samples_read: int = 0
+    ticks_read: int = 0
+    rows_written: int = 0
+    missing_samples_file: list[str] = field(default_factory=list)
+    dispatch: list[dict] = field(default_factory=list)
+    placements: list[dict] = field(default_factory=list)
+    util_bin_ms: int = 1000
+    util_t0: int = 0
+    util: dict[str, list[float]] = field(default_factory=dict)  # node -> CPU ms per bin
+
+    def files(self) -> dict[str, Path]:
+        return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
+
+
+def _row_template(inv: dict) -> str:
+    """printf template of one proc_metrics line for this task, fields in ``schema.PROC_METRIC_FIELDS`` order."""
+    parts = []
+    for f in schema.PROC_METRIC_FIELDS:
+        if f in _ROW_VARS:
+            parts.append(f'"{f}":%s')
+        else:
+            parts.append(f'"{f}":' + json.dumps(inv.get(f), ensure_ascii=False).replace("%", "%%"))
+    return "{" + ",".join(parts) + "}\n"
+
+
+_VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
+
+
+def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None) -> str:
+    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_us / 1000, "rss_kb": "null" if rss_kb is None else rss_kb}
+    return template % tuple(vals[f] for f in _VAR_ORDER)
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _empty_inv() -> dict:
+    return dict.fromkeys(schema.INVOCATION_FIELDS)
+
+
+def _exec_invocation(ev: dict, node: NodeInfo) -> dict:
+    inv = _empty_inv()
+    for k in schema.INVOCATION_FIELDS:
+        if k in ev:
+            inv[k] = ev[k]
+    inv["node_id"] = node.node_id
+    for k in ("ts_start", "ts_end"):
+        inv[k] = round_ms(float(ev[k]) + node.offset_ms) if _num(ev.get(k)) else None
+    if inv["ts_start"] is not None and inv["ts_end"] is not None and inv["ts_end"] <= inv["ts_start"]:
+        inv["ts_end"] = inv["ts_start"] + 1  # same rule as the rows: a run covers at least 1 ms
+    for k in ("ts_enqueue", "ts_dispatch"):
+        inv[k] = round_ms(float(ev[k])) if _num(ev.get(k)) else None
+    status = ev.get("status") or "failed"
+    code = ev.get("exit_code")
+    if status == "ok" and ((code not in (0, None)) or ev.get("signal")):
+        status = "failed"
+    inv["status"] = "ok" if status == "ok" else "failed"
+    if inv["status"] == "failed" and not inv.get("error"):
+        inv["error"] = f"exit code {code}" if code is not None else f"signal {ev.get('signal')}"
+    use_cg = _num(ev.get("cg_cpu_us"))
+    if use_cg:
+        inv["cpu_ms"] = int(round(ev["cg_cpu_us"])) / 1000
+    elif _num(ev.get("cpu_ms")):
+        inv["cpu_ms"] = int(round(ev["cpu_ms"] * 1000)) / 1000
+    return inv
+
+
+def _reject_invocation(ev: dict, offset: float) -> dict:
+    inv = _empty_inv()
+    for k in ("trace_id", "attempt", "node_id", "profile"):
+        inv[k] = ev.get(k)
+    inv["status"] = "failed"
+    inv["error"] = ev.get("reason") or f"{ev.get('kind')} event without a reason"
+    if _num(ev.get("ts")):
+        inv["ts_end"] = round_ms(float(ev["ts"]) + offset)
+    return inv
+
+
+class _Parser:
+    def __init__(self, run_dir: Path, out_dir: Path, progress: bool) -> None:
+        self.r = ParseResult(run_dir=run_dir, out_dir=out_dir)
+        self.progress = progress
+        self.tasks: dict[str, list[Task]] = {}  # node -> its executed attempts with a process
+        self.fenced: set[tuple] = set()
+
+    # ---- events ------------------------------------------------------------------------------------------------
+    def load_events(self) -> None:
+        r = self.r
+        seen: set[tuple] = set()
+        for node in r.nodes:
+            path = r.run_dir / node.node_id / "events.jsonl"
+            if not path.exists():
+                continue
+            node_tasks: list[Task] = []
+            for lineno, ev in read_jsonl(path, r.bad):
+                where = f"{path}:{lineno}"
+                kind = ev.get("kind")
+                if kind == "exec":
+                    if not isinstance(ev.get("trace_id"), str):
+                        r.bad.add(where, "exec event without trace_id")
+                        continue
+                    ident = (node.node_id, ev.get("trace_id"), ev.get("attempt"), ev.get("pid"), ev.get("starttime"))
+                    if ident in seen:
+                        r.duplicate_events += 1
+                        continue
+                    seen.add(ident)
+                    inv = _exec_invocation(ev, node)
+                    r.invocations.append(inv)
+                    ran = isinstance(ev.get("pid"), int) and isinstance(ev.get("starttime"), int) \
+                        and _num(ev.get("ts_start")) and _num(ev.get("ts_end"))
+                    if ran:
+                        node_tasks.append(self._new_task(inv, ev, node))
+                elif kind == "reject" or kind == "failed":
+                    r.invocations.append(_reject_invocation({**ev, "node_id": ev.get("node_id") or node.node_id},
+                                                            node.offset_ms))
+                elif kind == "fenced":
+                    self.fenced.add((ev.get("trace_id"), ev.get("attempt")))
+                else:
+                    r.unknown_events += 1
+                    r.bad.add(where, f"unknown event kind {kind!r}")
+            self.tasks[node.node_id] = node_tasks
+        cfile = r.run_dir / paths.CONTROLLER_DIR / "events.jsonl"
+        if cfile.exists():
+            for lineno, ev in read_jsonl(cfile, r.bad):
+                if ev.get("kind") in ("failed", "reject"):
+                    r.invocations.append(_reject_invocation(ev, 0.0))
+                elif ev.get("kind") == "fenced":
+                    self.fenced.add((ev.get("trace_id"), ev.get("attempt")))
+                else:
+                    r.bad.add(f"{cfile}:{lineno}", f"unexpected controller event kind {ev.get('kind')!r}")
+        for inv in r.invocations:
+            if inv.get("pid") is not None and (inv["trace_id"], inv["attempt"]) in self.fenced:
+                inv["status"] = "fenced"
+                inv["error"] = inv.get("error") or "completion refused: the task had been recovered and re-queued"
+
+    def load_controller(self) -> None:
+        r = self.r
+        dpath = r.run_dir / paths.dispatch_path("_").name
+        ppath = r.run_dir / paths.placements_path("_").name
+        r.dispatch = [d for _, d in read_jsonl(dpath, r.bad)] if dpath.exists() else []
+        r.placements = [p for _, p in read_jsonl(ppath, r.bad)] if ppath.exists() else []
+        by_tid = {d.get("trace_id"): d for d in r.dispatch}
+        placed = {(p.get("trace_id"), p.get("attempt")): p for p in r.placements}
+        for inv in r.invocations:
+            d = by_tid.get(inv["trace_id"])
+            if d:
+                for k in ("ts_enqueue", "profile", "cpu_units", "input", "output"):
+                    if inv.get(k) is None and d.get(k) is not None:
+                        inv[k] = d[k]
+            p = placed.get((inv["trace_id"], inv["attempt"]))
+            if p and inv.get("ts_dispatch") is None and _num(p.get("ts")):
+                inv["ts_dispatch"] = round_ms(float(p["ts"]))
+            if inv.get("node_id") is None and p:
+                inv["node_id"] = p.get("node")
+
+    def _new_task(self, inv: dict, ev: dict, node: NodeInfo) -> Task:
+        start = float(ev["ts_start"]) + node.offset_ms
+        end = float(ev["ts_end"]) + node.offset_ms
+        use_cg = _num(ev.get("cg_cpu_us"))
+        total_us = int(round(inv["cpu_ms"] * 1000)) if inv.get("cpu_ms") is not None else 0
+        rss = ev.get("max_rss_kb") if isinstance(ev.get("max_rss_kb"), int) else None
+        cutter = TaskIntervals(start, end, total_us, rss)
+        return Task(inv, start, end, use_cg, cutter, "")
+
+    # ---- samples -----------------------------------------------------------------------------------------------
+    def cut_samples(self, scratch) -> dict[tuple, tuple[int, int]]:
+        """Stream every node's samples; returns task_key -> (offset, length) of its block in ``scratch``."""
+        r = self.r
+        index: dict[tuple, tuple[int, int]] = {}
+        spans = [(t.start, t.end) for ts in self.tasks.values() for t in ts]
+        lo = min((s for s, _ in spans), default=0.0)
+        hi = max((e for _, e in spans), default=1.0)
+        r.util_bin_ms = max(1000, int((hi - lo) / 600 / 1000 + 1) * 1000)  # <= ~600 bins, whole seconds
+        r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
+        nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
+        for node in r.nodes:
+            tasks = self.tasks.get(node.node_id, [])
+            for t in tasks:
+                t.template = _row_template(t.inv)
+            util = r.util.setdefault(node.node_id, [0.0] * nbins)
+            self._cut_node(node, tasks, scratch, index, util)
+        return index
+
+    def _flush(self, t: Task, scratch, index: dict, util: list[float]) -> None:
+        r = self.r
+        row = t.cutter.finish()
+        t.lines.append(_fmt(t.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
+        self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
+        t.done = True
+        data = "".join(t.lines).encode()
+        key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
+        index[key] = (scratch.tell(), len(data))
+        scratch.write(data)
+        r.stats[key] = t.cutter.stats
+        r.task_samples[key] = t.samples
+        r.rows_per_task[key] = len(t.lines)
+        r.exact_us[key] = t.cutter.total_us
+        r.cpu_rows_us[key] = t.cutter.total_us  # rows end at the exact total by construction (checked in tests)
+        r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
+        r.trace_mismatch += t.trace_mismatch
+        r.rows_written += len(t.lines)
+        t.lines = []
+
+    def _util_add(self, util: list[float], ts_ms: int, dt_ms: int, cpu_us: int) -> None:
+        i = int((ts_ms - dt_ms / 2 - self.r.util_t0) // self.r.util_bin_ms)
+        if 0 <= i < len(util):
+            util[i] += cpu_us / 1000
+
+    def _cut_node(self, node: NodeInfo, tasks: list[Task], scratch, index: dict, util: list[float]) -> None:
+        r = self.r
+        path = r.run_dir / node.node_id / "samples.jsonl"
+        by_proc: dict[tuple[int, int], list[Task]] = {}
+        for t in tasks:
+            by_proc.setdefault((t.inv["pid"], t.inv["starttime"]), []).append(t)
+        heap = [(t.end, i) for i, t in enumerate(tasks)]
+        heapq.heapify(heap)
+        off = node.offset_ms
+        us_per_tick = 1_000_000 / node.clk_tck
+        kb_per_page = node.page_size / 1024
+        last_t = float("-inf")
+        nonmono = 0
+        if not path.exists():
+            r.missing_samples_file.append(node.node_id)
+        for lineno, tick in self._ticks(path):
+            ts = tick.get("ts")
+            procs = tick.get("procs")
+            if not _num(ts) or not isinstance(procs, list):
+                r.bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
+                continue
+            t_ctrl = ts + off
+            if t_ctrl < last_t:
+                nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
+                continue
+            last_t = t_ctrl
+            r.ticks_read += 1
+            while heap and heap[0][0] <= t_ctrl:
+                self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
+            for p in procs:
+                if not isinstance(p, list) or len(p) != len(schema.SAMPLE_PROC_FIELDS):
+                    r.bad.add(f"{path}:{lineno}", "sample entry is not a list of 7 values")
+                    continue
+                pid, st, tid, ticks, rss_pages, cg_us, cg_kb = p
+                r.samples_read += 1
+                cands = by_proc.get((pid, st))
+                if not cands:
+                    r.orphan_samples += 1
+                    if len(r.orphan_examples) < 10:
+                        r.orphan_examples.append(f"{path}:{lineno}: pid {pid} starttime {st} trace_id {tid}")
+                    continue
+                task = cands[0]
+                if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
+                    task = next((c for c in cands if c.start - 1000 <= t_ctrl <= c.end + 1000), cands[0])
+                task.samples += 1
+                if tid != task.inv["trace_id"]:
+                    task.trace_mismatch += 1
+                if task.done:
+                    task.cutter.stats.samples_after += 1
+                    continue
+                if task.use_cg and _num(cg_us):
+                    cum = int(cg_us)
+                elif _num(ticks):
+                    cum = int(ticks * us_per_tick)
+                else:
+                    continue
+                rss = int(rss_pages * kb_per_page) if _num(rss_pages) else (int(cg_kb) if _num(cg_kb) else None)
+                row = task.cutter.add(t_ctrl, cum, rss)
+                if row is not None:
+                    task.lines.append(_fmt(task.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
+                    self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
+        while heap:
+            self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
+        r.non_monotonic_ticks[node.node_id] = nonmono
+
+    def _ticks(self, path: Path) -> Iterator[tuple[int, dict]]:
+        """Tolerant streaming reader of a samples file, with a byte-based progress bar."""
+        if not path.exists():
+            return
+        from tqdm import tqdm
+
+        bad = self.r.bad
+        size = path.stat().st_size
+        with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"parse {path.parent.name}",
+                                          disable=not self.progress, mininterval=0.5, leave=False) as bar:
+            done = 0
+            for lineno, raw in enumerate(fh, 1):
+                done += len(raw)
+                if lineno % 20000 == 0:
+                    bar.update(done)
+                    done = 0
+                if not raw.strip():
+                    continue
+                try:
+                    obj = _loads(raw)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
+                    bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
+                    continue
+                if not isinstance(obj, dict):
+                    bad.add(f"{path}:{lineno}", "not a JSON object")
+                    continue
+                yield lineno, obj
+            bar.update(done)
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: bool = False) -> ParseResult:
+    """Parse (and merge) every node of ``run_dir`` into CTS files under ``out_dir`` (default ``run_dir/CTS``)."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "CTS"
+    node_ids = discover_nodes(run_dir)
+    if not node_ids:
+        raise UserError(f"{run_dir}: no node folders with raw logs (events.jsonl, samples.jsonl, node.json)")
+    p = _Parser(run_dir, out, progress)
+    p.r.nodes = [load_node(run_dir, n, p.r.bad) for n in node_ids]
+    p.load_events()
+    p.load_controller()
+    p.r.invocations.sort(key=invocation_order_key)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch_path = out / ".proc_metrics.scratch"
+    final_tmp = out / (PROC_METRICS + ".tmp")
+    try:
+        with open(scratch_path, "w+b") as scratch:
+            index = p.cut_samples(scratch)
+            scratch.flush()
+            with open(final_tmp, "wb") as dst:
+                for inv in p.r.invocations:
+                    loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
+                    if loc is not None:
+                        scratch.seek(loc[0])
+                        dst.write(scratch.read(loc[1]))
+        os.replace(final_tmp, out / PROC_METRICS)
+    finally:
+        scratch_path.unlink(missing_ok=True)
+        final_tmp.unlink(missing_ok=True)
+    _atomic_write(out / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in p.r.invocations))
+    _atomic_write(out / NODES, json.dumps([n.row() for n in p.r.nodes], indent=1, ensure_ascii=False) + "\n")
+    return p.r
