@@ -1,0 +1,122 @@
+"""Process supervisor: logs, pidfiles, graceful then forced stop, orphans found and reaped, no secret in argv."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tracekit import paths
+from tracekit.errors import UserError
+from tracekit.procs import NAME_ENV, TOKEN_ENV, Supervisor, marked_processes
+
+PY = sys.executable
+
+
+@pytest.fixture
+def sup(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEKIT_LOGS", str(tmp_path / "logs"))
+    s = Supervisor("r1", secrets=("s3cret-value-xyz",), grace_s=1.0)
+    yield s
+    s.stop_all(grace_s=0.5)
+    assert s.leftovers() == []
+
+
+def said(p, word: str) -> bool:
+    """The process printed ``word`` on a line of its own (the log header quotes the argv, so not a substring)."""
+    return word in p.log.read_text().splitlines()
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_log_pidfile_and_graceful_stop(sup):
+    code = ("import signal,sys,time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True), sys.exit(3)))\n"
+            "print('ready', flush=True); time.sleep(60)")
+    p = sup.start("node1", "worker", [PY, "-c", code])
+    assert p.log == paths.daemon_log_path("r1", "node1", "worker")
+    assert wait_for(lambda: said(p, "ready"))
+    assert int(p.pidfile.read_text()) == p.pid and p.pidfile == paths.daemon_pidfile_path("r1", "node1", "worker")
+    assert psutil.Process(p.pid).environ()[NAME_ENV] == "node1/worker"
+    assert sup.stop("node1", "worker") == 3
+    assert said(p, "got TERM") and not p.pidfile.exists()
+
+
+def test_sigterm_ignored_then_killed_with_its_whole_tree(sup):
+    # the child escapes the process group (setsid) and ignores SIGTERM: only the marker finds it
+    code = ("import os,signal,subprocess,time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "subprocess.Popen(['setsid','sh','-c','trap \"\" TERM; sleep 60'])\nprint('ready', flush=True)\n"
+            "time.sleep(60)")
+    p = sup.start("node1", "stubborn", [PY, "-c", code])
+    assert wait_for(lambda: said(p, "ready") and len(marked_processes(sup.token)) >= 3)
+    t0 = time.monotonic()
+    assert sup.stop("node1", "stubborn", grace_s=0.5) == -signal.SIGKILL
+    assert time.monotonic() - t0 < 10
+    assert sup.leftovers() == []
+    assert "ignored SIGTERM" in p.log.read_text()
+
+
+def test_kill_hits_only_the_process_and_reap_finds_the_orphans(sup):
+    code = "import subprocess,time\nsubprocess.Popen(['sleep','60'])\nprint('ready', flush=True)\ntime.sleep(60)"
+    p = sup.start("node2", "worker", [PY, "-c", code])
+    assert wait_for(lambda: said(p, "ready"))
+    sup.kill("node2", "worker", signal.SIGKILL)
+    assert wait_for(lambda: not p.alive())
+    orphans = sup.leftovers()
+    assert [o.name() for o in orphans] == ["sleep"]  # the crash left its child running, re-parented
+    found = sup.reap(grace_s=1)
+    assert len(found) == 1 and "sleep" in found[0]
+    assert sup.leftovers() == []
+
+
+def test_restart_gives_a_new_process_with_same_command(sup):
+    p1 = sup.start("node1", "collector", [PY, "-c", "import time; time.sleep(60)"])
+    pid1 = p1.pid
+    with pytest.raises(UserError, match="already running"):
+        sup.start("node1", "collector", [PY, "-c", "pass"])
+    p2 = sup.restart("node1", "collector", grace_s=1)
+    assert p2.alive() and p2.pid != pid1 and p2.restarts == 1 and not psutil.pid_exists(pid1)
+    assert p2.log.read_text().count("# tracekit: start node1/collector") == 2
+
+
+def test_secret_never_in_argv_but_available_in_env(sup):
+    with pytest.raises(UserError, match="secret"):
+        sup.start("node1", "leaky", [PY, "-c", "pass", "--redis", "redis://:s3cret-value-xyz@h/0"])
+    env = {**os.environ, "TRACEKIT_REDIS_PASSWORD": "s3cret-value-xyz"}
+    code = "import os,time; print(len(os.environ['TRACEKIT_REDIS_PASSWORD']), flush=True); time.sleep(30)"
+    p = sup.start("node1", "ok", [PY, "-c", code], env=env)
+    assert wait_for(lambda: said(p, "16"))
+    for proc in marked_processes(sup.token):
+        assert "s3cret" not in " ".join(proc.cmdline())
+        assert proc.environ()[TOKEN_ENV] == sup.token
+    assert "s3cret" not in p.log.read_text()
+
+
+def test_start_failure_is_a_clear_error(sup):
+    with pytest.raises(UserError, match="cannot start node1/x"):
+        sup.start("node1", "x", [str(Path("/nonexistent/binary"))])
+
+
+def test_stop_all_reverse_order(sup):
+    code = ("import signal,sys,time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print(time.monotonic_ns(), flush=True), sys.exit(0)))\n"
+            "print('ready', flush=True); time.sleep(60)")
+    for name in ("a", "b", "c"):
+        sup.start("controller", name, [PY, "-c", code], wrap=False)
+    assert wait_for(lambda: all(said(sup.get("controller", n), "ready") for n in "abc"))
+    codes = sup.stop_all(grace_s=2)
+    assert list(codes) == ["controller/c", "controller/b", "controller/a"]
+    stamps = [int(sup.get("controller", n).log.read_text().split()[-1]) for n in "abc"]
+    assert stamps[0] > stamps[1] > stamps[2]
