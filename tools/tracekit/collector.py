@@ -1,0 +1,408 @@
+"""The /proc collector: samples the node's tasks on absolute deadlines and writes raw cumulative counters.
+
+Selection:
+  * whitelist: every PID sentinel in ``PROC_PID_DIR`` whose ``node_id`` is this node's. The sentinel
+    folder is listed on every tick, so a task is sampled at the first tick after it starts; the
+    collector then writes ``<pid>.ack`` (sentinel.py) so the adapter of a task shorter than one
+    interval can hold the zombie until it has been sampled.
+  * match (``PROC_MATCH``, default ``^ffmpeg$|^ffprobe$``): processes whose name matches, when
+    ``PROC_PID_DIR`` is not set explicitly (then the default sentinel folder is used as well). A
+    matched process's matched descendants are counted in it, not twice.
+Each sampled process also counts its live descendants (``cpu_ticks`` / ``rss_pages`` in schema.py), so
+an application's child processes are followed. A PID is only sampled while its starttime equals the
+sentinel's: a reused PID never merges two processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cgroupfs, nodeinfo, paths, procfs, sentinel, timesync
+from .clock import mono_ms, wall_ms
+from .errors import UserError
+from .jsonl import dumps
+
+DEFAULT_INTERVAL_MS = 200
+DEFAULT_MATCH = r"^ffmpeg$|^ffprobe$"
+TOOLS = Path(__file__).resolve().parents[1]
+PY_SCRIPT = TOOLS / "collect_sys.py"
+SH_SCRIPT = TOOLS / "collect_sys.sh"
+
+
+def collector_pidfile(rid: str, node: str) -> Path:
+    """``logs/$RUN_ID/<node>/collector.pid``."""
+    return paths.node_dir(rid, node) / "collector.pid"
+
+
+def collector_logfile(rid: str, node: str) -> Path:
+    """``logs/$RUN_ID/<node>/collector.log``."""
+    return paths.node_dir(rid, node) / "collector.log"
+
+
+def timesync_log(rid: str) -> Path:
+    """``logs/$RUN_ID/timesync.log``."""
+    return paths.run_dir(rid) / "timesync.log"
+
+
+def _is_collector(pid: int) -> bool:
+    """A live (non-zombie) process running one of the collector scripts."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    st = procfs.read_stat(pid)
+    return st is not None and st.state != "Z" and b"collect_sys" in cmd
+
+
+def _read_pidfile(p: Path) -> int | None:
+    try:
+        return int(p.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running_collector(rid: str, node: str) -> tuple[int, float] | None:
+    """(pid, interval_ms) of this node's live collector, or None."""
+    pid = _read_pidfile(collector_pidfile(rid, node))
+    if pid is None or not _is_collector(pid):
+        return None
+    interval = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        interval = json.loads(paths.node_meta_path(rid, node).read_text())["collector"]["interval_ms"]
+    if not isinstance(interval, (int, float)):
+        interval = float(os.environ.get("PROC_INTERVAL_MS") or DEFAULT_INTERVAL_MS)
+    return pid, float(interval)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class CollectorConfig:
+    """The collector's settings (environment variables of the original toolkit)."""
+
+    run_id: str
+    node_id: str
+    stage: str | None
+    pid_dir: Path
+    whitelist_only: bool
+    match: re.Pattern | None
+    interval_ms: float
+    time_sync: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> CollectorConfig:
+        env = os.environ if env is None else env
+        rid = paths.run_id(env.get("RUN_ID"))
+        node = paths.node_id(env.get("NODE_ID"))
+        raw = env.get("PROC_INTERVAL_MS") or str(DEFAULT_INTERVAL_MS)
+        try:
+            interval = float(raw)
+        except ValueError:
+            raise UserError(f"PROC_INTERVAL_MS must be a number of milliseconds, got {raw!r}") from None
+        if not 10 <= interval <= 3_600_000:
+            raise UserError(f"PROC_INTERVAL_MS must be in 10..3600000, got {raw}")
+        explicit = bool(env.get("PROC_PID_DIR"))
+        pattern = env.get("PROC_MATCH", DEFAULT_MATCH)
+        match = None
+        if pattern and not explicit:
+            try:
+                match = re.compile(pattern)
+            except re.error as exc:
+                raise UserError(f"PROC_MATCH is not a valid regular expression: {exc}") from None
+        return cls(
+            run_id=rid,
+            node_id=node,
+            stage=env.get("STAGE") or None,
+            pid_dir=Path(env["PROC_PID_DIR"]) if explicit else paths.pid_dir(rid),
+            whitelist_only=explicit,
+            match=match,
+            interval_ms=interval,
+            time_sync=env.get("TIME_SYNC", "1") != "0",
+        )
+
+    @property
+    def mode(self) -> str:
+        return "py-whitelist" if self.match is None else "py-whitelist+match"
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@dataclass
+class Tracked:
+    """A sentinel this node samples."""
+
+    pid: int
+    starttime: int
+    trace_id: str | None
+    cgroup: dict | None
+    inode: int
+    acked: bool = False
+
+
+@dataclass
+class Sampler:
+    """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``."""
+
+    node_id: str
+    pid_dir: Path
+    match: re.Pattern | None = None
+    tracked: dict = field(default_factory=dict)  # name -> Tracked | None (another node's sentinel)
+    inodes: dict = field(default_factory=dict)  # name -> inode
+
+    def scan(self) -> None:
+        """Pick up new sentinels and drop the ones that are gone (and our acks for them)."""
+        seen: dict = {}
+        try:
+            with os.scandir(self.pid_dir) as it:
+                for e in it:
+                    if e.name.isdigit():
+                        seen[e.name] = e.inode()
+        except FileNotFoundError:
+            pass
+        for name in list(self.inodes):
+            if seen.get(name) != self.inodes[name]:
+                t = self.tracked.pop(name, None)
+                del self.inodes[name]
+                if t is not None and t.acked and name not in seen:
+                    sentinel.remove_ack(self.pid_dir, t.pid)
+        for name, ino in seen.items():
+            if name in self.inodes:
+                continue
+            d = sentinel.read_sentinel(Path(self.pid_dir) / name)
+            if d is None:
+                continue  # being written or removed: next tick
+            self.inodes[name] = ino
+            self.tracked[name] = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino)
+                                  if d.get("node_id") == self.node_id and str(d["pid"]) == name else None)
+
+    def _row(self, st: procfs.ProcStat, trace_id, cg: dict | None, desc: list) -> list:
+        ticks = st.cpu_ticks + sum(d.cpu_ticks for d in desc)
+        rss = st.rss_pages + sum(d.rss_pages for d in desc)
+        cg_cpu = cgroupfs.cpu_usage_us(cg) if cg else None
+        cg_mem = cgroupfs.memory_kb(cg) if cg else None
+        return [st.pid, st.starttime, trace_id, ticks, rss, cg_cpu, cg_mem]
+
+    def tick(self) -> list:
+        """Sample every tracked process now."""
+        self.scan()
+        rows: list = []
+        covered: set[int] = set()
+        for t in self.tracked.values():
+            if t is None:
+                continue
+            st = procfs.read_stat(t.pid)
+            if st is None or st.starttime != t.starttime:
+                continue  # gone, or the PID now belongs to another process
+            desc = procfs.descendants(t.pid, st.num_threads) if st.state != "Z" else []
+            rows.append(self._row(st, t.trace_id, t.cgroup, desc))
+            covered.add(t.pid)
+            covered.update(d.pid for d in desc)
+            if not t.acked:
+                sentinel.write_ack(self.pid_dir, t.pid, t.starttime)
+                t.acked = True
+        if self.match is not None:
+            rows.extend(self._match_rows(covered))
+        return rows
+
+    def _match_rows(self, covered: set) -> list:
+        stats = {}
+        for pid in procfs.all_pids():
+            st = procfs.read_stat(pid)
+            if st is not None:
+                stats[pid] = st
+        kids: dict = {}
+        for st in stats.values():
+            kids.setdefault(st.ppid, []).append(st.pid)
+        matched = {pid for pid, st in stats.items() if pid not in covered and self.match.search(st.comm)}
+        rows = []
+        for pid in matched:
+            # skip a process whose ancestor is matched or whitelisted: that one counts it
+            p, top = stats[pid].ppid, True
+            while p in stats and p > 1:
+                if p in matched or p in covered:
+                    top = False
+                    break
+                p = stats[p].ppid
+            if not top:
+                continue
+            desc, todo = [], list(kids.get(pid, []))
+            while todo:
+                c = todo.pop()
+                if c in stats:
+                    desc.append(stats[c])
+                    todo.extend(kids.get(c, []))
+            rows.append(self._row(stats[pid], None, None, desc))
+        return rows
+
+
+# ---------------------------------------------------------------- daemon
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} collector: {msg}", file=sys.stderr, flush=True)
+
+
+def _claim_pidfile(cfg: CollectorConfig) -> Path:
+    pf = collector_pidfile(cfg.run_id, cfg.node_id)
+    pf.parent.mkdir(parents=True, exist_ok=True)
+    other = _read_pidfile(pf)
+    if other is not None and other != os.getpid() and _is_collector(other):
+        raise UserError(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {other}); "
+                        "stop it first: make stop-collect")
+    tmp = pf.with_name(f".{pf.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, pf)
+    return pf
+
+
+def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
+    """Sample until SIGTERM/SIGINT (or ``max_ticks``); writes samples, node.json and the log."""
+    pf = _claim_pidfile(cfg)
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    cpu0 = _self_cpu_s()
+    started = wall_ms()
+    meta_path = paths.node_meta_path(cfg.run_id, cfg.node_id)
+    info = {"mode": cfg.mode, "interval_ms": cfg.interval_ms, "started_ms": round(started, 3), "stopped_ms": None,
+            "cpu_s": None, "ticks": 0, "samples": 0, "late_ticks": 0, "pid": os.getpid(),
+            "pid_dir": str(cfg.pid_dir), "match": cfg.match.pattern if cfg.match else None}
+    meta = nodeinfo.node_meta(cfg.node_id, cfg.stage, None, info)
+    _write_json_atomic(meta_path, meta)  # interval known to adapters at once; clock follows
+    meta["clock"] = nodeinfo.measure_clock()
+    _write_json_atomic(meta_path, meta)
+    _log(f"started pid={os.getpid()} run={cfg.run_id} node={cfg.node_id} mode={cfg.mode} "
+         f"interval={cfg.interval_ms:g}ms pid_dir={cfg.pid_dir} clock_offset_ms={meta['clock'].get('offset_ms')}")
+    if meta["clock"].get("error"):
+        _log(f"clock offset unknown: {meta['clock']['error']}")
+    if cfg.time_sync:
+        threading.Thread(target=timesync.sync, args=(timesync_log(cfg.run_id),), daemon=True).start()
+    else:
+        timesync.sync(timesync_log(cfg.run_id), enabled=False)
+    sampler = Sampler(cfg.node_id, cfg.pid_dir, cfg.match)
+    out_path = paths.samples_path(cfg.run_id, cfg.node_id)
+    fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    step = cfg.interval_ms / 1000
+    t0 = time.monotonic()
+    k = 0
+    try:
+        while not stop.is_set():
+            rows = sampler.tick()
+            info["ticks"] += 1
+            if rows:
+                os.write(fd, (dumps({"ts": round(wall_ms(), 3), "mono": round(mono_ms(), 3), "procs": rows})
+                              + "\n").encode())
+                info["samples"] += len(rows)
+            if max_ticks is not None and info["ticks"] >= max_ticks:
+                break
+            k += 1
+            now = time.monotonic()
+            if t0 + k * step <= now:  # overran: skip the missed deadlines, keep the grid
+                missed = int((now - t0) / step) + 1 - k
+                info["late_ticks"] += missed
+                k += missed
+            stop.wait(t0 + k * step - time.monotonic())
+    finally:
+        os.close(fd)
+        for t in sampler.tracked.values():  # nobody would remove our acks after we are gone
+            if t is not None and t.acked:
+                sentinel.remove_ack(cfg.pid_dir, t.pid)
+        info.update(stopped_ms=round(wall_ms(), 3), cpu_s=round(_self_cpu_s() - cpu0, 4))
+        meta["collector"] = info
+        _write_json_atomic(meta_path, meta)
+        if _read_pidfile(pf) == os.getpid():
+            with contextlib.suppress(OSError):
+                pf.unlink()
+        _log(f"stopped: ticks={info['ticks']} samples={info['samples']} late_ticks={info['late_ticks']} "
+             f"cpu_s={info['cpu_s']} ({100 * info['cpu_s'] / max(1e-9, (info['stopped_ms'] - started) / 1000):.2f}%"
+             " of one CPU)")
+    return 0
+
+
+def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0) -> int:
+    """Start the collector in the background (own session); returns its pid once it runs."""
+    running = running_collector(cfg.run_id, cfg.node_id)
+    if running:
+        raise UserError(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {running[0]}); "
+                        "stop it first: make stop-collect")
+    if not use_py and not SH_SCRIPT.exists():
+        raise UserError(f"USE_PY_COLLECT=0 needs {SH_SCRIPT}, which is missing")
+    log = collector_logfile(cfg.run_id, cfg.node_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(PY_SCRIPT), "run"] if use_py else ["bash", str(SH_SCRIPT)]
+    env = dict(os.environ, RUN_ID=cfg.run_id, NODE_ID=cfg.node_id, PYTHONPATH=str(TOOLS))
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, env=env,
+                                start_new_session=True, close_fds=True)
+    pf = collector_pidfile(cfg.run_id, cfg.node_id)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if _read_pidfile(pf) == proc.pid:
+            return proc.pid
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise UserError(f"collector exited at start ({proc.returncode}): {tail[0] if tail else 'see ' + str(log)}")
+        time.sleep(0.02)
+    raise UserError(f"collector did not write its pidfile within {wait_s:g}s; see {log}")
+
+
+def stop_daemons(rid: str, node: str | None, timeout_s: float = 10.0) -> list:
+    """Stop this node's collector (``node``) or, with ``node=None``, every collector of the run.
+
+    Returns [(node, pid, how)] with how = "stopped" | "killed" | "stale" (pidfile of a dead process).
+    """
+    pidfiles = [collector_pidfile(rid, node)] if node else sorted(paths.run_dir(rid).glob("*/collector.pid"))
+    out = []
+    for pf in pidfiles:
+        pid = _read_pidfile(pf)
+        if pid is None:
+            continue
+        n = pf.parent.name
+        if not _is_collector(pid):
+            with contextlib.suppress(OSError):
+                pf.unlink()
+            out.append((n, pid, "stale"))
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _is_collector(pid):
+            time.sleep(0.02)
+        how = "stopped"
+        if _is_collector(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # a daemon leads its own session: takes any helper with it
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            how = "killed"
+        with contextlib.suppress(OSError):
+            if _read_pidfile(pf) == pid:
+                pf.unlink()
+        out.append((n, pid, how))
+    return out
