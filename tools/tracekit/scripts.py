@@ -99,7 +99,8 @@ local function requeue(items, node, why, now)
       local a = (tonumber(t.attempt) or 1)
       if bump then
         if a + 1 > maxa then
-          fail(t.trace_id, a, node, t.profile, now, why .. '; gave up after ' .. a .. ' attempt(s) (max ' .. maxa .. ')', raw)
+          local msg = why .. '; gave up after ' .. a .. ' attempt(s) (max ' .. maxa .. ')'
+          fail(t.trace_id, a, node, t.profile, now, msg, raw)
           nfail = nfail + 1
         else
           t.attempt = a + 1
