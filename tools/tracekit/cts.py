@@ -149,6 +149,7 @@ class Task:
     lines: list[str] = field(default_factory=list)
     samples: int = 0
     trace_mismatch: int = 0
+    cpu_sum_us: int = 0  # CPU of the rows actually written (the audit compares it with the exact total)
     done: bool = False
 
 
@@ -361,6 +362,7 @@ class _Parser:
         r = self.r
         row = t.cutter.finish()
         t.lines.append(_fmt(t.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
+        t.cpu_sum_us += row.cpu_us
         self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
         t.done = True
         data = "".join(t.lines).encode()
@@ -371,16 +373,26 @@ class _Parser:
         r.task_samples[key] = t.samples
         r.rows_per_task[key] = len(t.lines)
         r.exact_us[key] = t.cutter.total_us
-        r.cpu_rows_us[key] = t.cutter.total_us  # rows end at the exact total by construction (checked in tests)
+        r.cpu_rows_us[key] = t.cpu_sum_us
         r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
         r.trace_mismatch += t.trace_mismatch
         r.rows_written += len(t.lines)
         t.lines = []
 
     def _util_add(self, util: list[float], ts_ms: int, dt_ms: int, cpu_us: int) -> None:
-        i = int((ts_ms - dt_ms / 2 - self.r.util_t0) // self.r.util_bin_ms)
-        if 0 <= i < len(util):
-            util[i] += cpu_us / 1000
+        """Spread a row's CPU over the utilisation bins it overlaps, in proportion to the overlap."""
+        w, t0 = self.r.util_bin_ms, self.r.util_t0
+        a, b = ts_ms - dt_ms, ts_ms
+        i, j = int((a - t0) // w), int((b - t0) // w)
+        if i == j or dt_ms <= 0:
+            if 0 <= j < len(util):
+                util[j] += cpu_us / 1000
+            return
+        rate = cpu_us / 1000 / dt_ms
+        for k in range(max(i, 0), min(j, len(util) - 1) + 1):
+            lo, hi = max(a, t0 + k * w), min(b, t0 + (k + 1) * w)
+            if hi > lo:
+                util[k] += rate * (hi - lo)
 
     def _cut_node(self, node: NodeInfo, tasks: list[Task], scratch, index: dict, util: list[float]) -> None:
         r = self.r
@@ -442,6 +454,7 @@ class _Parser:
                 row = task.cutter.add(t_ctrl, cum, rss)
                 if row is not None:
                     task.lines.append(_fmt(task.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
+                    task.cpu_sum_us += row.cpu_us
                     self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
         while heap:
             self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
