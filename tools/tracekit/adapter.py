@@ -64,6 +64,7 @@ class AdapterConfig:
     output: str | None = None
     output_tmp: str | None = None
     ack_wait: bool = True
+    final_sample: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -115,6 +116,7 @@ class AdapterConfig:
             output=env.get("TC_OUTPUT") or None,
             output_tmp=env.get("TC_OUTPUT_TMP") or None,
             ack_wait=env.get("TC_ACK_WAIT", "1") != "0",
+            final_sample=env.get("TC_FINAL_SAMPLE", "0") == "1",
         )
 
 
@@ -219,17 +221,22 @@ def _collector_interval_ms(cfg: AdapterConfig) -> float | None:
 
 
 def _hold_for_ack(cfg: AdapterConfig, pid: int, starttime: int) -> bool:
-    """Keep the zombie until the collector has sampled it, at most two intervals (+50 ms)."""
+    """Keep the zombie until the collector has sampled it, at most two intervals (+50 ms).
+
+    Default: until it was sampled at least once (only short tasks wait). ``TC_FINAL_SAMPLE=1``: until
+    it was sampled after its exit, so the last sample holds its final counters.
+    """
     if not cfg.ack_wait:
         return False
-    if sentinel.is_acked(cfg.pid_dir, pid, starttime):
+    final = cfg.final_sample
+    if sentinel.is_acked(cfg.pid_dir, pid, starttime, final):
         return True
     interval = _collector_interval_ms(cfg)
     if interval is None:
         return False
     deadline = time.monotonic() + (2 * interval + 50) / 1000
     while time.monotonic() < deadline:
-        if sentinel.is_acked(cfg.pid_dir, pid, starttime):
+        if sentinel.is_acked(cfg.pid_dir, pid, starttime, final):
             return True
         time.sleep(0.005)
     return False
@@ -366,6 +373,7 @@ ENV_HELP = """environment (docs/internals.md):
   TC_CPU_WEIGHT     shared: CPUWeight [100 x CPU_UNITS]; TC_CPU_QUOTA_PCT shared: % of one CPU [unlimited]
   TC_INPUT, TC_OUTPUT, TC_OUTPUT_TMP   files for bytes_in / bytes_out (TC_OUTPUT_TMP is deleted on failure)
   TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
+  TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
   TRACEKIT_SHARED_MECHANISM  auto | systemd-run | cgroup-v2 | cgroup-v1 | none [auto]
 exit code: the application's; 128+N if killed by signal N; 125 if the adapter failed before exec;
 2 for a usage error (nothing ran, no event)."""

@@ -150,6 +150,7 @@ class Tracked:
     cgroup: dict | None
     inode: int
     acked: bool = False
+    final_acked: bool = False
 
 
 @dataclass
@@ -210,7 +211,10 @@ class Sampler:
             rows.append(self._row(st, t.trace_id, t.cgroup, desc))
             covered.add(t.pid)
             covered.update(d.pid for d in desc)
-            if not t.acked:
+            if st.state == "Z" and not t.final_acked:  # exited, not yet reaped: this sample is its last
+                sentinel.write_ack(self.pid_dir, t.pid, t.starttime, final=True)
+                t.acked = t.final_acked = True
+            elif not t.acked:
                 sentinel.write_ack(self.pid_dir, t.pid, t.starttime)
                 t.acked = True
         if self.match is not None:

@@ -67,18 +67,19 @@ def remove_sentinel(pid_dir: Path, pid: int, starttime: int) -> bool:
     return True
 
 
-def write_ack(pid_dir: Path, pid: int, starttime: int) -> None:
-    """Collector: (pid, starttime) has been sampled at least once."""
+def write_ack(pid_dir: Path, pid: int, starttime: int, final: bool = False) -> None:
+    """Collector: (pid, starttime) has been sampled at least once (``final``: sampled after its exit)."""
     with contextlib.suppress(OSError):
-        _atomic_write(ack_path(pid_dir, pid), str(starttime))
+        _atomic_write(ack_path(pid_dir, pid), f"{starttime} final" if final else str(starttime))
 
 
-def is_acked(pid_dir: Path, pid: int, starttime: int) -> bool:
+def is_acked(pid_dir: Path, pid: int, starttime: int, final: bool = False) -> bool:
     """Adapter: has the collector sampled this very process (not an earlier one with the same pid)?"""
     try:
-        return ack_path(pid_dir, pid).read_text().strip() == str(starttime)
+        words = ack_path(pid_dir, pid).read_text().split()
     except OSError:
         return False
+    return bool(words) and words[0] == str(starttime) and (not final or words[1:] == ["final"])
 
 
 def remove_ack(pid_dir: Path, pid: int) -> None:
