@@ -91,9 +91,13 @@ class Running:
     fallback: bool = False
 
 
-def _pid_alive(pid: int) -> bool:
+def live_worker_pid(pid: int) -> bool:
+    """``pid`` is a live worker.py process other than this one and its ancestors (pidfile check)."""
+    if pid <= 0 or pid == os.getpid() or pid in {p.pid for p in psutil.Process().parents()}:
+        return False
     try:
-        return psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and any("worker.py" in a for a in proc.cmdline())
     except psutil.Error:
         return False
 
@@ -126,7 +130,7 @@ class Worker:
             old = int(self.pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             old = 0
-        if old and old != os.getpid() and _pid_alive(old):
+        if live_worker_pid(old):
             raise UserError(f"a worker for node {self.cfg.node} is already running (pid {old}, {self.pidfile}); "
                             "stop it first (make stop-node)")
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
