@@ -1,0 +1,298 @@
+"""CTS -> OpenDC workload trace (DESIGN.md §9): ``tasks.parquet``, ``fragments.parquet``, topology + experiment JSON.
+
+OpenDC types strictly, so both files are written with the explicit arrow schemas below (int32 ids, int64 ms,
+double MHz, required columns non-nullable). Tasks are sorted by submission (``cts.invocation_order_key``, the order
+the parser already wrote proc_metrics in), ids are dense int32 in that order, the trace_id is kept in ``name``.
+Fragments are the CTS intervals, streamed batch by batch: ``duration`` = dt_ms and
+``cpu_usage`` = cpu_ms / dt_ms x the node's per-core MHz, so sum(cpu_usage x duration) = CPU ms x MHz exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+from . import cts
+from .errors import UserError
+from .jsonl import BadLines, read_jsonl
+
+TASKS, FRAGMENTS, TOPOLOGY, EXPERIMENT = "tasks.parquet", "fragments.parquet", "topology.json", "experiment.json"
+
+TASK_SCHEMA = pa.schema([
+    pa.field("id", pa.int32(), nullable=False),
+    pa.field("submission_time", pa.int64(), nullable=False),  # epoch ms
+    pa.field("duration", pa.int64(), nullable=False),  # ms = sum of the task's fragments
+    pa.field("cpu_count", pa.int32(), nullable=False),  # requested cpu_units
+    pa.field("cpu_capacity", pa.float64(), nullable=False),  # MHz for the whole task = cores x per-core MHz
+    pa.field("mem_capacity", pa.int64(), nullable=False),  # KB (peak RSS)
+    pa.field("name", pa.string(), nullable=True),  # the trace_id
+])
+FRAGMENT_SCHEMA = pa.schema([
+    pa.field("id", pa.int32(), nullable=False),
+    pa.field("duration", pa.int64(), nullable=False),  # ms
+    pa.field("cpu_usage", pa.float64(), nullable=False),  # MHz across the task's cores
+])
+REQUIRED_TASK_COLUMNS = tuple(f.name for f in TASK_SCHEMA if not f.nullable)
+REQUIRED_FRAGMENT_COLUMNS = tuple(f.name for f in FRAGMENT_SCHEMA if not f.nullable)
+# Columns of proc_metrics the export reads (names from schema.PROC_METRIC_FIELDS), with their arrow types.
+PM_READ_SCHEMA = pa.schema([("node_id", pa.string()), ("trace_id", pa.string()), ("attempt", pa.int64()),
+                            ("ts_ms", pa.int64()), ("dt_ms", pa.int64()), ("cpu_ms", pa.float64()),
+                            ("rss_kb", pa.int64())])
+_SEP = "\x1f"  # joins key parts into one string for vectorised lookups (never inside ids: paths.SAFE_ID)
+
+
+def iter_proc_metrics(path: Path, schema: pa.Schema = PM_READ_SCHEMA, block_size: int = 8 << 20):
+    """Stream ``proc_metrics.jsonl`` as arrow record batches of the given columns (multithreaded C++ reader)."""
+    ropts = pj.ReadOptions(block_size=block_size)
+    popts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        if hasattr(pj, "open_json"):
+            yield from pj.open_json(path, read_options=ropts, parse_options=popts)
+        else:  # pragma: no cover - pyarrow < 17 reads the whole file (still columnar)
+            yield from pj.read_json(path, read_options=ropts, parse_options=popts).to_batches()
+    except pa.ArrowInvalid as exc:
+        raise UserError(f"{path}: unreadable CTS row ({str(exc).splitlines()[0]}); re-run make parse") from None
+
+
+def _key_array(node, trace, attempt) -> pa.Array:
+    return pc.binary_join_element_wise(pc.cast(node, pa.string()), pc.cast(trace, pa.string()),
+                                       pc.cast(attempt, pa.string()), _SEP)
+
+
+def resolve_cts(input_dir: Path, progress: bool = False) -> tuple[Path, list[str]]:
+    """The CTS folder for ``--input``: the run folder's ``CTS/``, the CTS folder itself, or parse raw logs now."""
+    notes = []
+    for cand in (input_dir / "CTS", input_dir):
+        if (cand / cts.INVOCATIONS).exists() and (cand / cts.PROC_METRICS).exists():
+            return cand, notes
+    if input_dir.is_dir() and cts.discover_nodes(input_dir):
+        from .audit import parse_and_audit
+
+        parse_and_audit(input_dir, progress=progress)
+        notes.append(f"no CTS yet: parsed the raw logs of {input_dir} first (see CTS/audit_report.md)")
+        return input_dir / "CTS", notes
+    raise UserError(f"{input_dir}: no CTS files (CTS/invocations.jsonl) and no raw node logs; "
+                    "pass --input logs/RUN_ID after `make parse RUN_ID=...`")
+
+
+def node_mhz(nodes: list[dict], needed: set, cpu_freq_mhz: float | None) -> dict[str, float]:
+    """Per-core MHz per node: nodes.json cpu_freq_mhz, else --cpu-freq-mhz, else a clear error (never a constant)."""
+    out, missing = {}, []
+    by_id = {n.get("node_id"): n for n in nodes}
+    for nid in sorted(needed, key=str):
+        mhz = (by_id.get(nid) or {}).get("cpu_freq_mhz")
+        if isinstance(mhz, (int, float)) and mhz > 0:
+            out[nid] = float(mhz)
+        elif cpu_freq_mhz:
+            out[nid] = float(cpu_freq_mhz)
+        else:
+            missing.append(str(nid))
+    if missing:
+        raise UserError(f"per-core CPU MHz unknown for node(s) {', '.join(missing)} (no cpu_freq_mhz in nodes.json): "
+                        "pass --cpu-freq-mhz MHZ")
+    return out
+
+
+@dataclass
+class ExportSummary:
+    """What the export wrote (printed by the script, returned to tests)."""
+
+    out_dir: Path
+    tasks: int = 0
+    fragments: int = 0
+    first_submission_ms: int | None = None
+    last_end_ms: int | None = None
+    cpu_ms: float = 0.0
+    mhz_ms: float = 0.0  # sum of cpu_ms x per-core MHz (the round-trip invariant)
+    skipped: Counter = field(default_factory=Counter)
+    over_capacity_fragments: int = 0
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        span = ((self.last_end_ms - self.first_submission_ms) / 1000
+                if self.first_submission_ms is not None and self.last_end_ms is not None else 0.0)
+        out = [*self.notes,
+               f"OpenDC trace: {self.out_dir}",
+               f"  tasks {self.tasks}, fragments {self.fragments}, time span {span:.3f} s, "
+               f"CPU {self.cpu_ms / 3.6e6:.6f} CPU-hours"]
+        if self.skipped:
+            out.append("  left out: " + ", ".join(f"{v} {k}" for k, v in sorted(self.skipped.items())))
+        if self.over_capacity_fragments:
+            out.append(f"  {self.over_capacity_fragments} fragment(s) use more CPU than the task's cpu_capacity "
+                       "(the task used more cores than its cpu_units; kept as measured)")
+        out += [f"  wrote {p}" for p in self.files]
+        return out
+
+
+def select_tasks(invocations: list[dict], include_failed: bool, summary: ExportSummary) -> list[dict]:
+    """Executed invocations to export, in submission order (ok; failed too with --include-failed; never fenced)."""
+    chosen = []
+    for inv in invocations:
+        status = inv.get("status")
+        ran = inv.get("pid") is not None and inv.get("ts_start") is not None and inv.get("ts_end") is not None
+        if status == "ok" or (include_failed and status == "failed" and ran):
+            if not ran:
+                summary.skipped["without a run"] += 1
+                continue
+            chosen.append(inv)
+        else:
+            summary.skipped["fenced (duplicate execution)" if status == "fenced"
+                            else "failed" + ("" if ran else " before running")] += 1
+    chosen.sort(key=cts.invocation_order_key)
+    return chosen
+
+
+def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = False,
+           cpu_freq_mhz: float | None = None, progress: bool = False) -> ExportSummary:
+    """Write the OpenDC trace of a run (``input_dir`` = logs/RUN_ID or its CTS folder) into ``out_dir``."""
+    input_dir, out = Path(input_dir), Path(out_dir)
+    cts_dir, notes = resolve_cts(input_dir, progress)
+    summary = ExportSummary(out_dir=out, notes=notes)
+    bad = BadLines()
+    invs = [inv for _, inv in read_jsonl(cts_dir / cts.INVOCATIONS, bad)]
+    if bad.count:
+        raise UserError(f"{cts_dir / cts.INVOCATIONS}: {bad.count} bad line(s), first {bad.examples[0]}; "
+                        "re-run make parse")
+    try:
+        nodes = json.loads((cts_dir / cts.NODES).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{cts_dir / cts.NODES}: unreadable ({exc.__class__.__name__}); re-run make parse") from None
+    tasks = select_tasks(invs, include_failed, summary)
+    if not tasks:
+        raise UserError(f"{cts_dir}: no task to export ({dict(summary.skipped) or 'no invocations'})")
+    mhz = node_mhz(nodes, {t["node_id"] for t in tasks}, cpu_freq_mhz)
+    n = len(tasks)
+    keys = pa.array([_SEP.join((str(t["node_id"]), str(t["trace_id"]), str(t["attempt"]))) for t in tasks])
+    task_mhz = np.array([mhz[t["node_id"]] for t in tasks], dtype=np.float64)
+    cpu_count = np.array([int(t.get("cpu_units") or 1) for t in tasks], dtype=np.int32)
+    out.mkdir(parents=True, exist_ok=True)
+
+    dur_sum = np.zeros(n, dtype=np.int64)
+    rows = np.zeros(n, dtype=np.int64)
+    peak = np.zeros(n, dtype=np.int64)
+    cpu_sum = np.zeros(n, dtype=np.float64)
+    frag_tmp = out / (FRAGMENTS + ".tmp")
+    last = (-1, -1)  # (id, ts_ms) of the previous fragment: CTS must be grouped by task in task order
+    unsorted = False
+    with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
+        for batch in _progress(iter_proc_metrics(cts_dir / cts.PROC_METRICS), progress, cts_dir / cts.PROC_METRICS):
+            idx = pc.index_in(_key_array(batch["node_id"], batch["trace_id"], batch["attempt"]), value_set=keys)
+            keep = pc.is_valid(idx)
+            if not pc.all(keep).as_py():
+                batch, idx = batch.filter(keep), idx.filter(keep)
+            if batch.num_rows == 0:
+                continue
+            ids = idx.to_numpy(zero_copy_only=False).astype(np.int32)
+            ts = batch["ts_ms"].to_numpy(zero_copy_only=False)
+            dt = batch["dt_ms"].to_numpy(zero_copy_only=False)
+            cpu = batch["cpu_ms"].to_numpy(zero_copy_only=False)
+            if (dt <= 0).any():
+                raise UserError(f"{cts_dir / cts.PROC_METRICS}: a row with dt_ms <= 0; re-run make parse")
+            order_ok = (np.all((ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1]) & (ts[1:] > ts[:-1])))
+                        and (ids[0] > last[0] or (ids[0] == last[0] and ts[0] > last[1])))
+            if not order_ok:
+                unsorted = True
+                break
+            last = (int(ids[-1]), int(ts[-1]))
+            rss = batch["rss_kb"].fill_null(0).to_numpy(zero_copy_only=False)
+            dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
+            rows += np.bincount(ids, minlength=n)
+            cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
+            np.maximum.at(peak, ids, rss)
+            usage = cpu / dt * task_mhz[ids]
+            summary.over_capacity_fragments += int(np.count_nonzero(usage > cpu_count[ids] * task_mhz[ids] * 1.0001))
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
+                schema=FRAGMENT_SCHEMA))
+    if unsorted:
+        frag_tmp.unlink(missing_ok=True)
+        raise UserError(f"{cts_dir / cts.PROC_METRICS} is not grouped by task in submission order "
+                        "(edited by hand?): re-run make parse to rewrite it")
+    start = np.array([t["ts_start"] for t in tasks], dtype=np.int64)
+    end = np.array([t["ts_end"] for t in tasks], dtype=np.int64)
+    no_frag = np.flatnonzero(rows == 0)
+    if no_frag.size:
+        frag_tmp.unlink(missing_ok=True)
+        raise UserError(f"{no_frag.size} task(s) have no proc_metrics rows (e.g. {tasks[no_frag[0]]['trace_id']}): "
+                        "OpenDC would drop them silently; re-run make parse")
+    bad_dur = np.flatnonzero(dur_sum != end - start)
+    if bad_dur.size:
+        frag_tmp.unlink(missing_ok=True)
+        k = bad_dur[0]
+        raise UserError(f"{bad_dur.size} task(s) whose rows do not cover ts_start..ts_end (e.g. "
+                        f"{tasks[k]['trace_id']}: {dur_sum[k]} vs {end[k] - start[k]} ms); re-run make parse")
+    mem = np.array([max(int(t.get("max_rss_kb") or 0), int(p)) for t, p in zip(tasks, peak)], dtype=np.int64)
+    sub = np.array([cts.submission_ms(t) for t in tasks], dtype=np.int64)
+    table = pa.Table.from_arrays([
+        pa.array(np.arange(n, dtype=np.int32), pa.int32()), pa.array(sub, pa.int64()),
+        pa.array(dur_sum, pa.int64()), pa.array(cpu_count, pa.int32()),
+        pa.array(cpu_count * task_mhz, pa.float64()), pa.array(mem, pa.int64()),
+        pa.array([str(t["trace_id"]) for t in tasks], pa.string())], schema=TASK_SCHEMA)
+    task_tmp = out / (TASKS + ".tmp")
+    pq.write_table(table, task_tmp)
+    os.replace(task_tmp, out / TASKS)
+    os.replace(frag_tmp, out / FRAGMENTS)
+
+    summary.tasks = n
+    summary.fragments = int(rows.sum())
+    summary.first_submission_ms = int(sub.min())
+    summary.last_end_ms = int(end.max())
+    summary.cpu_ms = float(cpu_sum.sum())
+    summary.mhz_ms = float((cpu_sum * task_mhz).sum())
+    topo = topology(nodes, mhz, cpu_freq_mhz)
+    (out / TOPOLOGY).write_text(json.dumps(topo, indent=2) + "\n")
+    (out / EXPERIMENT).write_text(json.dumps(experiment(out, input_dir.name), indent=2) + "\n")
+    summary.files = [out / TASKS, out / FRAGMENTS, out / TOPOLOGY, out / EXPERIMENT]
+    return summary
+
+
+def _progress(batches, progress: bool, path: Path):
+    if not progress:
+        yield from batches
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc="export fragments", unit=" rows", unit_scale=True, mininterval=0.5, leave=False) as bar:
+        for b in batches:
+            bar.update(b.num_rows)
+            yield b
+
+
+def _fmt_mhz(mhz: float) -> str:
+    return f"{mhz:g} MHz"
+
+
+def topology(nodes: list[dict], mhz: dict[str, float], default_mhz: float | None) -> dict:
+    """OpenDC topology: one cluster, nodes grouped by identical spec (cores, per-core MHz, memory, CPU model)."""
+    groups: dict[tuple, list[str]] = {}
+    for nd in sorted(nodes, key=lambda x: str(x.get("node_id"))):
+        speed = mhz.get(nd.get("node_id")) or nd.get("cpu_freq_mhz") or default_mhz
+        if not speed:
+            continue  # a node that ran nothing exported and has no known MHz: not simulated
+        spec = (int(nd.get("cpu_cores") or 1), float(speed), int(nd.get("mem_mb") or 0), str(nd.get("cpu_model")))
+        groups.setdefault(spec, []).append(str(nd.get("node_id")))
+    hosts = []
+    for (cores, speed, mem_mb, model), ids in groups.items():
+        hosts.append({"name": ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}", "count": len(ids),
+                      "cpu": {"modelName": model, "coreCount": cores, "coreSpeed": _fmt_mhz(speed)},
+                      "memory": {"memorySize": f"{mem_mb} MiB"}})
+    return {"clusters": [{"name": "tracekit", "hosts": hosts}]}
+
+
+def experiment(out: Path, run_name: str) -> dict:
+    """OpenDC experiment running the exported trace on the exported topology (absolute paths: run from anywhere)."""
+    base = out.resolve()
+    return {"name": f"tracekit-{run_name}",
+            "outputFolder": str(base / "opendc-output"),
+            "topologies": [{"pathToFile": str(base / TOPOLOGY)}],
+            "workloads": [{"pathToFile": str(base), "type": "ComputeWorkload"}]}
