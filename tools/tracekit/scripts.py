@@ -229,9 +229,12 @@ return {placed, status}
 """
 
 REGISTER = r"""
--- ARGV: node, instance, capacity, parallel, ttl_ms, clear_queue (0|1), then info field/value pairs
+-- ARGV: node, instance, capacity, parallel, ttl_ms, mode, then info field/value pairs.
+-- mode 0: keep the placed tasks that still fit; 1 (--clear-queue): record them failed; 2 (--reset-capacity):
+-- send them all back to the head of q:pending, so cap = capacity.
 local node, inst = ARGV[1], ARGV[2]
-local capacity, parallel, ttl, clear = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local capacity, parallel, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local clear, reset = ARGV[6] == '1', ARGV[6] == '2'
 local now = now_ms()
 local items = {}
 -- what a previous instance took but never finished did not complete: attempt+1
@@ -248,7 +251,7 @@ for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
       fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'cleared by worker --clear-queue', raw)
     end
     cleared = cleared + 1
-  elseif u and used + u <= capacity and (parallel <= 0 or #kept < parallel) then
+  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel) then
     table.insert(kept, raw)
     used = used + u
   else

@@ -1,0 +1,212 @@
+"""Control plane atomic steps (Lua) on a real redis-server: placement, recovery, reconciliation, fencing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tracekit.central import LogDrain
+from tracekit.jsonl import append_line, read_jsonl
+from tracekit.keys import Keys
+from tracekit.paths import controller_dir, placements_path
+from tracekit.placement import NodeState, choose
+from tracekit.scripts import Scripts
+
+K = Keys("lt:")
+
+
+@pytest.fixture
+def sc(redis_client):
+    return Scripts(redis_client, K)
+
+
+def task(tid, units=1, attempt=1):
+    return json.dumps({"trace_id": tid, "profile": "synth1c", "cpu_units": units, "ts_enqueue": 1, "attempt": attempt})
+
+
+def register(sc, node, cap, parallel=0, inst=None, mode="0"):
+    return sc.register(args=[node, inst or f"i-{node}", cap, parallel, 3000, mode])
+
+
+def place(sc, weigher="", order="min", limit=1000):
+    return sc.place(args=[weigher, order, limit])
+
+
+def queued(r, node):
+    return [json.loads(x)["trace_id"] for x in r.lrange(K.queue(node), 0, -1)]
+
+
+def test_fifo_first_fit_scripted_scenario(redis_client, sc):
+    r = redis_client
+    register(sc, "b", 4)
+    register(sc, "a", 4)
+    r.rpush(K.pending, *[task("t1", 2), task("t2", 2), task("t3", 4), task("t4", 1)])
+    assert place(sc) == [3, "blocked"]
+    assert queued(r, "a") == ["t1", "t2"] and queued(r, "b") == ["t3"]
+    # head-of-line: t4 (1 unit) waits although nothing else is queued behind it
+    assert r.lrange(K.pending, 0, -1) == [task("t4", 1)]
+    assert r.mget(K.cap("a"), K.cap("b"), K.run_count("a"), K.run_count("b")) == ["0", "0", "2", "1"]
+    placed = json.loads(r.lindex(K.queue("a"), 0))
+    assert placed["node"] == "a" and isinstance(placed["ts_dispatch"], int)
+    # completion of t3 frees b -> t4 goes there
+    raw = r.lmove(K.queue("b"), K.running("b"), "LEFT", "RIGHT")
+    rec = json.dumps({"trace_id": "t3", "attempt": 1, "node_id": "b", "by": "worker"})
+    assert sc.complete(args=["b", raw, "t3", 1, "done", rec]) == "ok"
+    assert r.get(K.cap("b")) == "4" and r.get(K.run_count("b")) == "0"
+    assert place(sc) == [1, "empty"]
+    assert queued(r, "b") == ["t4"]
+
+
+def test_slots_mode_and_cap_only(redis_client, sc):
+    r = redis_client
+    register(sc, "s", 8, parallel=2)
+    register(sc, "z", 1)
+    assert r.lrange(K.slots, 0, -1) == ["s", "s"]
+    r.rpush(K.pending, *[task(f"t{i}") for i in range(4)])
+    place(sc)
+    assert queued(r, "s") == ["t0", "t1"] and queued(r, "z") == ["t2"]  # s out of slots, z cap-only
+    assert r.llen(K.slots) == 0 and r.get(K.cap("s")) == "6"
+    raw = r.lmove(K.queue("s"), K.running("s"), "LEFT", "RIGHT")
+    sc.complete(args=["s", raw, "t0", 1, "done", "{}"])
+    assert r.lrange(K.slots, 0, -1) == ["s"]
+    place(sc)
+    assert queued(r, "s") == ["t1", "t3"]
+
+
+@pytest.mark.parametrize("weigher, order", [("", "min"), ("instances", "min"), ("instances", "max"),
+                                            ("vcpu", "min"), ("vcpu", "max")])
+def test_lua_matches_reference_policy_on_random_states(redis_client, sc, weigher, order):
+    r = redis_client
+    rng = random.Random(hash((weigher, order)) & 0xFFFF)
+    for _ in range(40):
+        r.flushdb()
+        states = []
+        for i in range(rng.randint(1, 6)):
+            node = f"n{rng.randint(0, 99):02d}"
+            if any(s.node == node for s in states):
+                continue
+            total = rng.randint(1, 8)
+            par = rng.choice([0, 0, 2])
+            st = NodeState(node, rng.random() > 0.2, rng.randint(0, total), total, rng.randint(0, 5), par,
+                           rng.randint(0, 2) if par else 0)
+            states.append(st)
+            r.zadd(K.nodes, {node: 0})
+            r.mset({K.cap(node): st.cap, K.cap_total(node): total, K.run_count(node): st.run_count})
+            r.hset(K.node_info(node), "parallel", par)
+            if st.alive:
+                r.set(K.heartbeat(node), "x", px=10000)
+            for _ in range(st.free_slots):
+                r.rpush(K.slots, node)
+        units = rng.randint(1, 4)
+        r.rpush(K.pending, task("t", units))
+        place(sc, weigher, order, 1)
+        got = next((s.node for s in states if r.llen(K.queue(s.node))), None)
+        assert got == choose(states, units, weigher, order).node
+
+
+def test_reap_requeues_to_head_with_attempt_and_removes_capacity(redis_client, sc):
+    r = redis_client
+    register(sc, "a", 2, parallel=2)
+    register(sc, "b", 2)
+    r.rpush(K.pending, *[task("t1"), task("t2"), task("t3")])
+    place(sc)
+    r.lmove(K.queue("a"), K.running("a"), "LEFT", "RIGHT")  # t1 running, t2 placed on a, t3 on b
+    r.rpush(K.pending, task("t9", 8))  # blocked head stays behind the recovered ones
+    r.delete(K.heartbeat("a"))  # as if the TTL expired
+    assert sc.reap() == [1, 2, 0]
+    back = [json.loads(x) for x in r.lrange(K.pending, 0, -1)]
+    assert [(t["trace_id"], t["attempt"]) for t in back] == [("t1", 2), ("t2", 2), ("t9", 1)]
+    assert "node" not in back[0] and "ts_dispatch" not in back[0]
+    assert not r.exists(K.cap("a"), K.cap_total("a"), K.run_count("a"), K.running("a"), K.queue("a"))
+    assert r.lrange(K.slots, 0, -1) == [] and r.zrange(K.nodes, 0, -1) == ["b"]
+
+
+def test_max_attempts_records_failed(redis_client, sc, run_env):
+    r = redis_client
+    r.hset(K.config, "max_attempts", 2)
+    register(sc, "a", 2)
+    r.rpush(K.pending, task("t1", 1, attempt=2))
+    place(sc)
+    r.delete(K.heartbeat("a"))
+    assert sc.reap() == [1, 0, 1]
+    rec = json.loads(r.hget(K.failed, "t1"))
+    assert rec["kind"] == "failed" and rec["attempt"] == 2 and "max 2" in rec["reason"]
+    LogDrain(r, K, run_env["RUN_ID"]).drain()
+    ev = [o for _, o in read_jsonl(controller_dir(run_env["RUN_ID"]) / "events.jsonl")]
+    assert [(e["kind"], e["trace_id"]) for e in ev] == [("failed", "t1")]
+
+
+def test_completion_after_recovery_is_fenced(redis_client, sc):
+    r = redis_client
+    register(sc, "a", 2)
+    r.rpush(K.pending, task("t1"))
+    place(sc)
+    raw = r.lmove(K.queue("a"), K.running("a"), "LEFT", "RIGHT")
+    r.delete(K.heartbeat("a"))
+    sc.reap()
+    register(sc, "a", 2, inst="i-new")  # the node heals and re-registers
+    place(sc)  # attempt 2 is placed on the same node
+    rec = json.dumps({"trace_id": "t1", "attempt": 1, "node_id": "a", "by": "worker"})
+    assert sc.complete(args=["a", raw, "t1", 1, "done", rec]) == "fenced"
+    assert not r.hexists(K.done, "t1") and r.get(K.cap("a")) == "1"
+    assert json.loads(r.lindex(K.queue("a"), 0))["attempt"] == 2
+
+
+def test_register_reconciles_without_reset(redis_client, sc):
+    r = redis_client
+    register(sc, "a", 4, parallel=3)
+    r.rpush(K.pending, *[task("t1", 1), task("t2", 2), task("t3", 1)])
+    place(sc)
+    r.lmove(K.queue("a"), K.running("a"), "LEFT", "RIGHT")  # t1 was running when the worker died
+    r.set(K.cap("a"), 99)  # stale garbage must not survive
+    # restart with less capacity: t2 (2 units) still fits, t3 does not fit after it -> back to pending
+    assert register(sc, "a", 2, parallel=3, inst="i2") == [2, 0, 1, 0]
+    assert queued(r, "a") == ["t2"]
+    assert [(json.loads(x)["trace_id"], json.loads(x)["attempt"]) for x in r.lrange(K.pending, 0, -1)] == [
+        ("t1", 2), ("t3", 1)]
+    assert r.mget(K.cap("a"), K.cap_total("a"), K.run_count("a")) == ["0", "2", "1"]
+    assert r.lrange(K.slots, 0, -1) == ["a", "a"]
+    assert r.llen(K.running("a")) == 0
+
+
+def test_register_reset_and_clear(redis_client, sc):
+    r = redis_client
+    register(sc, "a", 4)
+    r.rpush(K.pending, task("t1"), task("t2"))
+    place(sc)
+    register(sc, "a", 4, inst="i2", mode="2")  # --reset-capacity: everything placed goes back
+    assert r.get(K.cap("a")) == "4" and r.llen(K.pending) == 2
+    place(sc)
+    register(sc, "a", 4, inst="i3", mode="1")  # --clear-queue: recorded failed, not lost silently
+    assert r.llen(K.queue("a")) == 0 and r.hlen(K.failed) == 2
+    assert "cleared" in json.loads(r.hget(K.failed, "t1"))["reason"]
+
+
+def test_malformed_head_is_failed_and_does_not_block(redis_client, sc, run_env):
+    r = redis_client
+    register(sc, "a", 2)
+    r.rpush(K.pending, "not json", json.dumps({"trace_id": "x", "cpu_units": "two"}), task("ok"))
+    assert place(sc) == [1, "empty"]
+    assert queued(r, "a") == ["ok"] and r.hlen(K.failed) == 2
+    d = LogDrain(r, K, run_env["RUN_ID"])
+    assert d.drain() == 3
+    assert d.drain() == 0
+    lines = [o for _, o in read_jsonl(placements_path(run_env["RUN_ID"]))]
+    assert [p["trace_id"] for p in lines] == ["ok"]
+    assert lines[0]["candidates"][0]["node"] == "a" and "sid" in lines[0]
+
+
+def test_log_drain_never_repeats_a_line_after_a_crash(redis_client, sc, run_env):
+    r = redis_client
+    register(sc, "a", 10)
+    r.rpush(K.pending, *[task(f"t{i}") for i in range(5)])
+    place(sc)
+    rid = run_env["RUN_ID"]
+    # a scheduler that crashed after writing 3 lines but before deleting their stream entries
+    for sid, f in r.xrange(K.controller_log)[:3]:
+        append_line(placements_path(rid), {**json.loads(f["r"]), "sid": sid})
+    assert LogDrain(r, K, rid).drain() == 2
+    ids = [o["trace_id"] for _, o in read_jsonl(placements_path(rid))]
+    assert ids == [f"t{i}" for i in range(5)]
