@@ -1,0 +1,197 @@
+"""The collector on the real machine: sentinels, PID identity, match mode, node.json, start/stop, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_script
+from test_node_helpers import (
+    FFMPEG_Q,
+    alive,
+    event_of,
+    node_env,
+    run_adapter,
+    sample_rows,
+    start_collector,
+    stop_collector,
+    wait_for,
+)
+from tracekit import paths, procfs, sentinel
+from tracekit.collector import Sampler, collector_pidfile
+from tracekit.redis_server import free_port
+from tracekit.schema import NODE_META_FIELDS, SAMPLE_PROC_FIELDS, SAMPLE_TICK_FIELDS
+
+
+@pytest.fixture
+def sleeper():
+    p = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL)
+    yield p
+    p.kill()
+    p.wait()
+
+
+def _write(pid_dir: Path, pid: int, starttime: int, node: str = "n1", trace: str = "t1") -> None:
+    sentinel.write_sentinel(pid_dir, {"trace_id": trace, "attempt": 1, "node_id": node, "pid": pid,
+                                      "starttime": starttime, "cgroup": None, "ts_created": 0})
+
+
+def test_reused_pid_never_merges_two_processes(tmp_path, sleeper):
+    """A sentinel whose starttime is not the live process's is another process: never sampled as it."""
+    st = procfs.starttime(sleeper.pid)
+    s = Sampler("n1", tmp_path)
+    _write(tmp_path, sleeper.pid, st - 1, trace="old")  # the PID's previous owner
+    assert s.tick() == []
+    _write(tmp_path, sleeper.pid, st, trace="new")  # replaced file (new inode): the current owner
+    rows = s.tick()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(sleeper.pid, st, "new")]
+    assert len(rows[0]) == len(SAMPLE_PROC_FIELDS)
+    assert sentinel.is_acked(tmp_path, sleeper.pid, st) and not sentinel.is_acked(tmp_path, sleeper.pid, st - 1)
+
+
+def test_other_nodes_sentinels_are_ignored_and_never_deleted(tmp_path, sleeper):
+    st = procfs.starttime(sleeper.pid)
+    _write(tmp_path, sleeper.pid, st, node="n2")
+    s = Sampler("n1", tmp_path)
+    assert s.tick() == [] and s.tick() == []
+    assert (tmp_path / str(sleeper.pid)).exists()
+    assert not sentinel.ack_path(tmp_path, sleeper.pid).exists()
+
+
+def test_children_are_followed(tmp_path):
+    """CPU of an application's child processes counts in the application's row."""
+    p = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done & wait"],
+                         stdin=subprocess.DEVNULL)
+    try:
+        _write(tmp_path, p.pid, procfs.starttime(p.pid))
+        s = Sampler("n1", tmp_path)
+        kids = wait_for(lambda: procfs.children(p.pid))
+        assert kids
+        wait_for(lambda: (procfs.read_stat(kids[0]) or procfs.read_stat(p.pid)).utime > 5, timeout=10)
+        rows = s.tick()
+        own = procfs.read_stat(p.pid)
+        assert rows and own is not None
+        assert rows[0][3] > own.cpu_ticks, "the busy child's ticks are included"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_collector_daemon_node_json_clock_and_no_secret(run_env):
+    env = node_env(run_env, STAGE="cloud", PROC_INTERVAL_MS="100")
+    pid = start_collector(env)
+    r = run_script("collect_sys.py", "start", env=env)
+    assert r.returncode == 2 and "already runs" in r.stderr and r.stderr.count("\n") == 1
+    assert env["TRACEKIT_REDIS_PASSWORD"].encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    run_adapter(env, ["sleep", "0.3"], TRACE_ID="d1")
+    stop_collector(env)
+    assert not alive(pid)
+    meta = json.loads(paths.node_meta_path(env["RUN_ID"], "n1").read_text())
+    assert set(NODE_META_FIELDS) <= set(meta)
+    assert meta["stage"] == "cloud" and meta["cpu_cores"] == os.cpu_count() and meta["clk_tck"] == procfs.CLK_TCK
+    assert isinstance(meta["clock"]["offset_ms"], float) and meta["clock"]["rtt_ms"] >= 0
+    c = meta["collector"]
+    assert c["interval_ms"] == 100 and c["ticks"] >= 3 and c["samples"] >= 1 and c["cpu_s"] >= 0
+    assert c["stopped_ms"] > c["started_ms"]
+    log = (paths.node_dir(env["RUN_ID"], "n1") / "collector.log").read_text()
+    assert "stopped: ticks=" in log and "cpu_s=" in log
+    for f in paths.run_dir(env["RUN_ID"]).rglob("*"):
+        if f.is_file():
+            assert env["TRACEKIT_REDIS_PASSWORD"] not in f.read_text(errors="replace"), f
+    ticks = [json.loads(x) for x in paths.samples_path(env["RUN_ID"], "n1").read_text().splitlines()]
+    assert ticks and all(list(t) == list(SAMPLE_TICK_FIELDS) for t in ticks)
+    assert sample_rows(env, "d1")
+
+
+def test_collector_runs_when_redis_is_unreachable(run_env):
+    env = node_env(run_env, TRACEKIT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PROC_INTERVAL_MS="100")
+    start_collector(env)
+    try:
+        run_adapter(env, ["sleep", "0.2"], TRACE_ID="u1")
+    finally:
+        stop_collector(env)
+    meta = json.loads(paths.node_meta_path(env["RUN_ID"], "n1").read_text())
+    assert meta["clock"]["offset_ms"] is None and "cannot reach Redis" in meta["clock"]["error"]
+    assert sample_rows(env, "u1")
+
+
+def test_match_mode_samples_unwrapped_ffmpeg(run_env, tmp_path):
+    env = node_env(run_env, PROC_INTERVAL_MS="100")
+    env.pop("PROC_PID_DIR", None)
+    start_collector(env)
+    try:
+        p = subprocess.run(FFMPEG_Q + ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=0.6",
+                                       "-f", "null", "-"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert p.returncode == 0
+    finally:
+        stop_collector(env)
+    rows = [row for _, _, row in sample_rows(env) if row[2] is None]
+    assert rows, "the ffmpeg process was found by name"
+    assert len({(r[0], r[1]) for r in rows}) == 1
+
+
+def test_make_stop_collect_stop_all_leaves_no_process(run_env):
+    envs = [node_env(run_env, n, PROC_INTERVAL_MS="200") for n in ("n1", "n2")]
+    pids = [start_collector(e) for e in envs]
+    assert all(alive(p) for p in pids)
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "stop-collect", f"RUN_ID={envs[0]['RUN_ID']}"],
+                       env=dict(envs[0], STOP_ALL="1"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "n1" in r.stdout and "n2" in r.stdout
+    assert wait_for(lambda: not any(alive(p) for p in pids), timeout=5)
+    assert not any(collector_pidfile(envs[0]["RUN_ID"], n).exists() for n in ("n1", "n2"))
+    # no collector of this run anywhere
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                environ = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            cmd = (d / "cmdline").read_bytes() if (d / "cmdline").exists() else b""
+            assert not (b"collect_sys" in cmd and f"RUN_ID={envs[0]['RUN_ID']}".encode() in environ)
+    r = run_script("collect_sys.py", "stop", env=envs[0])
+    assert r.returncode == 0 and "no collector running" in r.stdout
+
+
+def test_make_start_collect_and_stop_one_node(run_env):
+    env = node_env(run_env, "n3")
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "start-collect", f"RUN_ID={env['RUN_ID']}"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = int(collector_pidfile(env["RUN_ID"], "n3").read_text())
+    assert alive(pid)
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "stop-collect", f"RUN_ID={env['RUN_ID']}"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert not alive(pid)
+
+
+def test_stale_pidfile_is_cleared(run_env):
+    env = node_env(run_env, "n4")
+    pf = collector_pidfile(env["RUN_ID"], "n4")
+    pf.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(["true"])
+    p.wait()
+    pf.write_text(f"{p.pid}\n")  # a dead process
+    pid = start_collector(env)
+    assert pid != p.pid and alive(pid)
+    stop_collector(env)
+    assert not alive(pid)
+
+
+def test_event_and_samples_share_identity(run_env):
+    env = node_env(run_env, PROC_INTERVAL_MS="100")
+    start_collector(env)
+    try:
+        run_adapter(env, ["sleep", "0.35"], TRACE_ID="id1", ATTEMPT="2")
+    finally:
+        stop_collector(env)
+    ev = event_of(env, "id1")
+    rows = sample_rows(env, "id1")
+    assert ev["attempt"] == 2 and rows
+    assert {(r[0], r[1]) for _, _, r in rows} == {(ev["pid"], ev["starttime"])}
+    assert rows[0][0] >= ev["ts_start"] - 1 and rows[-1][0] <= ev["ts_end"] + 500
