@@ -150,16 +150,19 @@ def generate(run_dir: str | Path, spec: SynthSpec | None = None) -> Truth:
         nruns = sorted((r for r in runs if r["node_id"] == node), key=lambda r: r["start"])
         pid = 4000 if spec.same_pids else 4000 + 50_000 * ni
         events = []
-        for r in nruns:
-            pid += rng.randint(1, 9)
-            r["pid"] = pid
-            r["starttime"] = int((r["start"] - 1.0 - nboot) / 1000.0 * spec.clk_tck)
+        for k, r in enumerate(nruns):
+            if spec.same_pids:  # identical nodes: the k-th task of every node gets the same (pid, starttime)
+                r["pid"], r["starttime"] = pid + 3 * k, 360_000 + 137 * k
+            else:
+                pid += rng.randint(1, 9)
+                r["pid"] = pid
+                r["starttime"] = int((r["start"] - 1.0 - nboot) / 1000.0 * spec.clk_tck)
             r["cpu_ms"] = round(r["rate"] * (r["end"] - r["start"]), 3)
             r["cg_cpu_us"] = round(r["cpu_ms"] * 1000 + rng.randint(0, 900)) if spec.cgroup else None
             r["offset"] = off
             failed = (r["trace_id"], r["attempt"]) in failed_ids
             events.append({
-                "kind": "exec", "trace_id": r["trace_id"], "attempt": r["attempt"], "node_id": node, "pid": pid,
+                "kind": "exec", "trace_id": r["trace_id"], "attempt": r["attempt"], "node_id": node, "pid": r["pid"],
                 "starttime": r["starttime"], "profile": r["profile"], "cpu_units": r["cpu_units"],
                 "ts_enqueue": r["ts_enqueue"], "ts_dispatch": r["ts_dispatch"],
                 "ts_start": round(r["start"] - off, 3), "ts_end": round(r["end"] - off, 3),

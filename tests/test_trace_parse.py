@@ -1,0 +1,225 @@
+"""CTS parse/merge + audit on synthetic raw logs (exact raw formats, known ground truth)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import run_script
+from tracekit import audit, cts, schema, synthlogs
+from tracekit.intervals import round_ms
+from tracekit.synthlogs import SynthSpec
+
+
+def read_cts(cts_dir: Path) -> tuple[list[dict], list[dict]]:
+    invs = [json.loads(x) for x in (cts_dir / "invocations.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (cts_dir / "proc_metrics.jsonl").read_text().splitlines()]
+    return invs, rows
+
+
+def check_cts_invariants(cts_dir: Path) -> tuple[list[dict], list[dict]]:
+    """DESIGN §8 invariants, checked independently of the parser's own bookkeeping."""
+    invs, rows = read_cts(cts_dir)
+    assert all(tuple(i) == schema.INVOCATION_FIELDS for i in invs)
+    assert all(tuple(r) == schema.PROC_METRIC_FIELDS for r in rows)
+    assert all(tuple(n) == schema.NODE_FIELDS for n in json.loads((cts_dir / "nodes.json").read_text()))
+    by_task = defaultdict(list)
+    order = []
+    for r in rows:
+        key = (r["node_id"], r["trace_id"], r["attempt"])
+        if not by_task[key]:
+            order.append(key)
+        by_task[key].append(r)
+    assert len(order) == len(by_task), "rows of one task are one contiguous block"
+    executed = [i for i in invs if i["pid"] is not None]
+    exec_order = [(i["node_id"], i["trace_id"], i["attempt"]) for i in executed]
+    assert order == exec_order, "blocks follow the invocation order"
+    for inv in executed:
+        rs = by_task[(inv["node_id"], inv["trace_id"], inv["attempt"])]
+        assert rs, f"task {inv['trace_id']} has no rows"
+        assert rs[0]["ts_ms"] - rs[0]["dt_ms"] == inv["ts_start"]
+        assert rs[-1]["ts_ms"] == inv["ts_end"]
+        for a, b in zip(rs, rs[1:]):
+            assert b["ts_ms"] - b["dt_ms"] == a["ts_ms"]
+        assert all(r["dt_ms"] > 0 and r["cpu_ms"] >= 0 for r in rs)
+        assert all(isinstance(r["ts_ms"], int) for r in rs)
+        assert sum(r["cpu_ms"] for r in rs) == pytest.approx(inv["cpu_ms"], abs=1e-6 * len(rs))
+        assert all((r["pid"], r["starttime"]) == (inv["pid"], inv["starttime"]) for r in rs)
+    keys = [cts.invocation_order_key(i) for i in invs]
+    assert keys == sorted(keys)
+    return invs, rows
+
+
+@pytest.fixture
+def synth(tmp_path):
+    def make(**kw):
+        return synthlogs.generate(tmp_path / "run", SynthSpec(**kw))
+    return make
+
+
+def test_parse_matches_ground_truth_with_clock_offsets(synth):
+    truth = synth(nodes=3, tasks=30, clock_offsets_ms=(0.0, 250.5, -1234.25))
+    r = cts.parse_run(truth.run_dir)
+    invs, rows = check_cts_invariants(r.out_dir)
+    got = {(i["node_id"], i["trace_id"], i["attempt"]): i for i in invs}
+    assert len(got) == len(truth.tasks) == 30
+    for t in truth.tasks:  # truth is in the controller time base: offsets must have been applied
+        inv = got[(t["node_id"], t["trace_id"], t["attempt"])]
+        assert inv["ts_start"] == round_ms(round(t["start"] - t["offset"], 3) + t["offset"])
+        assert abs(inv["ts_start"] - t["start"]) <= 1 and abs(inv["ts_end"] - t["end"]) <= 1
+        assert inv["cpu_ms"] == pytest.approx(t["cpu_ms"], abs=1e-9)
+        assert inv["ts_enqueue"] == t["ts_enqueue"] and inv["status"] == "ok"
+    assert r.samples_read == truth.samples and r.bad.count == 0 and r.orphan_samples == 0
+    checks = {c.name: c for c in audit.run_checks(r)}
+    assert all(c.verdict == audit.PASS for c in checks.values()), [(c.name, c.summary) for c in checks.values()]
+
+
+def test_multi_node_merge_with_the_same_pids(synth):
+    truth = synth(nodes=2, tasks=24, same_pids=True)
+    procs = defaultdict(set)
+    for t in truth.tasks:
+        procs[(t["pid"], t["starttime"])].add(t["node_id"])
+    assert any(len(n) == 2 for n in procs.values()), "the generator must produce colliding (pid, starttime)"
+    r = cts.parse_run(truth.run_dir)
+    invs, rows = check_cts_invariants(r.out_dir)
+    tid_of = {(i["node_id"], i["pid"], i["starttime"]): i["trace_id"] for i in invs}
+    assert all(tid_of[(x["node_id"], x["pid"], x["starttime"])] == x["trace_id"] for x in rows)
+    assert {i["node_id"] for i in invs} == {"node01", "node02"}
+    assert r.trace_mismatch == 0 and r.orphan_samples == 0
+
+
+def test_rerun_is_byte_identical(synth):
+    truth = synth(tasks=15, failed=1, fenced=1, rejects=1)
+    audit.parse_and_audit(truth.run_dir, with_plots=False)
+    out = truth.run_dir / "CTS"
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    audit.parse_and_audit(truth.run_dir, with_plots=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md"}
+
+
+def test_malformed_and_truncated_lines_are_counted_with_file_and_line(synth):
+    truth = synth(tasks=12, malformed=True)
+    (truth.run_dir / "node01" / "samples.jsonl").open("a").write("\n\x00\xff garbage\n[1,2]\n")
+    r = cts.parse_run(truth.run_dir)
+    check_cts_invariants(r.out_dir)
+    assert r.bad.count == truth.bad_lines + 2  # the garbage line and the non-object line
+    assert any("samples.jsonl" in e and "truncated line" in e for e in r.bad.examples)
+    assert any(e.startswith(str(truth.run_dir / "node01" / "events.jsonl") + ":") for e in r.bad.examples)
+    c = audit.check_inputs(r)
+    assert c.verdict == audit.WARN and str(r.bad.count) in c.summary
+
+
+def test_failed_rejected_and_fenced_invocations(synth):
+    truth = synth(nodes=2, tasks=16, failed=1, rejects=2, fenced=1)
+    r = cts.parse_run(truth.run_dir)
+    invs, _ = check_cts_invariants(r.out_dir)
+    status = defaultdict(list)
+    for i in invs:
+        status[i["status"]].append(i)
+    assert len(status["fenced"]) == 1 and status["fenced"][0]["attempt"] == 1
+    rejects = [i for i in status["failed"] if i["pid"] is None]
+    assert len(rejects) == 2 and all(i["error"] == "input not inside the inputs root" for i in rejects)
+    assert all(i["ts_enqueue"] is not None and i["cpu_units"] is not None for i in rejects), "filled from dispatch"
+    ran_failed = [i for i in status["failed"] if i["pid"] is not None]
+    assert len(ran_failed) == 1 and "exited 1" in ran_failed[0]["error"]
+    checks = {c.name: c for c in audit.run_checks(r)}
+    assert checks["Outcomes (exactly one success per task)"].verdict == audit.PASS
+    assert checks["Failed tasks"].verdict == audit.WARN
+    assert "3 failed, 1 fenced" in checks["Failed tasks"].summary
+
+
+def test_cgroup_counters_are_preferred(synth):
+    truth = synth(tasks=8, cgroup=True)
+    r = cts.parse_run(truth.run_dir)
+    invs, _ = check_cts_invariants(r.out_dir)
+    exact = {(t["node_id"], t["trace_id"]): t["cg_cpu_us"] / 1000 for t in truth.tasks}
+    assert all(i["cpu_ms"] == pytest.approx(exact[(i["node_id"], i["trace_id"])]) for i in invs)
+    assert set(r.cpu_source.values()) == {"cgroup"}
+
+
+def test_tasks_without_samples_get_one_row_and_are_flagged(synth):
+    truth = synth(tasks=10, no_sample_tasks=2)
+    r = cts.parse_run(truth.run_dir)
+    invs, rows = check_cts_invariants(r.out_dir)
+    lonely = [t for t in truth.tasks if not t["has_samples"]]
+    for t in lonely:
+        mine = [x for x in rows if x["trace_id"] == t["trace_id"]]
+        assert len(mine) == 1 and mine[0]["cpu_ms"] == pytest.approx(t["cpu_ms"])
+    c = audit.check_xref(r)
+    assert c.verdict == audit.FAIL and "task without samples" in "\n".join(c.details)
+    assert all(t["trace_id"] in "\n".join(c.details) for t in lonely)
+
+
+def test_missing_metadata_defaults_are_reported(synth):
+    truth = synth(tasks=6, nodes=1)
+    (truth.run_dir / "node01" / "node.json").unlink()
+    (truth.run_dir / "node01" / "worker.json").unlink()
+    r = cts.parse_run(truth.run_dir)
+    check_cts_invariants(r.out_dir)
+    c = audit.check_nodes(r)
+    text = "\n".join(c.details)
+    assert c.verdict != audit.PASS and "clock offset (0 assumed)" in text and "clk_tck" in text
+    assert audit.check_capacity(r).verdict == audit.WARN
+
+
+def test_audit_detects_capacity_fifo_lost_and_orphans(synth):
+    truth = synth(nodes=2, tasks=20)
+    run = truth.run_dir
+    w = json.loads((run / "node01" / "worker.json").read_text())
+    w["capacity"] = 1
+    (run / "node01" / "worker.json").write_text(json.dumps(w))
+    pl = (run / "placements.jsonl").read_text().splitlines()
+    pl[2], pl[5] = pl[5], pl[2]
+    (run / "placements.jsonl").write_text("\n".join(pl) + "\n")
+    ev = (run / "node02" / "events.jsonl").read_text().splitlines()
+    lost = json.loads(ev[0])["trace_id"]
+    (run / "node02" / "events.jsonl").write_text("\n".join(ev[1:]) + "\n")
+    with open(run / "node02" / "samples.jsonl", "a") as fh:
+        fh.write(json.dumps({"ts": 1.9e12, "mono": 1.0, "procs": [[99999, 1, "ghost", 5, 5, None, None]]}) + "\n")
+    r = cts.parse_run(run)
+    checks = {c.name: c for c in audit.run_checks(r)}
+    assert checks["Capacity"].verdict == audit.FAIL and "EXCEEDED" in "\n".join(checks["Capacity"].details)
+    assert checks["FIFO order"].verdict == audit.FAIL
+    assert "out of dispatch order" in checks["FIFO order"].summary and "0 out" not in checks["FIFO order"].summary
+    out = checks["Outcomes (exactly one success per task)"]
+    assert out.verdict == audit.FAIL and lost in "\n".join(out.details)
+    assert checks["Cross-reference"].verdict == audit.FAIL and r.orphan_samples >= 1
+
+
+def test_cli_strict_exit_codes_report_and_plots(synth, tmp_path):
+    truth = synth(tasks=10)
+    p = run_script("parse_cts.py", "--input", str(truth.run_dir), "--strict", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "audit: PASS" in p.stdout
+    report = (truth.run_dir / "CTS" / "audit_report.md").read_text()
+    for png in ("gantt.png", "cpu_utilisation.png", "queue_wait.png"):
+        assert f"]({png})" in report
+        assert (truth.run_dir / "CTS" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| Capacity | PASS |" in report
+    # make one check fail: a sample without a task -> exit 1 only with --strict
+    with open(truth.run_dir / "node01" / "samples.jsonl", "a") as fh:
+        fh.write(json.dumps({"ts": 1.9e12, "mono": 1.0, "procs": [[4, 4, "x", 1, 1, None, None]]}) + "\n")
+    assert run_script("parse_cts.py", "--input", str(truth.run_dir), "--no-plots").returncode == 0
+    p = run_script("parse_cts.py", "--input", str(truth.run_dir), "--strict", "--no-plots")
+    assert p.returncode == 1 and "FAIL Cross-reference" in p.stdout
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path):
+    p = run_script("parse_cts.py", "--input", str(tmp_path / "nope"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such run folder" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = run_script("parse_cts.py", "--input", str(tmp_path / "empty"))
+    assert p.returncode == 2 and "no node folders" in p.stderr and "Traceback" not in p.stderr
+    assert run_script("parse_cts.py", "--help").returncode == 0
+
+
+def test_run_id_resolution_uses_logs_root(synth, tmp_path, monkeypatch):
+    truth = synth(tasks=4)
+    env = {"PATH": "/usr/bin:/bin", "TRACEKIT_LOGS": str(truth.run_dir.parent)}
+    p = run_script("parse_cts.py", "--run-id", truth.run_dir.name, "--no-plots", env=env)
+    assert p.returncode == 0, p.stderr
+    assert (truth.run_dir / "CTS" / "invocations.jsonl").exists()
