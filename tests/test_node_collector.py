@@ -195,3 +195,26 @@ def test_event_and_samples_share_identity(run_env):
     assert ev["attempt"] == 2 and rows
     assert {(r[0], r[1]) for _, _, r in rows} == {(ev["pid"], ev["starttime"])}
     assert rows[0][0] >= ev["ts_start"] - 1 and rows[-1][0] <= ev["ts_end"] + 500
+
+
+def test_shell_fallback_writes_the_same_formats(run_env):
+    env = node_env(run_env, USE_PY_COLLECT="0", PROC_INTERVAL_MS="100", STAGE="cloud")
+    pid = start_collector(env)
+    assert b"collect_sys.sh" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    try:
+        run_adapter(env, ["sleep", "0.3"], TRACE_ID="sh1")
+        run_adapter(env, ["true"], TRACE_ID="sh2", TC_FINAL_SAMPLE="1")
+    finally:
+        stop_collector(env)
+    assert not alive(pid)
+    ticks = [json.loads(x) for x in paths.samples_path(env["RUN_ID"], "n1").read_text().splitlines()]
+    assert ticks and all(list(t) == list(SAMPLE_TICK_FIELDS) for t in ticks)
+    assert all(len(r) == len(SAMPLE_PROC_FIELDS) for t in ticks for r in t["procs"])
+    for tid in ("sh1", "sh2"):
+        ev = event_of(env, tid)
+        rows = sample_rows(env, tid)
+        assert rows and {(r[0], r[1]) for _, _, r in rows} == {(ev["pid"], ev["starttime"])}
+    meta = json.loads(paths.node_meta_path(env["RUN_ID"], "n1").read_text())
+    assert set(NODE_META_FIELDS) <= set(meta) and meta["stage"] == "cloud"
+    assert meta["collector"]["mode"] == "sh-whitelist" and meta["collector"]["cpu_s"] is not None
+    assert not list((paths.run_dir(env["RUN_ID"]) / "pids").glob("*.ack"))
