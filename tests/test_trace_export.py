@@ -1,0 +1,190 @@
+"""OpenDC export: exact parquet schema vs OpenDC's own test trace, round-trip totals, ordering, CLI, timeline."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_script
+from tracekit import audit, cts, opendc, perfetto, synthlogs
+from tracekit.errors import UserError
+from tracekit.synthlogs import SynthSpec
+
+GOLDEN = Path("/work/shared/opendc_examples/bitbrains-small")
+
+
+@pytest.fixture
+def parsed(tmp_path):
+    def make(**kw):
+        truth = synthlogs.generate(tmp_path / "run", SynthSpec(**kw))
+        audit.parse_and_audit(truth.run_dir, with_plots=False)
+        return truth
+    return make
+
+
+def _columns(path: Path) -> dict:
+    """name -> (physical type, logical type, required) from the parquet footer."""
+    sch = pq.ParquetFile(path).schema
+    out = {}
+    for i in range(len(sch)):
+        c = sch.column(i)
+        out[c.name] = (c.physical_type, str(c.logical_type), c.max_definition_level == 0)
+    return out
+
+
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden OpenDC trace not present at {GOLDEN}")
+def test_schema_matches_opendc_golden_trace(parsed, tmp_path):
+    truth = parsed(tasks=12)
+    opendc.export(truth.run_dir, tmp_path / "od")
+    for name in ("tasks.parquet", "fragments.parquet"):
+        gold, ours = _columns(GOLDEN / name), _columns(tmp_path / "od" / name)
+        assert gold, name
+        for col, spec in gold.items():
+            assert col in ours, f"{name}: missing column {col}"
+            assert ours[col] == spec, f"{name}.{col}: ours {ours[col]} vs OpenDC {spec}"
+    # and the arrow schema constants say the same (required = non-nullable)
+    assert set(opendc.REQUIRED_TASK_COLUMNS) == set(_columns(GOLDEN / "tasks.parquet"))
+    assert set(opendc.REQUIRED_FRAGMENT_COLUMNS) == set(_columns(GOLDEN / "fragments.parquet"))
+
+
+def test_round_trip_keeps_totals_order_and_grouping(parsed, tmp_path):
+    truth = parsed(nodes=3, tasks=40, clock_offsets_ms=(0, 40.0, -75.5), failed=2, fenced=1, rejects=1)
+    s = opendc.export(truth.run_dir, tmp_path / "od")
+    tasks = pq.read_table(tmp_path / "od" / "tasks.parquet").to_pandas()
+    frags = pq.read_table(tmp_path / "od" / "fragments.parquet").to_pandas()
+    invs = [json.loads(x) for x in (truth.run_dir / "CTS" / "invocations.jsonl").read_text().splitlines()]
+    ok = [i for i in invs if i["status"] == "ok"]
+    assert len(tasks) == len(ok) == s.tasks and len(frags) == s.fragments
+    assert list(tasks["id"]) == list(range(len(tasks))), "dense ids in submission order"
+    assert list(tasks["submission_time"]) == sorted(tasks["submission_time"])
+    ids = frags["id"].to_numpy()
+    assert np.all(np.diff(ids) >= 0), "fragments grouped by task, in task order"
+    assert set(ids) == set(tasks["id"]), "every task has fragments"
+    per_task = frags.groupby("id")["duration"].sum()
+    assert (per_task.reindex(tasks["id"]).to_numpy() == tasks["duration"].to_numpy()).all()
+    by_name = {i["trace_id"]: i for i in ok}
+    mhz = 2100.0
+    for row in tasks.itertuples():
+        inv = by_name[row.name]
+        assert row.duration == inv["ts_end"] - inv["ts_start"]
+        assert row.submission_time == inv["ts_enqueue"]
+        assert row.cpu_count == inv["cpu_units"] and row.cpu_capacity == inv["cpu_units"] * mhz
+        assert row.mem_capacity >= inv["max_rss_kb"]
+    # round trip: sum of cpu_usage x duration = sum of task CPU ms x MHz (within 0.1%)
+    ours = float((frags["cpu_usage"] * frags["duration"]).sum())
+    expected = sum(i["cpu_ms"] for i in ok) * mhz
+    assert ours == pytest.approx(expected, rel=1e-3)
+    assert ours == pytest.approx(s.mhz_ms, rel=1e-9)
+
+
+def test_include_failed_and_fenced_never(parsed, tmp_path):
+    truth = parsed(nodes=2, tasks=12, failed=2, fenced=1, rejects=1)
+    a = opendc.export(truth.run_dir, tmp_path / "a")
+    b = opendc.export(truth.run_dir, tmp_path / "b", include_failed=True)
+    assert b.tasks == a.tasks + 2
+    assert a.skipped["fenced (duplicate execution)"] == 1 and b.skipped["fenced (duplicate execution)"] == 1
+    names = pq.read_table(tmp_path / "b" / "tasks.parquet")["name"].to_pylist()
+    failed = [t["trace_id"] for t in truth.tasks if t["status"] == "failed"]
+    assert set(failed) <= set(names)
+
+
+def test_mhz_comes_from_metadata_or_flag_never_a_constant(parsed, tmp_path):
+    truth = parsed(tasks=6, cpu_freq_mhz=None)
+    with pytest.raises(UserError, match="--cpu-freq-mhz"):
+        opendc.export(truth.run_dir, tmp_path / "x")
+    p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "x"))
+    assert p.returncode == 2 and "--cpu-freq-mhz" in p.stderr and "Traceback" not in p.stderr
+    p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "y"),
+                   "--cpu-freq-mhz", "3000")
+    assert p.returncode == 0, p.stderr
+    assert "tasks 6" in p.stdout and "CPU-hours" in p.stdout and "time span" in p.stdout
+    t = pq.read_table(tmp_path / "y" / "tasks.parquet").to_pandas()
+    assert (t["cpu_capacity"] == t["cpu_count"] * 3000.0).all()
+
+
+def test_topology_groups_identical_nodes_and_experiment_points_at_files(parsed, tmp_path):
+    truth = parsed(nodes=3, tasks=18)
+    nodes_json = truth.run_dir / "CTS" / "nodes.json"
+    nodes = json.loads(nodes_json.read_text())
+    nodes[2]["cpu_cores"] = 8
+    nodes_json.write_text(json.dumps(nodes))
+    opendc.export(truth.run_dir, tmp_path / "od")
+    topo = json.loads((tmp_path / "od" / "topology.json").read_text())
+    hosts = topo["clusters"][0]["hosts"]
+    assert sorted((h["count"], h["cpu"]["coreCount"]) for h in hosts) == [(1, 8), (2, 4)]
+    assert all(h["cpu"]["coreSpeed"] == "2100 MHz" and h["memory"]["memorySize"].endswith("MiB") for h in hosts)
+    exp = json.loads((tmp_path / "od" / "experiment.json").read_text())
+    assert Path(exp["topologies"][0]["pathToFile"]).is_file()
+    wl = Path(exp["workloads"][0]["pathToFile"])
+    assert (wl / "tasks.parquet").is_file() and (wl / "fragments.parquet").is_file()
+    assert exp["workloads"][0]["type"] == "ComputeWorkload"
+
+
+def test_export_parses_raw_logs_when_no_cts_yet(tmp_path):
+    truth = synthlogs.generate(tmp_path / "run", SynthSpec(tasks=5))
+    s = opendc.export(truth.run_dir, tmp_path / "od")
+    assert s.tasks == 5 and any("parsed the raw logs" in n for n in s.notes)
+    assert (truth.run_dir / "CTS" / "audit_report.md").exists()
+
+
+def test_unsorted_or_broken_cts_is_a_clear_error(parsed, tmp_path):
+    truth = parsed(tasks=10)
+    pm = truth.run_dir / "CTS" / "proc_metrics.jsonl"
+    lines = pm.read_text().splitlines()
+    random.Random(3).shuffle(lines)
+    pm.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="re-run make parse"):
+        opendc.export(truth.run_dir, tmp_path / "od")
+    assert not (tmp_path / "od" / "fragments.parquet").exists(), "no half-written trace"
+    pm.write_text('{"ts_ms": "x"\n')
+    p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "od"))
+    assert p.returncode == 2 and "re-run make parse" in p.stderr and "Traceback" not in p.stderr
+    p = run_script("export_opendc.py", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "od"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+
+
+def test_perfetto_timeline_slices_and_cpu_counters(parsed, tmp_path):
+    truth = parsed(nodes=2, tasks=14, no_sample_tasks=1)
+    out = tmp_path / "timeline.json"
+    p = run_script("export_perfetto.py", "--input", str(truth.run_dir), "--output", str(out))
+    assert p.returncode == 0, p.stderr
+    ev = json.loads(out.read_text())["traceEvents"]
+    invs = [json.loads(x) for x in (truth.run_dir / "CTS" / "invocations.jsonl").read_text().splitlines()]
+    task_slices = [e for e in ev if e["ph"] == "X" and e["cat"] != "queue"]
+    assert len(task_slices) == sum(1 for i in invs if i["pid"] is not None)
+    lanes: dict = {}
+    for e in task_slices:
+        lanes.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    for spans in lanes.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "one slot never holds two tasks at once"
+    # the integral of the CPU counters equals the total CPU of the rows (exact step function)
+    total = 0.0
+    for pid in {e["pid"] for e in ev if e["ph"] == "C"}:
+        pts = sorted((e["ts"], e["args"]["cores"]) for e in ev if e["ph"] == "C" and e["pid"] == pid)
+        total += sum((b[0] - a[0]) / 1000 * a[1] for a, b in zip(pts, pts[1:]))
+    assert total == pytest.approx(sum(i["cpu_ms"] for i in invs if i["pid"] is not None), rel=1e-3)
+
+
+def test_cpu_step_downsampling_keeps_the_integral():
+    rng = np.random.default_rng(1)
+    s = np.sort(rng.uniform(0, 1e5, 3000))
+    e = s + rng.uniform(1, 500, 3000)
+    r = rng.uniform(0, 2, 3000)
+    t, lv = perfetto.cpu_step(s, e, r, max_points=100)
+    assert t.size == 100
+    integral = float(np.sum(lv[:-1] * np.diff(t)) + lv[-1] * (e.max() - t[-1]))
+    assert integral == pytest.approx(float(np.sum((e - s) * r)), rel=1e-6)
+
+
+def test_order_key_is_shared_by_parse_and_export():
+    invs = [{"trace_id": "b", "attempt": 1, "node_id": "n", "ts_enqueue": 5},
+            {"trace_id": "a", "attempt": 2, "node_id": "n", "ts_enqueue": None, "ts_dispatch": 3},
+            {"trace_id": "a", "attempt": 1, "node_id": "n", "ts_enqueue": 5}]
+    assert [(i["trace_id"], i["attempt"]) for i in sorted(invs, key=cts.invocation_order_key)] == \
+        [("a", 2), ("a", 1), ("b", 1)]
