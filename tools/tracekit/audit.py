@@ -171,10 +171,14 @@ def check_xref(r: ParseResult) -> Check:
     if r.orphan_samples:
         details.append(f"{r.orphan_samples} sample(s) of processes with no exec event (no task):")
         details += ["  " + x for x in r.orphan_examples]
+    if r.untracked_samples:
+        details.append(f"{r.untracked_samples} sample(s) of untraced processes (no trace_id: matched by name, "
+                       "PROC_MATCH); ignored — set PROC_PID_DIR to sample traced tasks only")
     if r.trace_mismatch:
         details.append(f"{r.trace_mismatch} sample(s) whose trace_id differs from their process's exec event")
     ran = sum(1 for i in r.invocations if _ran(i))
-    verdict = FAIL if (without_long or r.orphan_samples or r.trace_mismatch) else WARN if without_short else PASS
+    verdict = (FAIL if (without_long or r.orphan_samples or r.trace_mismatch)
+               else WARN if (without_short or r.untracked_samples) else PASS)
     summ = (f"{ran - len(without_long) - len(without_short)}/{ran} executed task(s) have samples; "
             f"{r.orphan_samples} sample(s) without a task")
     return Check("Cross-reference", verdict, summ, details)

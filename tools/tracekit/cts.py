@@ -168,7 +168,8 @@ class ParseResult:
     exact_us: dict[tuple, int] = field(default_factory=dict)
     cpu_source: dict[tuple, str] = field(default_factory=dict)
     bad: BadLines = field(default_factory=BadLines)
-    orphan_samples: int = 0
+    orphan_samples: int = 0  # samples carrying a trace_id whose process has no exec event
+    untracked_samples: int = 0  # samples without trace_id (name-matched processes that are no task)
     orphan_examples: list[str] = field(default_factory=list)
     non_monotonic_ticks: dict[str, int] = field(default_factory=dict)
     trace_mismatch: int = 0
@@ -430,6 +431,9 @@ class _Parser:
                 pid, st, tid, ticks, rss_pages, cg_us, cg_kb = p
                 r.samples_read += 1
                 cands = by_proc.get((pid, st))
+                if not cands and tid is None:
+                    r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
+                    continue
                 if not cands:
                     r.orphan_samples += 1
                     if len(r.orphan_examples) < 10:
