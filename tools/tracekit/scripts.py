@@ -170,6 +170,7 @@ if any_slots then
     if i then slots[i] = slots[i] + 1 end
   end
 end
+local qname, cstr = {}, {}
 local placed, status = 0, 'limit'
 while placed < limit do
   local raw = redis.call('LINDEX', K.pending, 0)
@@ -200,14 +201,22 @@ while placed < limit do
     if not best then status = 'blocked'; break end
     local nd = nodes[best]
     local now = now_ms()
+    -- candidate JSON pieces are built by concatenation and cached per node (only the chosen node changes
+    -- between two placements): much cheaper than cjson on nested tables
     local clist = {}
     for _, i in ipairs(cands) do
-      local m = 0
-      if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
-      local val = 0
-      if total[i] > 0 then val = m / total[i] end
-      table.insert(clist, {node=nodes[i], cap=cap[i], cap_total=total[i], run_count=rc[i], value=val})
+      if not cstr[i] then
+        local m = 0
+        if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
+        local val = 0
+        if total[i] > 0 then val = m / total[i] end
+        if not qname[i] then qname[i] = cjson.encode(nodes[i]) end
+        cstr[i] = '{"node":' .. qname[i] .. ',"cap":' .. cap[i] .. ',"cap_total":' .. total[i] ..
+          ',"run_count":' .. rc[i] .. ',"value":' .. string.format('%.6g', val) .. '}'
+      end
+      clist[#clist + 1] = cstr[i]
     end
+    cstr[best] = nil
     redis.call('LPOP', K.pending)
     t.node = nd
     t.ts_dispatch = now
@@ -220,8 +229,11 @@ while placed < limit do
       redis.call('LREM', K.slots, 1, nd)
       slots[best] = slots[best] - 1
     end
-    ctl_log('p', {trace_id=t.trace_id, attempt=tonumber(t.attempt) or 1, node=nd, ts=now, weigher=weigher,
-                  order=order, cpu_units=units, candidates=clist})
+    redis.call('XADD', K.controller_log, '*', 'f', 'p', 'r',
+      '{"trace_id":' .. cjson.encode(t.trace_id) .. ',"attempt":' .. (tonumber(t.attempt) or 1) .. ',"node":' ..
+      qname[best] .. ',"ts":' .. string.format('%d', now) .. ',"weigher":' .. cjson.encode(weigher) ..
+      ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. units .. ',"candidates":[' ..
+      table.concat(clist, ',') .. ']}')
     placed = placed + 1
   end
 end
