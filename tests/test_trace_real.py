@@ -61,8 +61,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _adapter(env: dict, trace_id: str, node: str) -> subprocess.Popen:
     now = int(time.time() * 1000)
-    e = dict(env, NODE_ID=node, PROC_PID_DIR=str(paths.pid_dir(env["RUN_ID"])), TRACE_ID=trace_id, ATTEMPT="1", PROFILE="synth1c", CPU_UNITS="1",
-             TS_ENQUEUE=str(now - 20), TS_DISPATCH=str(now - 10), TC_BINDING="none")
+    e = dict(env, NODE_ID=node, PROC_PID_DIR=str(paths.pid_dir(env["RUN_ID"])), TRACE_ID=trace_id, ATTEMPT="1",
+             PROFILE="synth1c", CPU_UNITS="1", TS_ENQUEUE=str(now - 20), TS_DISPATCH=str(now - 10), TC_BINDING="none")
     return subprocess.Popen([sys.executable, str(WRAPPER), "--", *FFMPEG], env=e, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
