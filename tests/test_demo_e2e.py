@@ -73,7 +73,7 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
         assert "FALLBACK: plain processes" in out
     else:
         assert "cluster: network namespaces on bridge" in out
-    assert (tmp_path / "run_id.env").read_text().startswith(f"RUN_ID={rid}\n")
+    assert (tmp_path / "run_id.env").read_text().startswith(f"export RUN_ID={rid}\n")
 
     run = tmp_path / "logs" / rid
     inv = [json.loads(x) for x in (run / "CTS" / "invocations.jsonl").read_text().splitlines() if x.strip()]

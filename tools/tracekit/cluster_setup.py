@@ -210,9 +210,9 @@ def default_password_file() -> Path:
     return Path.home() / ".config" / "tracekit" / "redis.pass"
 
 
-def new_run_id() -> str:
-    """``run-YYYYmmdd-HHMMSS-xxxx`` (UTC)."""
-    return f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+def new_run_id(prefix: str = "run") -> str:
+    """A fresh run id ``<prefix>-YYYYmmdd-HHMMSS-xxxx`` (UTC)."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
 def _resolve_password(pw_file: Path, rotate: bool) -> tuple[str, str]:

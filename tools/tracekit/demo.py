@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from . import paths
 from .cluster import CONTROLLER, SCRIPTS, Cluster, ClusterConfig, log_tail, require_scripts, script
+from .cluster_setup import new_run_id, write_env_file
 from .errors import EXIT_FAILURE, UserError
 
 PY_MODULES = ("redis", "psutil", "pandas", "pyarrow", "numpy", "matplotlib", "tqdm")
@@ -56,20 +56,9 @@ class DemoConfig:
 
 
 # --- run id ---
-def new_run_id() -> str:
-    """A fresh run id: ``demo-YYYYmmdd-HHMMSS-xxxx`` (UTC)."""
-    return f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
-
-
 def write_run_id_file(rid: str, path: Path = paths.RUN_ID_FILE) -> None:
-    """Write ``RUN_ID=<rid>`` to ``run_id.env`` (atomically), keeping its other lines."""
-    keep = []
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines()
-                if not re.match(r"^\s*(export\s+)?RUN_ID=", ln)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join([f"RUN_ID={rid}", *keep]) + "\n")
-    tmp.replace(path)
+    """Write ``export RUN_ID=<rid>`` to ``run_id.env``, keeping its other lines."""
+    write_env_file(path, {"RUN_ID": rid})
 
 
 def explicit_run_id(env: dict[str, str], run_id_file: Path) -> str | None:
@@ -183,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> int:
     signal.signal(signal.SIGHUP, _sigterm)
     ensure_deps(cfg.setup)
     require_scripts(NEEDED)
-    rid = paths.check_id("RUN_ID", cfg.run_id) if cfg.run_id else new_run_id()
+    rid = paths.check_id("RUN_ID", cfg.run_id) if cfg.run_id else new_run_id("demo")
     run_dir = paths.run_dir(rid)
     if run_dir.exists() and any(run_dir.iterdir()):
         old = run_dir.with_name(f"{rid}.old-{time.strftime('%Y%m%d-%H%M%S')}")
