@@ -294,3 +294,26 @@ def test_admin_clean_deletes_the_run_keys(env, redis_client):
     p = run_script("scheduler/admin.py", "clean", env=env)
     assert p.returncode == 0, p.stderr
     assert not redis_client.exists(K.pending, K.cap("n9"), K.nodes) and redis_client.exists("other:key")
+
+
+def test_partitioned_worker_heals_and_its_late_completion_is_fenced(env, procs, redis_client):
+    rid = env["RUN_ID"]
+    w = procs.worker("p1", "--capacity-units", "1")
+    wait_for(lambda: redis_client.zcard(K.nodes) == 1)
+    procs.scheduler()
+    assert dispatch(env, "--mix", "long=1", "--total", "1").returncode == 0
+    wait_for(lambda: redis_client.llen(K.running("p1")) == 1)
+    w.send_signal(signal.SIGSTOP)  # frozen like a cut-off node: no heartbeat, its task keeps running
+    try:
+        wait_for(lambda: redis_client.zcard(K.nodes) == 0, timeout=10)  # recovered by the scheduler
+        assert json.loads(redis_client.lindex(K.pending, 0))["attempt"] == 2
+    finally:
+        w.send_signal(signal.SIGCONT)
+    # it heals: re-registers, gets attempt 2; the late completion of attempt 1 is refused
+    rec = wait_for(lambda: redis_client.hget(K.done, "t000001"), timeout=20)
+    assert json.loads(rec)["attempt"] == 2
+    ev = lines(events_path(rid, "p1"))
+    fenced = [e for e in ev if e["kind"] == "fenced"]
+    assert [(e["trace_id"], e["attempt"]) for e in fenced] == [("t000001", 1)]
+    out = Path(env["TRACEKIT_OUTPUTS"])
+    assert not list(out.rglob(".*.part*"))  # no half-written or orphaned tmp output left behind

@@ -20,6 +20,7 @@ Each push is one MULTI/EXEC (RPUSH + wake); every task gets ``ts_enqueue`` = Red
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import secrets
@@ -37,6 +38,7 @@ from .errors import EXIT_FAILURE, UserError
 from .jsonl import append_line
 from .keys import Keys
 from .profiles import get_profile, load_profiles
+from .redis_retry import Retrier
 from .task import Task, resolve_inside
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".y4m", ".m4v")
@@ -220,33 +222,40 @@ def batches(cfg: FeedConfig, client: redis.Redis, keys: Keys, n_left: int, stop:
 
 
 def wait_all(client: redis.Redis, keys: Keys, tids: list[str], stop: threading.Event, bar) -> tuple[dict, dict]:
-    """Block until every trace id has a done or failed record; wakes on the events stream (no polling)."""
-    last = "$"
+    """Block until every trace id has a done or failed record; wakes on the events stream (no polling).
+    Survives a Redis outage (retries with backoff: everything here is a read)."""
+    state = {"last": "$"}
     remaining = set(tids)
     done: dict[str, dict] = {}
     failed: dict[str, dict] = {}
+    retry = Retrier(logging.getLogger("dispatcher"), stop)
     while remaining and not stop.is_set():
-        chunk = sorted(remaining)
-        for i in range(0, len(chunk), 1000):
-            part = chunk[i:i + 1000]
-            pipe = client.pipeline(transaction=False)
-            pipe.hmget(keys.done, part)
-            pipe.hmget(keys.failed, part)
-            d, f = pipe.execute()
-            for tid, rd, rf in zip(part, d, f):
-                if rd or rf:
-                    remaining.discard(tid)
-                    (done if rd else failed)[tid] = json.loads(rd or rf)
-        if bar is not None:
-            bar.n = len(done) + len(failed)
-            bar.set_postfix(done=len(done), failed=len(failed))
-            bar.refresh()
-        if not remaining:
-            break
-        res = client.xread({keys.events: last}, block=1000, count=1000)
-        if res:
-            last = res[0][1][-1][0]
+        retry(lambda: _wait_round(client, keys, remaining, done, failed, bar, state), "wait")
     return done, failed
+
+
+def _wait_round(client: redis.Redis, keys: Keys, remaining: set, done: dict, failed: dict, bar, state: dict) -> None:
+    """One round: count finished tasks, then block up to 1 s on the events stream."""
+    chunk = sorted(remaining)
+    for i in range(0, len(chunk), 1000):
+        part = chunk[i:i + 1000]
+        pipe = client.pipeline(transaction=False)
+        pipe.hmget(keys.done, part)
+        pipe.hmget(keys.failed, part)
+        d, f = pipe.execute()
+        for tid, rd, rf in zip(part, d, f):
+            if rd or rf:
+                remaining.discard(tid)
+                (done if rd else failed)[tid] = json.loads(rd or rf)
+    if bar is not None:
+        bar.n = len(done) + len(failed)
+        bar.set_postfix(done=len(done), failed=len(failed))
+        bar.refresh()
+    if not remaining:
+        return
+    res = client.xread({keys.events: state["last"]}, block=1000, count=1000)
+    if res:
+        state["last"] = res[0][1][-1][0]
 
 
 def summary(plan_tasks: list[dict], done: dict, failed: dict) -> tuple[str, int]:
@@ -279,6 +288,9 @@ def dispatch(client: redis.Redis, keys: Keys, run_id: str, the_plan: Plan, cfg: 
             push(client, keys, run_id, tasks[pos:pos + k], pos)
             pos += k
             bar.update(k)
+    except redis.RedisError as exc:
+        raise UserError(f"lost Redis after enqueuing {pos} of {len(tasks)} task(s) "
+                        f"(see {paths.dispatch_path(run_id)}): {exc}") from None
     finally:
         bar.close()
     print(f"dispatcher: enqueued {pos} task(s) in {time.monotonic() - t0:.2f} s", file=sys.stderr)
