@@ -151,6 +151,7 @@ class Task:
     trace_mismatch: int = 0
     cpu_sum_us: int = 0  # CPU of the rows actually written (the audit compares it with the exact total)
     done: bool = False
+    trace_id: str = ""
 
 
 @dataclass
@@ -203,8 +204,15 @@ def _row_template(inv: dict) -> str:
 _VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
 
 
+_FAST_ORDER = _VAR_ORDER == _ROW_VARS
+_NUMT = frozenset((int, float))  # type(x) in _NUMT: a JSON number (bool excluded), cheap in the hot loop
+
+
 def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None) -> str:
-    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_us / 1000, "rss_kb": "null" if rss_kb is None else rss_kb}
+    rss = "null" if rss_kb is None else rss_kb
+    if _FAST_ORDER:
+        return template % (ts_ms, dt_ms, cpu_us / 1000, rss)
+    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_us / 1000, "rss_kb": rss}
     return template % tuple(vals[f] for f in _VAR_ORDER)
 
 
@@ -338,7 +346,7 @@ class _Parser:
         total_us = int(round(inv["cpu_ms"] * 1000)) if inv.get("cpu_ms") is not None else 0
         rss = ev.get("max_rss_kb") if isinstance(ev.get("max_rss_kb"), int) else None
         cutter = TaskIntervals(start, end, total_us, rss)
-        return Task(inv, start, end, use_cg, cutter, "")
+        return Task(inv, start, end, use_cg, cutter, "", trace_id=inv["trace_id"])
 
     # ---- samples -----------------------------------------------------------------------------------------------
     def cut_samples(self, scratch) -> dict[tuple, tuple[int, int]]:
@@ -384,7 +392,7 @@ class _Parser:
         """Spread a row's CPU over the utilisation bins it overlaps, in proportion to the overlap."""
         w, t0 = self.r.util_bin_ms, self.r.util_t0
         a, b = ts_ms - dt_ms, ts_ms
-        i, j = int((a - t0) // w), int((b - t0) // w)
+        i, j = (a - t0) // w, (b - t0) // w
         if i == j or dt_ms <= 0:
             if 0 <= j < len(util):
                 util[j] += cpu_us / 1000
@@ -408,12 +416,15 @@ class _Parser:
         kb_per_page = node.page_size / 1024
         last_t = float("-inf")
         nonmono = 0
+        nfields = len(schema.SAMPLE_PROC_FIELDS)
+        nsamples = 0
+        fmt, add_util = _fmt, self._util_add
         if not path.exists():
             r.missing_samples_file.append(node.node_id)
         for lineno, tick in self._ticks(path):
             ts = tick.get("ts")
             procs = tick.get("procs")
-            if not _num(ts) or not isinstance(procs, list):
+            if type(ts) not in _NUMT or type(procs) is not list:
                 r.bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
                 continue
             t_ctrl = ts + off
@@ -425,16 +436,16 @@ class _Parser:
             while heap and heap[0][0] <= t_ctrl:
                 self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
             for p in procs:
-                if not isinstance(p, list) or len(p) != len(schema.SAMPLE_PROC_FIELDS):
-                    r.bad.add(f"{path}:{lineno}", "sample entry is not a list of 7 values")
+                if type(p) is not list or len(p) != nfields:
+                    r.bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
                     continue
                 pid, st, tid, ticks, rss_pages, cg_us, cg_kb = p
-                r.samples_read += 1
+                nsamples += 1
                 cands = by_proc.get((pid, st))
-                if not cands and tid is None:
-                    r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
-                    continue
                 if not cands:
+                    if tid is None:
+                        r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
+                        continue
                     r.orphan_samples += 1
                     if len(r.orphan_examples) < 10:
                         r.orphan_examples.append(f"{path}:{lineno}: pid {pid} starttime {st} trace_id {tid}")
@@ -443,23 +454,27 @@ class _Parser:
                 if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
                     task = next((c for c in cands if c.start - 1000 <= t_ctrl <= c.end + 1000), cands[0])
                 task.samples += 1
-                if tid != task.inv["trace_id"]:
+                if tid != task.trace_id:
                     task.trace_mismatch += 1
                 if task.done:
                     task.cutter.stats.samples_after += 1
                     continue
-                if task.use_cg and _num(cg_us):
+                if task.use_cg and type(cg_us) in _NUMT:
                     cum = int(cg_us)
-                elif _num(ticks):
+                elif type(ticks) in _NUMT:
                     cum = int(ticks * us_per_tick)
                 else:
                     continue
-                rss = int(rss_pages * kb_per_page) if _num(rss_pages) else (int(cg_kb) if _num(cg_kb) else None)
+                if type(rss_pages) in _NUMT:
+                    rss = int(rss_pages * kb_per_page)
+                else:
+                    rss = int(cg_kb) if type(cg_kb) in _NUMT else None
                 row = task.cutter.add(t_ctrl, cum, rss)
                 if row is not None:
-                    task.lines.append(_fmt(task.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
+                    task.lines.append(fmt(task.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
                     task.cpu_sum_us += row.cpu_us
-                    self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
+                    add_util(util, row.ts_ms, row.dt_ms, row.cpu_us)
+        r.samples_read += nsamples
         while heap:
             self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
         r.non_monotonic_ticks[node.node_id] = nonmono

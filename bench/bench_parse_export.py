@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Parse + OpenDC export at scale vs DuckDB ``read_json`` -> parquet of the same ``proc_metrics.jsonl``.
+
+Synthetic raw logs (``tracekit.synthlogs``, exact raw formats) of N process samples are parsed by
+``tools/parse_cts.py`` and exported by ``tools/export_opendc.py``, each in its own process so wall time and peak
+RSS are measured per step (``wait4``). The baseline, in the same invocation, is DuckDB reading the CTS
+``proc_metrics.jsonl`` the parse wrote and writing it to parquet. Quick mode: ~300 k samples (< 60 s);
+full mode (``--full``): 10 M samples (issue 4 §5: within 2 GB, target <= 1.5x DuckDB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TOOLS = HERE.parent / "tools"
+sys.path.insert(0, str(TOOLS))
+
+from tracekit.synthlogs import SynthSpec, generate  # noqa: E402
+
+SAMPLES_PER_TASK = 100  # task_ms (5-15 s) / interval (100 ms)
+MB = 1024.0
+DUCKDB_SCRIPT = """
+import sys, duckdb
+con = duckdb.connect()
+con.execute("COPY (SELECT * FROM read_json(?, format='newline_delimited')) TO ? (FORMAT parquet)",
+            [sys.argv[1], sys.argv[2]])
+"""
+
+
+def _timed(argv: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run a child process; (wall seconds, its peak RSS in MB). Raises with its stderr if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} exited {proc.returncode}: {err[-1500:]}")
+    return wall, ru.ru_maxrss / MB
+
+
+def run(quick: bool, samples: int | None = None, keep: bool = False) -> list[dict]:
+    """Generate, parse, export and run the DuckDB baseline; rows for bench/run_all.py."""
+    n = samples or (300_000 if quick else 10_000_000)
+    tmp = Path(tempfile.mkdtemp(prefix="tracekit-bench-"))
+    try:
+        run_dir = tmp / "run"
+        spec = SynthSpec(nodes=2, cores=4, capacity=4, tasks=max(10, n // SAMPLES_PER_TASK), interval_ms=100,
+                         task_ms=(5_000, 15_000), arrival_ms=(0, 50), progress=sys.stderr.isatty())
+        t0 = time.perf_counter()
+        truth = generate(run_dir, spec)
+        gen_s = time.perf_counter() - t0
+        print(f"generated {truth.samples} samples / {len(truth.tasks)} tasks in {gen_s:.1f} s "
+              f"({sum(f.stat().st_size for f in run_dir.rglob('samples.jsonl')) / 1e6:.0f} MB of samples)",
+              file=sys.stderr)
+        env = dict(os.environ, PYTHONPATH=str(TOOLS))
+        parse_s, parse_mb = _timed([sys.executable, str(TOOLS / "parse_cts.py"), "--input", str(run_dir),
+                                    "--quiet"], env)
+        export_s, export_mb = _timed([sys.executable, str(TOOLS / "export_opendc.py"), "--input", str(run_dir),
+                                      "--output", str(tmp / "opendc"), "--quiet"], env)
+        pm = run_dir / "CTS" / "proc_metrics.jsonl"
+        duck_s, duck_mb = _timed([sys.executable, "-c", DUCKDB_SCRIPT, str(pm), str(tmp / "duck.parquet")], env)
+        print(f"proc_metrics.jsonl: {pm.stat().st_size / 1e6:.0f} MB; parse {parse_s:.2f} s / {parse_mb:.0f} MB, "
+              f"export {export_s:.2f} s / {export_mb:.0f} MB, duckdb {duck_s:.2f} s / {duck_mb:.0f} MB",
+              file=sys.stderr)
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        size = f"{truth.samples / 1e6:.2f}M samples"
+        rows = [
+            {"bench": "parse_export", "metric": f"export s, proc_metrics.jsonl -> parquet ({size})",
+             "ours": export_s, "baseline": duck_s, "ratio": export_s / duck_s, "target": "<= 1.5 (vs DuckDB)"},
+            {"bench": "parse_export", "metric": f"parse+export s, raw logs -> CTS+audit -> parquet ({size})",
+             "ours": parse_s + export_s, "baseline": duck_s, "ratio": (parse_s + export_s) / duck_s,
+             "target": "<= 1.5 (vs DuckDB)"},
+            {"bench": "parse_export", "metric": f"parse peak RSS MB ({size})", "ours": parse_mb,
+             "baseline": duck_mb, "ratio": parse_mb / duck_mb, "target": "ours < 2048 MB"},
+            {"bench": "parse_export", "metric": f"export peak RSS MB ({size})", "ours": export_mb,
+             "baseline": duck_mb, "ratio": export_mb / duck_mb, "target": "ours < 2048 MB"},
+        ]
+        return rows
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="10 M samples (default: quick, ~300 k)")
+    ap.add_argument("--samples", type=int, help="explicit number of process samples")
+    ap.add_argument("--keep", action="store_true", help="keep the generated run folder")
+    a = ap.parse_args()
+    rows = run(quick=not a.full, samples=a.samples, keep=a.keep)
+    cols = ("metric", "ours", "baseline", "ratio", "target")
+    table = [cols] + [tuple(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
