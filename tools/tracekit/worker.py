@@ -113,7 +113,7 @@ class Worker:
         self.signals = 0
         self.retry = Retrier(log)  # completions and registration: retried until Redis answers
         self.take_retry = Retrier(log, self.stop)  # taking stops retrying once we are asked to stop
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
         self.running: dict[tuple[str, int], Running] = {}
         self.threads: list[threading.Thread] = []
         self.cores = sorted(os.sched_getaffinity(0))
@@ -260,7 +260,8 @@ class Worker:
         app = load_profiles()[task.profile]["app"]
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
         env = dict(os.environ)
-        env.pop("TRACEKIT_REDIS_PASSWORD", None)  # tasks never need the Redis password
+        for name in ("TRACEKIT_REDIS_PASSWORD", "TRACEKIT_REDIS_URL", "REDIS_URL"):
+            env.pop(name, None)  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
         env.update(bind_env)
         env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
                     "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
