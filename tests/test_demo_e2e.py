@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,14 @@ def run_env_procs(rid: str) -> list[psutil.Process]:
         except (psutil.Error, OSError):
             pass
     return out
+
+
+def is_task_ffmpeg(p: psutil.Process) -> bool:
+    """An ffmpeg started under the supervisor (a task), not one of the input generator."""
+    try:
+        return p.name() == "ffmpeg" and "TRACEKIT_PROC" in p.environ()
+    except psutil.Error:
+        return False
 
 
 def spy(rid: str, stop: threading.Event, seen: dict) -> None:
@@ -98,3 +107,30 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
     for f in run.rglob("*"):
         if f.is_file():
             assert pw.encode() not in f.read_bytes(), f"password found in {f}"
+
+
+def test_ctrl_c_mid_run_stops_everything(tmp_path):
+    rid = f"int{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_REDIS") and k != "REDIS_URL"}
+    env.update(TRACEKIT_LOGS=str(tmp_path / "logs"), TRACEKIT_INPUTS=str(tmp_path / "inputs"),
+               TRACEKIT_OUTPUTS=str(tmp_path / "outputs"), TRACEKIT_RUN_ID_FILE=str(tmp_path / "run_id.env"),
+               PYTHONPATH=str(TOOLS), NODES="2", TOTAL="40", MIX="medium480p=1")
+    (tmp_path / "inputs").mkdir()
+    spaces_before = set(netns.list_namespaces())
+    proc = subprocess.Popen([sys.executable, str(TOOLS / "demo.py"), "--run-id", rid, "--no-setup"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until tasks run (an ffmpeg of the run exists)
+        if any(is_task_ffmpeg(p) for p in run_env_procs(rid)):
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("no task started within 60 s")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "demo: interrupted" in err and "Traceback" not in err
+    assert run_env_procs(rid) == []
+    assert not [s for s in set(netns.list_namespaces()) - spaces_before if s.startswith("tk")]
+    assert not list((tmp_path / "logs" / rid).glob("*/*.pid"))

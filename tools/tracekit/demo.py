@@ -116,11 +116,20 @@ def run_tool(name: str, args: list[str], env: dict[str, str], log: Path) -> int:
         proc = subprocess.Popen([sys.executable, str(script(name)), *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            sys.stdout.write("    " + line.decode(errors="replace"))
-        sys.stdout.flush()
-        return proc.wait()
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                sys.stdout.write("    " + line.decode(errors="replace"))
+            sys.stdout.flush()
+            return proc.wait()
+        except BaseException:  # Ctrl-C / SIGTERM of the demo: the step must not outlive it
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
 
 
 def plain_env(rid: str) -> dict[str, str]:
