@@ -102,8 +102,9 @@ def run(quick: bool = True) -> list[dict]:
     logging.getLogger("scheduler_central").setLevel(logging.WARNING)
     m = 5000 if quick else 30000
     rows = []
+    saved = os.environ.get("TRACEKIT_LOGS")
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
-        os.environ["TRACEKIT_LOGS"] = tmp
+        os.environ["TRACEKIT_LOGS"] = tmp  # the placement log of the benchmark goes to a throwaway folder
         srv = RedisServer(workdir=Path(tmp) / "redis").start()
         try:
             raw = raw_rate(srv, 2000 if quick else 20000)
@@ -125,6 +126,10 @@ def run(quick: bool = True) -> list[dict]:
                          "baseline": base, "ratio": q[98] / base, "target": "< 10 ms"})
         finally:
             srv.stop()
+            if saved is None:
+                os.environ.pop("TRACEKIT_LOGS", None)
+            else:
+                os.environ["TRACEKIT_LOGS"] = saved
     return rows
 
 

@@ -182,7 +182,11 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
             total_placed += placed
             now = time.monotonic()
             if now >= next_reap:
-                dead, back, failed = retry(lambda: scripts.reap(), "reap")
+                def reap() -> list:
+                    client.hset(keys.config, "max_attempts", cfg.max_attempts)  # survives a Redis restart
+                    return scripts.reap()
+
+                dead, back, failed = retry(reap, "reap")
                 if dead:
                     log.warning("recovered %d dead node(s): %d task(s) requeued, %d failed", dead, back, failed)
                     retry(drain.drain, "drain")
