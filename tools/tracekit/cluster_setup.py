@@ -199,8 +199,11 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
         keep = [ln for ln in path.read_text().splitlines() if not re.match(rf"^\s*(export\s+)?({names})=", ln)]
     body = [f"export {k}={v}" for k, v in values.items()] + keep
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text("\n".join(body) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("\n".join(body) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def default_password_file() -> Path:

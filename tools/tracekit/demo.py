@@ -257,7 +257,6 @@ def print_results(rid: str, elapsed_s: float) -> None:
         print(f"  {label:18} {p}{'' if p.exists() else '  (missing)'}")
     for p in plots:
         print(f"  {'plot':18} {p}")
-    print("  open the timeline at https://ui.perfetto.dev (load the file; nothing is uploaded by Tracekit)")
 
 
 # --- command line ---
