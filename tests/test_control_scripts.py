@@ -121,6 +121,14 @@ def test_end_to_end_run_with_wait(env, procs, redis_client):
     assert all(d["ts_enqueue"] <= x["ts"] for d, x in zip(disp, placed))
     synth = [d for d in disp if d["profile"] == "synth1c"]
     assert synth and all((Path(env["TRACEKIT_OUTPUTS"]) / d["output"]).stat().st_size > 0 for d in synth)
+    # exclusive binding: attempts that overlap in time on one worker never share a core
+    for node in ("n1", "n2"):
+        ex = [e for e in lines(events_path(rid, node)) if e["kind"] == "exec"]
+        assert ex and all(e["binding"] == "exclusive" and e["cpuset"] for e in ex)
+        for a in ex:
+            for b in ex:
+                if a is not b and a["ts_start"] < b["ts_end"] and b["ts_start"] < a["ts_end"]:
+                    assert not set(a["cpuset"].split(",")) & set(b["cpuset"].split(","))
     assert w1.wait(20) == 0 and w2.wait(20) == 0
     assert redis_client.zcard(K.nodes) == 0  # they left the pool cleanly
     meta = json.loads(worker_meta_path(rid, "n2").read_text())
@@ -317,3 +325,44 @@ def test_partitioned_worker_heals_and_its_late_completion_is_fenced(env, procs, 
     assert [(e["trace_id"], e["attempt"]) for e in fenced] == [("t000001", 1)]
     out = Path(env["TRACEKIT_OUTPUTS"])
     assert not list(out.rglob(".*.part*"))  # no half-written or orphaned tmp output left behind
+
+
+def test_second_signal_is_forwarded_to_running_tasks(env, procs, redis_client):
+    w = procs.worker("g1", "--capacity-units", "1")
+    wait_for(lambda: redis_client.zcard(K.nodes) == 1)
+    procs.scheduler()
+    assert dispatch(env, "--mix", "long=1", "--total", "1").returncode == 0
+    wait_for(lambda: redis_client.llen(K.running("g1")) == 1)
+    w.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert w.poll() is None  # still waiting for its task
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(10) == 0
+    rec = json.loads(redis_client.hget(K.failed, "t000001"))
+    assert "signal" in rec["reason"] and rec["attempt"] == 1
+
+
+def test_daemons_survive_a_redis_restart(env, tmp_path):
+    from tracekit.redis_server import RedisServer
+
+    srv = RedisServer(appendonly=True, workdir=tmp_path / "redis-aof").start()
+    env = dict(env, TRACEKIT_REDIS_URL=srv.url, TRACEKIT_REDIS_PASSWORD=srv.password)
+    ps = Procs(env)
+    try:
+        ps.worker("o1", "--capacity-units", "2")
+        ps.scheduler()
+        client = srv.client()
+        wait_for(lambda: client.zcard(K.nodes) == 1)
+        disp = ps.start("scheduler/dispatcher.py", "--inputs", env["TRACEKIT_INPUTS"], "--no-progress",
+                        "--mix", "nap=1", "--total", "12", "--wait")
+        wait_for(lambda: client.hlen(K.done) >= 2)
+        srv.stop()
+        time.sleep(1.0)
+        srv.start()
+        out, err = disp.communicate(timeout=60)
+        assert disp.returncode == 0, err
+        assert "done 12 / failed 0" in out and "Redis unavailable" in err
+        assert srv.client().hlen(K.done) == 12
+    finally:
+        ps.close()
+        srv.stop()

@@ -18,6 +18,7 @@ Lifecycle:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -195,10 +196,11 @@ class Worker:
     # --- one task ---
     def _reject(self, raw: str, exc: Exception, tid: str | None, attempt: int, profile: str | None) -> None:
         reason = str(exc)
-        log.warning("rejected payload (%s): %s", tid or "?", reason)
+        tid = tid or "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12]  # as the Lua steps name it
+        log.warning("rejected payload (%s): %s", tid, reason)
         self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=attempt, node_id=self.cfg.node,
                     profile=profile, ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200])
-        self._complete(raw, tid or "bad-payload", attempt, "failed", {"status": "rejected", "reason": reason})
+        self._complete(raw, tid, attempt, "failed", {"status": "rejected", "reason": reason})
 
     def _complete(self, raw: str, tid: str, attempt: int, outcome: str, extra: dict) -> str:
         rec = {"trace_id": tid, "attempt": attempt, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms()}
