@@ -44,10 +44,13 @@ def gantt(r: ParseResult, path: Path) -> None:
         mine = [i for i in runs if i["node_id"] == n]
         lanes = assign_lanes([(i["ts_start"], i["ts_end"]) for i in mine])
         nl = (max(lanes) + 1) if lanes else 1
-        for inv, lane in zip(mine, lanes):
-            ax.barh(y + lane, (inv["ts_end"] - inv["ts_start"]) / 1000, left=(inv["ts_start"] - t0) / 1000,
-                    height=0.8, color=colour[str(inv.get("profile"))], edgecolor="black", linewidth=0.4,
-                    hatch=STATUS_HATCH.get(inv.get("status")))
+        groups: dict[tuple, list[tuple[float, float]]] = {}
+        for inv, lane in zip(mine, lanes):  # one collection per (lane, profile, status): fast for 100k tasks
+            groups.setdefault((lane, str(inv.get("profile")), inv.get("status")), []).append(
+                ((inv["ts_start"] - t0) / 1000, (inv["ts_end"] - inv["ts_start"]) / 1000))
+        for (lane, prof, status), xr in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+            ax.broken_barh(xr, (y + lane - 0.4, 0.8), facecolors=colour[prof], edgecolor="black",
+                           linewidth=0.4 if len(mine) < 2000 else 0.0, hatch=STATUS_HATCH.get(status))
         yticks.append(y + (nl - 1) / 2)
         ylabels.append(f"{n}\n({nl} lane{'s' if nl > 1 else ''})")
         y += nl + 0.6
