@@ -168,7 +168,10 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
             raise UserError(f"lost the scheduler lock to {holder}; exiting")
         client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
         placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch])
-        drain.drain()
+        try:
+            drain.drain()
+        except OSError as exc:  # the records stay in the stream and are written once the disk is back
+            log.error("cannot write the controller logs (%s); will retry", exc)
         return int(placed), status
 
     try:

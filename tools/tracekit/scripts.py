@@ -77,7 +77,7 @@ local function event(kind, tid, attempt, node, extra)
 end
 -- record a task given up by the controller (Redis record + controller/events.jsonl line)
 local function fail(tid, attempt, node, profile, now, reason, raw)
-  local rec = {kind='failed', trace_id=tid, attempt=attempt, node_id=node, profile=profile, ts=now,
+  local rec = {kind='failed', trace_id=tid, attempt=attempt, node_id=node, profile=profile or cjson.null, ts=now,
                reason=reason, payload_excerpt=string.sub(raw or '', 1, 200)}
   redis.call('HSET', K.failed, tid, cjson.encode(rec))
   ctl_log('c', rec)

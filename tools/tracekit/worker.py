@@ -300,11 +300,32 @@ class Worker:
         th.start()
         self.threads.append(th)
 
+    def _launch_error(self, raw: str, exc: Exception) -> None:
+        try:
+            d = json.loads(raw)
+            tid, attempt = str(d["trace_id"]), int(d.get("attempt", 1))
+        except (ValueError, KeyError, TypeError):
+            tid, attempt = "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12], 1
+        log.error("could not start %s: %s", tid, exc)
+        with self.lock:
+            self.running.pop((tid, attempt), None)
+        self._complete(raw, tid, attempt, "failed", {"status": "failed", "reason": f"worker could not start it: {exc}"})
+
     def _finish_failed_launch(self, raw: str, task: Task, cmd: Command, reason: str) -> None:
         log.warning("could not launch %s: %s", task.trace_id, reason)
         self._complete(raw, task.trace_id, task.attempt, "failed", {"status": "failed", "reason": reason})
 
     def _wait(self, run: Running, t0: float) -> None:
+        try:
+            self._wait_inner(run, t0)
+        except Exception as exc:  # never leave a task in running:<node> because a log write failed
+            log.error("task %s: %s", run.task.trace_id, exc)
+            with self.lock:
+                self.running.pop((run.task.trace_id, run.task.attempt), None)
+            self._complete(run.raw, run.task.trace_id, run.task.attempt, "failed",
+                           {"status": "failed", "reason": f"worker error after the run: {exc}"})
+
+    def _wait_inner(self, run: Running, t0: float) -> None:
         task, cmd = run.task, run.cmd
         m0 = time.monotonic_ns()
         if run.fallback:
@@ -386,7 +407,10 @@ class Worker:
                 except redis.RedisError:
                     continue
                 if raw is not None:
-                    self.handle(raw)
+                    try:
+                        self.handle(raw)
+                    except (OSError, ValueError) as exc:  # e.g. output folder not writable: fail the task, go on
+                        self._launch_error(raw, exc)
                     idle_since = time.monotonic()
                 elif self.cfg.exit_when_idle:
                     with self.lock:
