@@ -148,3 +148,15 @@ def test_fallback_when_namespaces_are_required_but_disabled(monkeypatch):
     with pytest.raises(UserError, match="required"):
         monkeypatch.setattr(netns, "namespaces_available", lambda: (False, "not root"))
         netns.make_network(["n1"], mode="1")
+
+
+@needs_netns
+def test_two_emulations_coexist_on_distinct_subnets(tmp_path):
+    with netns.make_network(["n1"], mode="1") as a, netns.make_network(["n1"], mode="1") as b:
+        assert a.state.subnet != b.state.subnet and a.netns("n1") != b.netns("n1")
+        srv = RedisServer(host=b.gateway, workdir=tmp_path / "r").start()
+        try:
+            assert ping_from(b, "n1", srv, srv.password) == "PONG"
+            assert ping_from(a, "n1", srv, srv.password) == "UNREACHABLE"  # other emulation's Redis: not routed
+        finally:
+            srv.stop()

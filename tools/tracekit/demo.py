@@ -149,6 +149,8 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     daemons = [(n, name) for n in cl.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
     disp = cl.sup.get(CONTROLLER, "dispatcher")
+    tty = sys.stdout.isatty()
+    last = (-1, 0.0)  # (finished, when): off a terminal, print only on progress or every 10 s
     with tqdm(total=total, desc="tasks", unit="task", dynamic_ncols=True, file=sys.stdout) as bar:
         while True:
             done, failed = client.hlen(keys.done), client.hlen(keys.failed)
@@ -160,7 +162,9 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
             bar.n = min(total, done + failed)
             bar.set_postfix_str(f"failed={failed} pending={pending} running=" +
                                 "/".join(str(r) for r in running), refresh=False)
-            bar.refresh()
+            if tty or bar.n != last[0] or time.monotonic() - last[1] > 10:
+                bar.refresh()
+                last = (bar.n, time.monotonic())
             if not disp.alive():
                 return disp.returncode
             cl.check_alive(daemons)

@@ -23,6 +23,7 @@ loopback, and a reason saying why.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -228,19 +229,27 @@ class Network:
     # --- life cycle ---
     def create(self) -> Network:
         """Clean stale networks, then build the bridge and one namespace + veth per node."""
-        cleanup_stale()
-        taken = {st.subnet for st in live_states()}
-        tag = secrets.token_hex(2)
-        while (STATE_DIR / f"{tag}.json").exists():
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        # one creator at a time: two emulations started together must not pick the same subnet
+        with open(STATE_DIR / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cleanup_stale()
+            taken = {st.subnet for st in live_states()}
             tag = secrets.token_hex(2)
-        net = _pick_subnet(taken)
-        hosts = list(net.hosts())
-        me = os.getpid()
-        self.state = NetState(tag=tag, owner_pid=me, owner_start=_proc_start(me), subnet=str(net),
-                              bridge=f"tkbr{tag}",
-                              links=[NodeLink(node=n, netns=f"tk{tag}-{n}", host_if=f"tkv{tag}{i}",
-                                              addr=str(hosts[i + 1])) for i, n in enumerate(self.nodes)])
-        self.state.save()  # before creating anything: a crash from here on is cleaned next time
+            while (STATE_DIR / f"{tag}.json").exists():
+                tag = secrets.token_hex(2)
+            net = _pick_subnet(taken)
+            hosts = list(net.hosts())
+            me = os.getpid()
+            self.state = NetState(tag=tag, owner_pid=me, owner_start=_proc_start(me), subnet=str(net),
+                                  bridge=f"tkbr{tag}",
+                                  links=[NodeLink(node=n, netns=f"tk{tag}-{n}", host_if=f"tkv{tag}{i}",
+                                                  addr=str(hosts[i + 1])) for i, n in enumerate(self.nodes)])
+            self.state.save()  # before creating anything: a crash from here on is cleaned next time
+            self._build(net, tag)
+        return self
+
+    def _build(self, net: ipaddress.IPv4Network, tag: str) -> None:
         try:
             st = self.state
             _ip("link", "add", st.bridge, "type", "bridge")
@@ -259,7 +268,6 @@ class Network:
         except BaseException:
             self.teardown()
             raise
-        return self
 
     def teardown(self) -> list[str]:
         """Remove everything this network created (kills processes left inside); never raises."""
