@@ -183,6 +183,8 @@ class Worker:
                         self.register()
             except redis.RedisError as exc:  # the take loop logs the outage; the TTL tells the scheduler
                 log.debug("heartbeat failed: %s", exc)
+            except Exception as exc:  # the heartbeat thread must outlive any local error (disk full, ...)
+                log.error("heartbeat: %s", exc)
             self.done_event.wait(BEAT_EVERY_S)
 
     # --- events ---
