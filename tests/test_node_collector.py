@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -64,20 +65,25 @@ def test_other_nodes_sentinels_are_ignored_and_never_deleted(tmp_path, sleeper):
 
 def test_children_are_followed(tmp_path):
     """CPU of an application's child processes counts in the application's row."""
-    p = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done & wait"],
-                         stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 5000000 ]; do i=$((i+1)); done & wait"],
+                         stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         _write(tmp_path, p.pid, procfs.starttime(p.pid))
         s = Sampler("n1", tmp_path)
         kids = wait_for(lambda: procfs.children(p.pid))
         assert kids
         wait_for(lambda: (procfs.read_stat(kids[0]) or procfs.read_stat(p.pid)).utime > 5, timeout=10)
-        rows = s.tick()
-        own = procfs.read_stat(p.pid)
-        assert rows and own is not None
-        assert rows[0][3] > own.cpu_ticks, "the busy child's ticks are included"
+        # children are looked for at least once every kid_every ticks (then every tick)
+        found = False
+        for _ in range(s.kid_every):
+            rows = s.tick()
+            own = procfs.read_stat(p.pid)
+            assert rows and own is not None
+            found = found or rows[0][3] > own.cpu_ticks
+        assert found, "the busy child's ticks are included"
+        assert rows[0][3] > procfs.read_stat(p.pid).cpu_ticks, "once found, children are followed every tick"
     finally:
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)  # the busy child too
         p.wait()
 
 

@@ -16,6 +16,7 @@ sentinel's: a reused PID never merges two processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -140,31 +141,105 @@ class CollectorConfig:
 # ---------------------------------------------------------------- sampling
 
 
-@dataclass
-class Tracked:
-    """A sentinel this node samples."""
+def _open_stat(path: str) -> int:
+    """An fd on /proc/<pid>/stat, or -1 when out of descriptors (then each tick opens and closes)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return -1
+        raise
 
-    pid: int
-    starttime: int
-    trace_id: str | None
-    cgroup: dict | None
-    inode: int
-    acked: bool = False
-    final_acked: bool = False
+
+def _read_once(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _close(t: Tracked) -> None:
+    for fd in (t.fd, t.kids_fd):
+        if fd is not None and fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    t.fd = t.kids_fd = None
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: the collector keeps one fd per sampled process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Tracked:
+    """A sentinel this node samples (a slotted class: the sampler touches these attributes per PID per tick)."""
+
+    __slots__ = ("pid", "starttime", "trace_id", "cgroup", "inode", "stat_path", "starttime_b", "kid_phase",
+                 "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone")
+
+    def __init__(self, pid: int, starttime: int, trace_id: str | None, cgroup: dict | None, inode: int,
+                 kid_phase: int = 0) -> None:
+        self.pid = pid
+        self.starttime = starttime
+        self.trace_id = trace_id
+        self.cgroup = cgroup
+        self.inode = inode
+        self.stat_path = f"/proc/{pid}/stat"
+        self.starttime_b = str(starttime).encode()
+        self.kid_phase = kid_phase  # children are looked for on ticks where tick % kid_every == kid_phase
+        self.acked = self.final_acked = False
+        self.has_kids = False  # children seen at the last look: then they are followed every tick
+        self.fd: int | None = None  # open /proc/<pid>/stat: bound to this very process, re-read with pread
+        self.kids_fd: int | None = None  # open /proc/<pid>/task/<pid>/children
+        self.gone = False
 
 
 @dataclass
 class Sampler:
-    """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``."""
+    """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``.
+
+    Cost matters (bench/bench_collector.py): a tracked process costs one read of ``/proc/<pid>/stat`` per
+    tick. Its children are looked for every ``kid_every`` ticks (about once a second, staggered), and
+    every tick once it has some; a child's CPU is never lost either way, because the counters are
+    cumulative and a reaped child's time moves into its parent's cutime/cstime. The sentinel folder
+    is listed only when its mtime says it changed.
+    """
 
     node_id: str
     pid_dir: Path
     match: re.Pattern | None = None
+    kid_every: int = 5
     tracked: dict = field(default_factory=dict)  # name -> Tracked | None (another node's sentinel)
     inodes: dict = field(default_factory=dict)  # name -> inode
+    ticks: int = 0
+    _dir_mtime: int = -1
+    _dir_scanned_ns: int = 0
+    _retry: bool = False
+    _live: list = field(default_factory=list)  # the tracked processes of this node
+    _m_info: dict = field(default_factory=dict)  # match mode: pid -> (matches, ppid, next tick to look again)
+
+    def _dir_unchanged(self) -> bool:
+        """True when the folder cannot have changed since the last listing (saves listing 512 entries)."""
+        try:
+            m = os.stat(self.pid_dir).st_mtime_ns
+        except OSError:
+            return False
+        # mtime comes from a coarse clock: trust it only when the last change is well before our last listing
+        same = m == self._dir_mtime and m < self._dir_scanned_ns - 50_000_000 and not self._retry
+        if not same:
+            self._dir_mtime = m
+        return same
 
     def scan(self) -> None:
         """Pick up new sentinels and drop the ones that are gone (and our acks for them)."""
+        if self._dir_unchanged():
+            return
+        self._dir_scanned_ns = time.time_ns()
+        self._retry = False
         seen: dict = {}
         try:
             with os.scandir(self.pid_dir) as it:
@@ -177,6 +252,8 @@ class Sampler:
             if seen.get(name) != self.inodes[name]:
                 t = self.tracked.pop(name, None)
                 del self.inodes[name]
+                if t is not None:
+                    _close(t)
                 if t is not None and t.acked and name not in seen:
                     sentinel.remove_ack(self.pid_dir, t.pid)
         for name, ino in seen.items():
@@ -184,34 +261,74 @@ class Sampler:
                 continue
             d = sentinel.read_sentinel(Path(self.pid_dir) / name)
             if d is None:
-                continue  # being written or removed: next tick
+                self._retry = True  # unreadable right now: look again next tick
+                continue
             self.inodes[name] = ino
-            self.tracked[name] = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino)
-                                  if d.get("node_id") == self.node_id and str(d["pid"]) == name else None)
+            mine = d.get("node_id") == self.node_id and str(d["pid"]) == name
+            self.tracked[name] = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino,
+                                          kid_phase=d["pid"] % self.kid_every) if mine else None)
+        self._live = [t for t in self.tracked.values() if t is not None]
+
+    @staticmethod
+    def _cg(cg: dict | None) -> tuple:
+        if not cg:
+            return None, None
+        return cgroupfs.cpu_usage_us(cg), cgroupfs.memory_kb(cg)
 
     def _row(self, st: procfs.ProcStat, trace_id, cg: dict | None, desc: list) -> list:
         ticks = st.cpu_ticks + sum(d.cpu_ticks for d in desc)
         rss = st.rss_pages + sum(d.rss_pages for d in desc)
-        cg_cpu = cgroupfs.cpu_usage_us(cg) if cg else None
-        cg_mem = cgroupfs.memory_kb(cg) if cg else None
-        return [st.pid, st.starttime, trace_id, ticks, rss, cg_cpu, cg_mem]
+        return [st.pid, st.starttime, trace_id, ticks, rss, *self._cg(cg)]
 
     def tick(self) -> list:
         """Sample every tracked process now."""
         self.scan()
+        self.ticks += 1
+        phase = self.ticks % self.kid_every
         rows: list = []
         covered: set[int] = set()
-        for t in self.tracked.values():
-            if t is None:
+        follow = self.match is not None  # only match mode needs the set of covered PIDs
+        pread = os.pread
+        for t in self._live:
+            if t.gone:
                 continue
-            st = procfs.read_stat(t.pid)
-            if st is None or st.starttime != t.starttime:
-                continue  # gone, or the PID now belongs to another process
-            desc = procfs.descendants(t.pid, st.num_threads) if st.state != "Z" else []
-            rows.append(self._row(st, t.trace_id, t.cgroup, desc))
-            covered.add(t.pid)
-            covered.update(d.pid for d in desc)
-            if st.state == "Z" and not t.final_acked:  # exited, not yet reaped: this sample is its last
+            try:  # hot path: one pread of the open stat file; parse only the fields we need
+                if t.fd is None:
+                    t.fd = _open_stat(t.stat_path)
+                b = pread(t.fd, 4096, 0) if t.fd >= 0 else _read_once(t.stat_path)
+                f = b[b.rindex(b")") + 2 :].split(None, 22)  # f[n - 3] is field n of proc(5)
+                if f[19] != t.starttime_b:
+                    raise ValueError("the PID belongs to another process now")
+            except (OSError, ValueError):
+                t.gone = True  # reaped (an open fd never follows a reused PID) or never ours
+                _close(t)
+                continue
+            ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+            rss = int(f[21])
+            zombie = f[0] == b"Z"
+            if not zombie and (t.has_kids or phase == t.kid_phase):
+                nthreads = int(f[17])
+                if nthreads == 1 and not t.has_kids:  # cheap look: one pread of the open children file
+                    if t.kids_fd is None:
+                        t.kids_fd = _open_stat(f"/proc/{t.pid}/task/{t.pid}/children")
+                    kids = os.pread(t.kids_fd, 4096, 0) if t.kids_fd >= 0 else b"?"
+                    desc = procfs.descendants(t.pid, nthreads) if kids else []
+                else:
+                    desc = procfs.descendants(t.pid, nthreads)
+                t.has_kids = bool(desc)
+                for d in desc:
+                    ticks += d.cpu_ticks
+                    rss += d.rss_pages
+                    covered.add(d.pid)
+            if t.cgroup:
+                rows.append([t.pid, t.starttime, t.trace_id, ticks, rss, *self._cg(t.cgroup)])
+            else:
+                rows.append([t.pid, t.starttime, t.trace_id, ticks, rss, None, None])
+            if follow:
+                covered.add(t.pid)
+            if t.acked and not zombie:
+                continue
+            if zombie and not t.final_acked:  # exited, not yet reaped: this sample is its last
                 sentinel.write_ack(self.pid_dir, t.pid, t.starttime, final=True)
                 t.acked = t.final_acked = True
             elif not t.acked:
@@ -222,33 +339,44 @@ class Sampler:
         return rows
 
     def _match_rows(self, covered: set) -> list:
-        stats = {}
-        for pid in procfs.all_pids():
+        """Rows of processes whose name matches ``PROC_MATCH`` (not already covered by a sentinel).
+
+        A matching process is read every tick; any other is looked at again every ``kid_every`` ticks
+        (it may exec into a matching program meanwhile), which keeps match mode cheap on busy hosts.
+        """
+        pids = [int(n) for n in os.listdir(procfs.PROC) if n.isdigit()]
+        info = self._m_info
+        if len(info) > 2 * len(pids) + 64:
+            live = set(pids)
+            for pid in [p for p in info if p not in live]:
+                del info[pid]
+        matched: list = []
+        for pid in pids:
+            i = info.get(pid)
+            if i is not None and not i[0] and self.ticks < i[2]:
+                continue
             st = procfs.read_stat(pid)
-            if st is not None:
-                stats[pid] = st
-        kids: dict = {}
-        for st in stats.values():
-            kids.setdefault(st.ppid, []).append(st.pid)
-        matched = {pid for pid, st in stats.items() if pid not in covered and self.match.search(st.comm)}
+            if st is None:
+                continue
+            m = bool(self.match.search(st.comm))
+            info[pid] = (m, st.ppid, self.ticks + self.kid_every)
+            if m and pid not in covered:
+                matched.append(st)
+        tops = {st.pid for st in matched}
         rows = []
-        for pid in matched:
+        for st in matched:
             # skip a process whose ancestor is matched or whitelisted: that one counts it
-            p, top = stats[pid].ppid, True
-            while p in stats and p > 1:
-                if p in matched or p in covered:
+            p, hops, top = st.ppid, 0, True
+            while p > 1 and hops < 64:
+                if p in tops or p in covered:
                     top = False
                     break
-                p = stats[p].ppid
-            if not top:
-                continue
-            desc, todo = [], list(kids.get(pid, []))
-            while todo:
-                c = todo.pop()
-                if c in stats:
-                    desc.append(stats[c])
-                    todo.extend(kids.get(c, []))
-            rows.append(self._row(stats[pid], None, None, desc))
+                i = info.get(p)
+                if i is None:
+                    break
+                p, hops = i[1], hops + 1
+            if top:
+                rows.append(self._row(st, None, None, procfs.descendants(st.pid, st.num_threads)))
         return rows
 
 
@@ -308,7 +436,8 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
         threading.Thread(target=timesync.sync, args=(timesync_log(cfg.run_id),), daemon=True).start()
     else:
         timesync.sync(timesync_log(cfg.run_id), enabled=False)
-    sampler = Sampler(cfg.node_id, cfg.pid_dir, cfg.match)
+    raise_fd_limit()
+    sampler = Sampler(cfg.node_id, cfg.pid_dir, cfg.match, kid_every=max(1, round(1000 / cfg.interval_ms)))
     out_path = paths.samples_path(cfg.run_id, cfg.node_id)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     step = cfg.interval_ms / 1000
@@ -334,8 +463,10 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
     finally:
         os.close(fd)
         for t in sampler.tracked.values():  # nobody would remove our acks after we are gone
-            if t is not None and t.acked:
-                sentinel.remove_ack(cfg.pid_dir, t.pid)
+            if t is not None:
+                _close(t)
+                if t.acked:
+                    sentinel.remove_ack(cfg.pid_dir, t.pid)
         info.update(stopped_ms=round(wall_ms(), 3), cpu_s=round(_self_cpu_s() - cpu0, 4))
         meta["collector"] = info
         _write_json_atomic(meta_path, meta)

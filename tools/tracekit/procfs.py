@@ -92,10 +92,17 @@ def children(pid: int, num_threads: int = 1) -> list[int]:
     out: list[int] = []
     for tid in tids:
         try:
-            with open(f"{PROC}/{pid}/task/{tid}/children") as fh:
-                out.extend(int(x) for x in fh.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            fd = os.open(f"{PROC}/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if data:
+            out.extend(int(x) for x in data.split())
     return out
 
 

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Collector cost: CPU per PID-sample of Tracekit's collector vs ``pidstat -u -r -p <pids> 1`` on the same PIDs.
+
+Both sample the same ``sleep`` processes (64 and 512) in the same invocation. Ours: the collector's
+tick (sentinel scan + /proc reads + JSON line written to a file) run on its 200 ms grid in this process,
+measured with the process CPU clock (ns resolution; sleeping costs nothing). pidstat: run as a child for
+K one-second reports, CPU from ``wait4`` rusage, divided by the PID-samples it read (PIDs x (K+1) reads).
+Target: ours <= 1/4 of pidstat per PID-sample. The CPU share at 200 ms is ours per tick x 5 ticks/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from tracekit import procfs, sentinel
+from tracekit.collector import Sampler
+from tracekit.jsonl import dumps
+
+NODE = "bench"
+INTERVAL_S = 0.2
+
+
+def _spawn_sleepers(n: int) -> list:
+    return [subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL) for _ in range(n)]
+
+
+def _write_sentinels(pid_dir: Path, procs: list) -> None:
+    for i, p in enumerate(procs):
+        sentinel.write_sentinel(pid_dir, {"trace_id": f"b{i}", "attempt": 1, "node_id": NODE, "pid": p.pid,
+                                          "starttime": procfs.starttime(p.pid), "cgroup": None, "ts_created": 0})
+
+
+def ours_cost(pid_dir: Path, out: Path, n: int, ticks: int) -> tuple[float, int]:
+    """(CPU seconds, PID-samples) of ``ticks`` collector ticks on the 200 ms grid."""
+    sampler = Sampler(NODE, pid_dir)
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        sampler.tick()  # first tick reads the sentinels and writes acks: a one-off per task, not steady state
+        cpu = 0.0
+        samples = 0
+        t0 = time.monotonic()
+        for k in range(1, ticks + 1):
+            time.sleep(max(0.0, t0 + k * INTERVAL_S - time.monotonic()))
+            c0 = time.process_time()
+            rows = sampler.tick()
+            os.write(fd, (dumps({"ts": 0.0, "mono": 0.0, "procs": rows}) + "\n").encode())
+            cpu += time.process_time() - c0
+            samples += len(rows)
+    finally:
+        os.close(fd)
+    if samples != n * ticks:
+        raise RuntimeError(f"collector sampled {samples} PID-samples, expected {n * ticks}")
+    return cpu, samples
+
+
+def pidstat_cost(pids: list, reports: int) -> tuple[float, int]:
+    """(CPU seconds, PID-samples) of ``pidstat -u -r -p <pids> 1 <reports>``."""
+    cmd = ["pidstat", "-u", "-r", "-p", ",".join(map(str, pids)), "1", str(reports)]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, LC_ALL="C"))
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"pidstat exited {p.returncode}")
+    return ru.ru_utime + ru.ru_stime, len(pids) * (reports + 1)
+
+
+def run(quick: bool = True) -> list[dict]:
+    """Benchmark rows for bench/run_all.py (quick: < 60 s)."""
+    if shutil.which("pidstat") is None:
+        raise RuntimeError("pidstat not installed (apt-get install -y sysstat)")
+    ticks, reports = (15, 3) if quick else (50, 10)
+    rows: list[dict] = []
+    from tqdm import tqdm
+
+    sizes = (64, 512)
+    with tempfile.TemporaryDirectory(prefix="tk-bench-coll-") as tmp, \
+            tqdm(total=2 * len(sizes), desc="collector bench", unit="step", file=sys.stderr) as bar:
+        for n in sizes:
+            pid_dir = Path(tmp) / f"pids{n}"
+            pid_dir.mkdir()
+            procs = _spawn_sleepers(n)
+            try:
+                _write_sentinels(pid_dir, procs)
+                ours_s, ours_n = ours_cost(pid_dir, Path(tmp) / f"samples{n}.jsonl", n, ticks)
+                bar.update()
+                base_s, base_n = pidstat_cost([p.pid for p in procs], reports)
+                bar.update()
+            finally:
+                for p in procs:
+                    p.kill()
+                for p in procs:
+                    p.wait()
+            ours_us = ours_s / ours_n * 1e6
+            base_us = base_s / base_n * 1e6
+            rows.append({"bench": "collector", "metric": f"cpu_us_per_pid_sample@{n}pids", "ours": ours_us,
+                         "baseline": base_us, "ratio": ours_us / base_us if base_us else float("nan"),
+                         "target": "ratio <= 0.25 (pidstat -u -r)"})
+            share = ours_s / ticks / INTERVAL_S * 100
+            base_share = base_us * n / INTERVAL_S / 1e6 * 100
+            rows.append({"bench": "collector", "metric": f"cpu_share_pct@200ms,{n}pids", "ours": share,
+                         "baseline": base_share, "ratio": share / base_share if base_share else float("nan"),
+                         "target": "report; baseline = pidstat's cost at 200 ms"})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="50 ticks and 10 pidstat reports per size (slower)")
+    args = ap.parse_args()
+    rows = run(quick=not args.full)
+    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
+    table = [cols] + [tuple(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
