@@ -132,18 +132,26 @@ def test_export_parses_raw_logs_when_no_cts_yet(tmp_path):
     assert (truth.run_dir / "CTS" / "audit_report.md").exists()
 
 
-def test_unsorted_or_broken_cts_is_a_clear_error(parsed, tmp_path):
+def test_row_order_does_not_matter_and_broken_cts_is_a_clear_error(parsed, tmp_path):
     truth = parsed(tasks=10)
+    opendc.export(truth.run_dir, tmp_path / "a")
     pm = truth.run_dir / "CTS" / "proc_metrics.jsonl"
     lines = pm.read_text().splitlines()
     random.Random(3).shuffle(lines)
     pm.write_text("\n".join(lines) + "\n")
+    opendc.export(truth.run_dir, tmp_path / "b")
+    for name in ("tasks.parquet", "fragments.parquet"):
+        assert pq.read_table(tmp_path / "a" / name).equals(pq.read_table(tmp_path / "b" / name))
+    pm.write_text(lines[0] + "\n" + '{"ts_ms": "x", "dt_ms": \n')
     with pytest.raises(UserError, match="re-run make parse"):
-        opendc.export(truth.run_dir, tmp_path / "od")
-    assert not (tmp_path / "od" / "fragments.parquet").exists(), "no half-written trace"
-    pm.write_text('{"ts_ms": "x"\n')
-    p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "od"))
+        opendc.export(truth.run_dir, tmp_path / "c")
+    assert not (tmp_path / "c" / "fragments.parquet").exists(), "no half-written trace"
+    assert not list((tmp_path / "c").glob("*.tmp")) and not (tmp_path / "c" / ".export-spill").exists()
+    p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "c"))
     assert p.returncode == 2 and "re-run make parse" in p.stderr and "Traceback" not in p.stderr
+    pm.write_text("\n".join(x for x in lines if '"trace_id":"tr000003"' not in x) + "\n")
+    with pytest.raises(UserError, match="no proc_metrics rows"):
+        opendc.export(truth.run_dir, tmp_path / "d")
     p = run_script("export_opendc.py", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "od"))
     assert p.returncode == 2 and p.stderr.count("\n") == 1
 

@@ -3,21 +3,22 @@
 OpenDC types strictly, so both files are written with the explicit arrow schemas below (int32 ids, int64 ms,
 double MHz, required columns non-nullable). Tasks are sorted by submission (``cts.invocation_order_key``, the order
 the parser already wrote proc_metrics in), ids are dense int32 in that order, the trace_id is kept in ``name``.
-Fragments are the CTS intervals, streamed batch by batch: ``duration`` = dt_ms and
-``cpu_usage`` = cpu_ms / dt_ms x the node's per-core MHz, so sum(cpu_usage x duration) = CPU ms x MHz exactly.
+Fragments are the CTS intervals (DuckDB reads, joins and orders them, spilling to disk; batches stream out):
+``duration`` = dt_ms and ``cpu_usage`` = cpu_ms / dt_ms x the node's per-core MHz, so
+sum(cpu_usage x duration) = CPU ms x MHz exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
@@ -47,7 +48,6 @@ REQUIRED_FRAGMENT_COLUMNS = tuple(f.name for f in FRAGMENT_SCHEMA if not f.nulla
 PM_READ_SCHEMA = pa.schema([("node_id", pa.string()), ("trace_id", pa.string()), ("attempt", pa.int64()),
                             ("ts_ms", pa.int64()), ("dt_ms", pa.int64()), ("cpu_ms", pa.float64()),
                             ("rss_kb", pa.int64())])
-_SEP = "\x1f"  # joins key parts into one string for vectorised lookups (never inside ids: paths.SAFE_ID)
 
 
 def iter_proc_metrics(path: Path, schema: pa.Schema = PM_READ_SCHEMA, block_size: int = 8 << 20):
@@ -61,11 +61,6 @@ def iter_proc_metrics(path: Path, schema: pa.Schema = PM_READ_SCHEMA, block_size
             yield from pj.read_json(path, read_options=ropts, parse_options=popts).to_batches()
     except pa.ArrowInvalid as exc:
         raise UserError(f"{path}: unreadable CTS row ({str(exc).splitlines()[0]}); re-run make parse") from None
-
-
-def _key_array(node, trace, attempt) -> pa.Array:
-    return pc.binary_join_element_wise(pc.cast(node, pa.string()), pc.cast(trace, pa.string()),
-                                       pc.cast(attempt, pa.string()), _SEP)
 
 
 def resolve_cts(input_dir: Path, progress: bool = False) -> tuple[Path, list[str]]:
@@ -172,7 +167,6 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
         raise UserError(f"{cts_dir}: no task to export ({dict(summary.skipped) or 'no invocations'})")
     mhz = node_mhz(nodes, {t["node_id"] for t in tasks}, cpu_freq_mhz)
     n = len(tasks)
-    keys = pa.array([_SEP.join((str(t["node_id"]), str(t["trace_id"]), str(t["attempt"]))) for t in tasks])
     task_mhz = np.array([mhz[t["node_id"]] for t in tasks], dtype=np.float64)
     cpu_count = np.array([int(t.get("cpu_units") or 1) for t in tasks], dtype=np.int32)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,42 +176,29 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     peak = np.zeros(n, dtype=np.int64)
     cpu_sum = np.zeros(n, dtype=np.float64)
     frag_tmp = out / (FRAGMENTS + ".tmp")
-    last = (-1, -1)  # (id, ts_ms) of the previous fragment: CTS must be grouped by task in task order
-    unsorted = False
-    with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
-        for batch in _progress(iter_proc_metrics(cts_dir / cts.PROC_METRICS), progress, cts_dir / cts.PROC_METRICS):
-            idx = pc.index_in(_key_array(batch["node_id"], batch["trace_id"], batch["attempt"]), value_set=keys)
-            keep = pc.is_valid(idx)
-            if not pc.all(keep).as_py():
-                batch, idx = batch.filter(keep), idx.filter(keep)
-            if batch.num_rows == 0:
-                continue
-            ids = idx.to_numpy(zero_copy_only=False).astype(np.int32)
-            ts = batch["ts_ms"].to_numpy(zero_copy_only=False)
-            dt = batch["dt_ms"].to_numpy(zero_copy_only=False)
-            cpu = batch["cpu_ms"].to_numpy(zero_copy_only=False)
-            if (dt <= 0).any():
-                raise UserError(f"{cts_dir / cts.PROC_METRICS}: a row with dt_ms <= 0; re-run make parse")
-            order_ok = (np.all((ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1]) & (ts[1:] > ts[:-1])))
-                        and (ids[0] > last[0] or (ids[0] == last[0] and ts[0] > last[1])))
-            if not order_ok:
-                unsorted = True
-                break
-            last = (int(ids[-1]), int(ts[-1]))
-            rss = batch["rss_kb"].fill_null(0).to_numpy(zero_copy_only=False)
-            dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
-            rows += np.bincount(ids, minlength=n)
-            cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
-            np.maximum.at(peak, ids, rss)
-            usage = cpu / dt * task_mhz[ids]
-            summary.over_capacity_fragments += int(np.count_nonzero(usage > cpu_count[ids] * task_mhz[ids] * 1.0001))
-            writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
-                schema=FRAGMENT_SCHEMA))
-    if unsorted:
+    try:
+        with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
+            for batch in _progress(_fragment_rows(cts_dir / cts.PROC_METRICS, tasks, out), progress):
+                ids = batch["id"].to_numpy(zero_copy_only=False).astype(np.int32)
+                dt = batch["dt_ms"].to_numpy(zero_copy_only=False)
+                if batch["cpu_ms"].null_count or batch["dt_ms"].null_count or (dt <= 0).any():
+                    raise UserError(f"{cts_dir / cts.PROC_METRICS}: a row without cpu_ms/dt_ms or with dt_ms <= 0; "
+                                    "re-run make parse")
+                cpu = batch["cpu_ms"].to_numpy(zero_copy_only=False)
+                rss = batch["rss_kb"].fill_null(0).to_numpy(zero_copy_only=False)
+                dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
+                rows += np.bincount(ids, minlength=n)
+                cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
+                np.maximum.at(peak, ids, rss)
+                usage = cpu / dt * task_mhz[ids]
+                cap = cpu_count[ids] * task_mhz[ids]
+                summary.over_capacity_fragments += int(np.count_nonzero(usage > cap * 1.0001))
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
+                    schema=FRAGMENT_SCHEMA))
+    except BaseException:
         frag_tmp.unlink(missing_ok=True)
-        raise UserError(f"{cts_dir / cts.PROC_METRICS} is not grouped by task in submission order "
-                        "(edited by hand?): re-run make parse to rewrite it")
+        raise
     start = np.array([t["ts_start"] for t in tasks], dtype=np.int64)
     end = np.array([t["ts_end"] for t in tasks], dtype=np.int64)
     no_frag = np.flatnonzero(rows == 0)
@@ -256,7 +237,44 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     return summary
 
 
-def _progress(batches, progress: bool, path: Path):
+_DUCK_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}
+
+
+def _fragment_rows(path: Path, tasks: list[dict], out: Path, batch_rows: int = 1 << 20):
+    """Arrow batches (id, ts_ms, dt_ms, cpu_ms, rss_kb) of the exported tasks' rows, ordered by (id, ts_ms).
+
+    DuckDB reads the JSON (multithreaded), joins the rows to the exported tasks and sorts them, spilling to a scratch
+    folder under ``out`` beyond its memory limit: the export never needs the whole file in memory, and does not
+    depend on the order of proc_metrics.jsonl.
+    """
+    import duckdb
+
+    keys = pa.table({"node_id": pa.array([str(t["node_id"]) for t in tasks], pa.string()),
+                     "trace_id": pa.array([str(t["trace_id"]) for t in tasks], pa.string()),
+                     "attempt": pa.array([int(t["attempt"] or 0) for t in tasks], pa.int64()),
+                     "id": pa.array(range(len(tasks)), pa.int32())})
+    spill = out / ".export-spill"
+    cols = ", ".join(f"'{f.name}': '{_DUCK_TYPES[f.type]}'" for f in PM_READ_SCHEMA)
+    src = str(path).replace("'", "''")
+    query = (f"SELECT t.id AS id, p.ts_ms, p.dt_ms, p.cpu_ms, p.rss_kb "
+             f"FROM read_json('{src}', format='newline_delimited', columns={{{cols}}}) p "
+             "JOIN task_keys t ON p.node_id = t.node_id AND p.trace_id = t.trace_id AND p.attempt = t.attempt "
+             "ORDER BY t.id, p.ts_ms")
+    con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": str(spill)})
+    try:
+        con.register("task_keys", keys)
+        rel = con.sql(query)
+        reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.record_batch(batch_rows)
+        yield from reader
+    except duckdb.Error as exc:
+        msg = str(exc).strip().splitlines()[0][:300]
+        raise UserError(f"{path}: unreadable CTS rows ({msg}); re-run make parse") from None
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _progress(batches, progress: bool):
     if not progress:
         yield from batches
         return
