@@ -100,6 +100,7 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
     assert run_env_procs(rid) == []
     assert not [s for s in set(netns.list_namespaces()) - spaces_before if s.startswith("tk")]
     assert not list(run.glob("*/*.pid"))
+    assert (run / "controller" / "redis.log").is_file()  # kept with the run; its config (password) is deleted
     # the password reached the children by environment only: not in argv, not in any file of the run
     pw = seen.get("password")
     assert pw, "no child process of the run was observed"

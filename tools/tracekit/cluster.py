@@ -19,7 +19,9 @@ with distinct ``NODE_ID``s (:class:`tracekit.netns.PlainNetwork`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -144,12 +146,26 @@ class Cluster:
                 report["leftovers"] = self.sup.reap()
             if self.redis is not None:
                 self.redis.stop()
+                self._discard_redis_dir()
             if self.net is not None:
                 report["network"] = self.net.teardown()
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
         return report
+
+    def _discard_redis_dir(self) -> None:
+        """Keep the private server's log with the run; delete its dir (its config holds the password)."""
+        wd = self.redis.workdir if self.redis else None
+        if wd is None or not wd.exists():
+            return
+        log = wd / "redis.log"
+        if log.exists():
+            dest = paths.daemon_log_path(self.cfg.run_id, CONTROLLER, "redis")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(log, dest)
+        shutil.rmtree(wd, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self.start()
