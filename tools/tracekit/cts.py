@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +339,29 @@ class _Parser:
                 inv["ts_dispatch"] = round_ms(float(p["ts"]))
             if inv.get("node_id") is None and p:
                 inv["node_id"] = p.get("node")
+        self._fence_superseded()
+
+    def _fence_superseded(self) -> None:
+        """An executed attempt with a later attempt of the same task was never accepted: mark it fenced.
+
+        attempt+1 exists only when the control plane recovered attempt N from running:<node> (its node died,
+        was cut off, or its worker restarted), and an accepted completion removes the task from running:<node>
+        atomically; so attempt N's completion was refused, or never sent (its worker was killed), even when no
+        ``fenced`` event was written (e.g. the adapter outlived a SIGKILLed worker and exited 0).
+        """
+        r = self.r
+        last: dict[str, int] = {}
+        for rec in [*r.invocations, *r.placements]:
+            a = rec.get("attempt")
+            if isinstance(a, int) and isinstance(rec.get("trace_id"), str):
+                last[rec["trace_id"]] = max(a, last.get(rec["trace_id"], a))
+        for inv in r.invocations:
+            a = inv.get("attempt")
+            if inv.get("pid") is not None and inv["status"] != "fenced" and isinstance(a, int) \
+                    and a < last.get(inv["trace_id"], a):
+                inv["status"] = "fenced"
+                inv["error"] = inv.get("error") or (f"superseded: attempt {last[inv['trace_id']]} re-ran the task "
+                                                    "after this attempt's node or worker was lost")
 
     def _new_task(self, inv: dict, ev: dict, node: NodeInfo) -> Task:
         start = float(ev["ts_start"]) + node.offset_ms
@@ -349,23 +373,52 @@ class _Parser:
         return Task(inv, start, end, use_cg, cutter, "", trace_id=inv["trace_id"])
 
     # ---- samples -----------------------------------------------------------------------------------------------
-    def cut_samples(self, scratch) -> dict[tuple, tuple[int, int]]:
-        """Stream every node's samples; returns task_key -> (offset, length) of its block in ``scratch``."""
+    def cut_samples(self, scratch_dir: Path) -> dict[tuple, tuple[Path, int, int]]:
+        """Stream every node's samples (nodes in parallel processes when there are several cores).
+
+        Returns task_key -> (scratch file, offset, length) of the task's block of rows.
+        """
         r = self.r
-        index: dict[tuple, tuple[int, int]] = {}
         spans = [(t.start, t.end) for ts in self.tasks.values() for t in ts]
         lo = min((s for s, _ in spans), default=0.0)
         hi = max((e for _, e in spans), default=1.0)
         r.util_bin_ms = max(1000, int((hi - lo) / 600 / 1000 + 1) * 1000)  # <= ~600 bins, whole seconds
         r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
         nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
-        for node in r.nodes:
-            tasks = self.tasks.get(node.node_id, [])
-            for t in tasks:
-                t.template = _row_template(t.inv)
-            util = r.util.setdefault(node.node_id, [0.0] * nbins)
-            self._cut_node(node, tasks, scratch, index, util)
+        jobs = [(r.run_dir, r.out_dir, node, self.tasks.get(node.node_id, []), r.util_bin_ms, r.util_t0, nbins,
+                 scratch_dir / f"{k}.rows") for k, node in enumerate(r.nodes)]
+        workers = min(len(jobs), os.cpu_count() or 1)
+        if workers <= 1:
+            results = [_cut_one_node(*job, progress=self.progress) for job in jobs]
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            from tqdm import tqdm
+
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = [pool.submit(_cut_one_node, *job) for job in jobs]
+                with tqdm(total=len(futs), desc="parse nodes", unit="node", disable=not self.progress) as bar:
+                    for f in futs:
+                        f.add_done_callback(lambda _f: bar.update(1))
+                    results = [f.result() for f in futs]  # node order: deterministic merge
+        index: dict[tuple, tuple[Path, int, int]] = {}
+        for job, (part, idx) in zip(jobs, results):
+            self._merge(part)
+            index.update({k: (job[-1], off, ln) for k, (off, ln) in idx.items()})
         return index
+
+    def _merge(self, part: ParseResult) -> None:
+        r = self.r
+        for name in ("orphan_samples", "untracked_samples", "trace_mismatch", "samples_read", "ticks_read",
+                     "rows_written"):
+            setattr(r, name, getattr(r, name) + getattr(part, name))
+        for name in ("stats", "task_samples", "rows_per_task", "cpu_rows_us", "exact_us", "cpu_source",
+                     "non_monotonic_ticks", "util"):
+            getattr(r, name).update(getattr(part, name))
+        r.missing_samples_file += part.missing_samples_file
+        r.orphan_examples = (r.orphan_examples + part.orphan_examples)[:10]
+        r.bad.count += part.bad.count
+        r.bad.examples = (r.bad.examples + part.bad.examples)[: r.bad.keep]
 
     def _flush(self, t: Task, scratch, index: dict, util: list[float]) -> None:
         r = self.r
@@ -510,6 +563,20 @@ class _Parser:
             bar.update(done)
 
 
+def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
+                  nbins: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
+    """Pass 1 for one node (a separate process when nodes run in parallel): rows into its own scratch file."""
+    p = _Parser(run_dir, out_dir, progress)
+    p.r.util_bin_ms, p.r.util_t0 = bin_ms, t0
+    util = p.r.util.setdefault(node.node_id, [0.0] * nbins)
+    for t in tasks:
+        t.template = _row_template(t.inv)
+    index: dict[tuple, tuple[int, int]] = {}
+    with open(scratch_path, "wb") as scratch:
+        p._cut_node(node, tasks, scratch, index, util)
+    return p.r, index
+
+
 def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -530,21 +597,25 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
     p.load_controller()
     p.r.invocations.sort(key=invocation_order_key)
     out.mkdir(parents=True, exist_ok=True)
-    scratch_path = out / ".proc_metrics.scratch"
+    scratch_dir = out / ".parse-scratch"
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    scratch_dir.mkdir()
     final_tmp = out / (PROC_METRICS + ".tmp")
     try:
-        with open(scratch_path, "w+b") as scratch:
-            index = p.cut_samples(scratch)
-            scratch.flush()
-            with open(final_tmp, "wb") as dst:
-                for inv in p.r.invocations:
-                    loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
-                    if loc is not None:
-                        scratch.seek(loc[0])
-                        dst.write(scratch.read(loc[1]))
+        index = p.cut_samples(scratch_dir)
+        files: dict[Path, object] = {}
+        with open(final_tmp, "wb") as dst:
+            for inv in p.r.invocations:  # pass 2: the blocks in the final order
+                loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
+                if loc is not None:
+                    src = files.get(loc[0]) or files.setdefault(loc[0], open(loc[0], "rb"))  # noqa: SIM115
+                    src.seek(loc[1])
+                    dst.write(src.read(loc[2]))
+        for fh in files.values():
+            fh.close()
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
-        scratch_path.unlink(missing_ok=True)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
         final_tmp.unlink(missing_ok=True)
     _atomic_write(out / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in p.r.invocations))
     _atomic_write(out / NODES, json.dumps([n.row() for n in p.r.nodes], indent=1, ensure_ascii=False) + "\n")
