@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from tracekit import paths
 from tracekit.errors import UserError
-from tracekit.procs import NAME_ENV, TOKEN_ENV, Supervisor, marked_processes
+from tracekit.procs import NAME_ENV, TOKEN_ENV, Supervisor, cleanup_stale_runs, marked_processes
 
 PY = sys.executable
 
@@ -120,3 +121,23 @@ def test_stop_all_reverse_order(sup):
     assert list(codes) == ["controller/c", "controller/b", "controller/a"]
     stamps = [int(sup.get("controller", n).log.read_text().split()[-1]) for n in "abc"]
     assert stamps[0] > stamps[1] > stamps[2]
+
+
+def test_processes_of_a_killed_supervisor_are_cleaned_up_later(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEKIT_PROCS_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("TRACEKIT_LOGS", str(tmp_path / "logs"))
+    adopted = subprocess.Popen(["sleep", "60"])  # stands for the private redis-server: not started by the supervisor
+    code = ("import sys,time\nsys.path.insert(0, sys.argv[1])\nfrom tracekit.procs import Supervisor\n"
+            "s = Supervisor('crash')\ns.start('n1', 'worker', ['sleep', '60'])\ns.adopt(int(sys.argv[2]))\n"
+            "print(s.token, flush=True)\ntime.sleep(60)")
+    owner = subprocess.Popen([PY, "-c", code, str(Path(paths.__file__).parents[1]), str(adopted.pid)],
+                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    token = owner.stdout.readline().strip()
+    assert token and len(marked_processes(token)) == 1
+    assert cleanup_stale_runs() == []  # the owner lives: nothing is touched
+    owner.kill()
+    owner.wait()
+    killed = cleanup_stale_runs()
+    assert len(killed) == 2 and marked_processes(token) == []
+    assert adopted.wait(5) is not None
+    assert list((tmp_path / "state").glob("*.json")) == []

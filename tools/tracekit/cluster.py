@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import netns, paths
+from . import netns, paths, procs
 from .errors import UserError
 from .keys import PREFIX_ENV, Keys
 from .procs import Proc, Supervisor
@@ -110,6 +110,9 @@ class Cluster:
     # --- life cycle ---
     def start(self) -> Cluster:
         """Create the network and start (or check) Redis; processes are started separately."""
+        stale = procs.cleanup_stale_runs()  # processes of an earlier demo that was killed -9
+        if stale:
+            print(f"cluster: stopped {len(stale)} process(es) left by a crashed earlier run", file=sys.stderr)
         try:
             if self.cfg.redis_url:
                 self.password = resolve_password(self.cfg.redis_url)
@@ -127,6 +130,8 @@ class Cluster:
             self.client()  # fails with one line when Redis is unreachable or rejects the password
             self.sup = Supervisor(self.cfg.run_id, wrap=self.net.wrap,
                                   secrets=(self.password,) if self.password else (), grace_s=self.cfg.grace_s)
+            if self.redis is not None and self.redis.proc is not None:
+                self.sup.adopt(self.redis.proc.pid)
         except BaseException:
             self.stop()
             raise
@@ -147,6 +152,8 @@ class Cluster:
             if self.redis is not None:
                 self.redis.stop()
                 self._discard_redis_dir()
+            if self.sup is not None:
+                self.sup.unregister()
             if self.net is not None:
                 report["network"] = self.net.teardown()
         finally:

@@ -12,11 +12,17 @@ Every process is started with:
 Stopping is SIGTERM to the process, then, after a grace period, SIGKILL to it and to every
 descendant that carries its marker. The chaos harness uses :meth:`kill` (one signal to the process
 alone, like a crash) and :meth:`restart`.
+
+Crash safety: a supervisor registers itself (owner pid + start time, token, adopted pids such as the
+private redis-server) in ``/run/tracekit-procs/<token>.json`` (``$TRACEKIT_PROCS_STATE``; a temp dir
+when /run is not writable). :func:`cleanup_stale_runs` kills what a supervisor that died without
+cleaning up (``kill -9`` of the demo) left running; :class:`tracekit.cluster.Cluster` calls it first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -37,6 +43,61 @@ NAME_ENV = "TRACEKIT_PROC"
 DEFAULT_GRACE_S = 10.0
 
 Wrap = Callable[[str, list[str]], list[str]]
+
+
+def registry_dir() -> Path:
+    """Where live supervisors register (``$TRACEKIT_PROCS_STATE``, /run/tracekit-procs, or a temp dir)."""
+    env = os.environ.get("TRACEKIT_PROCS_STATE")
+    if env:
+        return Path(env)
+    run = Path("/run")
+    if os.access(run, os.W_OK):
+        return run / "tracekit-procs"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"tracekit-procs-{os.getuid()}"
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(pid: int, start: float | None) -> bool:
+    now = _start_time(pid)
+    return now is not None and (start is None or abs(now - start) < 0.5)
+
+
+def cleanup_stale_runs() -> list[str]:
+    """Kill the processes of supervisors whose owner died; return descriptions of what was killed."""
+    d = registry_dir()
+    killed: list[str] = []
+    if not d.is_dir():
+        return killed
+    for f in sorted(d.glob("*.json")):
+        try:
+            st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            f.unlink(missing_ok=True)
+            continue
+        if _same_process(st.get("owner_pid", -1), st.get("owner_start")):
+            continue
+        victims = marked_processes(st.get("token", "-"))
+        for pid, start in st.get("adopted", []):
+            if _same_process(pid, start):
+                with contextlib.suppress(psutil.Error):
+                    victims.append(psutil.Process(pid))
+        for p in victims:
+            with contextlib.suppress(psutil.Error):
+                killed.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
+        _kill_all(victims, signal.SIGTERM)
+        _, alive = psutil.wait_procs(victims, timeout=3)
+        _kill_all(alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=3)
+        f.unlink(missing_ok=True)
+    return killed
 
 
 @dataclass
@@ -108,6 +169,32 @@ class Supervisor:
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
     order: list[tuple[str, str]] = field(default_factory=list)
 
+    adopted: list[tuple[int, float | None]] = field(default_factory=list)
+    registered: bool = False
+
+    def _registry_file(self) -> Path:
+        return registry_dir() / f"{self.token}.json"
+
+    def _register(self) -> None:
+        me = os.getpid()
+        d = registry_dir()
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = d / f".{self.token}.tmp"
+        tmp.write_text(json.dumps({"token": self.token, "owner_pid": me, "owner_start": _start_time(me),
+                                   "run_id": self.run_id, "adopted": self.adopted}))
+        tmp.replace(self._registry_file())
+        self.registered = True
+
+    def adopt(self, pid: int) -> None:
+        """Also clean up ``pid`` (started elsewhere, e.g. the private redis-server) if this owner dies."""
+        self.adopted.append((pid, _start_time(pid)))
+        self._register()
+
+    def unregister(self) -> None:
+        """Forget the registration (after a clean stop)."""
+        self._registry_file().unlink(missing_ok=True)
+        self.registered = False
+
     def _check_argv(self, argv: list[str]) -> None:
         for secret in self.secrets:
             if secret and any(secret in a for a in argv):
@@ -120,6 +207,8 @@ class Supervisor:
         if key in self.procs and self.procs[key].alive():
             raise UserError(f"{node}/{name} is already running (pid {self.procs[key].pid})")
         self._check_argv(argv)
+        if not self.registered:
+            self._register()  # before the first process: a crash from here on is cleaned next time
         proc = Proc(node=node, name=name, argv=list(argv), env=dict(env if env is not None else os.environ),
                     log=paths.daemon_log_path(self.run_id, node, name),
                     pidfile=paths.daemon_pidfile_path(self.run_id, node, name), wrap=wrap)
@@ -203,6 +292,8 @@ class Supervisor:
         for node, name in reversed(self.order):
             codes[f"{node}/{name}"] = self.stop(node, name, grace_s)
         self.reap()
+        if not self.adopted:  # adopted processes are stopped by their owner, which then unregisters
+            self.unregister()
         return codes
 
     def leftovers(self) -> list[psutil.Process]:
