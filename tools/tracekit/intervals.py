@@ -15,9 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
+_floor = math.floor
+
+
 def round_ms(x: float) -> int:
     """Round half up to an integer ms (the same rule for every boundary, so shared boundaries stay equal)."""
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 @dataclass
@@ -71,7 +74,7 @@ class TaskIntervals:
     def add(self, t: float, cum_us: int, rss_kb: int | None) -> Row | None:
         """One sample at ``t`` (controller ms) with cumulative CPU ``cum_us``; returns the row it closes, if any."""
         st = self.stats
-        b = round_ms(t)
+        b = _floor(t + 0.5)  # round_ms, inlined: this runs once per sample
         if b <= self.b_start:
             st.samples_before += 1
             return None
