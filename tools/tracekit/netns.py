@@ -75,7 +75,14 @@ def namespaces_available() -> tuple[bool, str]:
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return False, f"cannot create a network namespace: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
+    try:
+        # the per-node hostname needs a UTS namespace too
+        uts = subprocess.run(["ip", "netns", "exec", probe, "unshare", "--uts", "--", "true"],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
+    finally:
+        _ip("netns", "del", probe, check=False)
+    if uts.returncode != 0:
+        return False, f"cannot enter a namespace with its own hostname: {uts.stderr.strip()[-200:]}"
     return True, "network namespaces"
 
 
