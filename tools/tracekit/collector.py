@@ -32,7 +32,6 @@ from pathlib import Path
 from . import cgroupfs, nodeinfo, paths, procfs, sentinel, timesync
 from .clock import mono_ms, wall_ms
 from .errors import UserError
-from .jsonl import dumps
 
 DEFAULT_INTERVAL_MS = 200
 DEFAULT_MATCH = r"^ffmpeg$|^ffprobe$"
@@ -179,7 +178,7 @@ class Tracked:
     """A sentinel this node samples (a slotted class: the sampler touches these attributes per PID per tick)."""
 
     __slots__ = ("pid", "starttime", "trace_id", "cgroup", "inode", "stat_path", "starttime_b", "kid_phase",
-                 "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone")
+                 "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone", "last_b", "last_row")
 
     def __init__(self, pid: int, starttime: int, trace_id: str | None, cgroup: dict | None, inode: int,
                  kid_phase: int = 0) -> None:
@@ -196,14 +195,17 @@ class Tracked:
         self.fd: int | None = None  # open /proc/<pid>/stat: bound to this very process, re-read with pread
         self.kids_fd: int | None = None  # open /proc/<pid>/task/<pid>/children
         self.gone = False
+        self.last_b = b""  # the stat line of the last tick and the row made of it
+        self.last_row: list = []
 
 
 @dataclass
 class Sampler:
     """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``.
 
-    Cost matters (bench/bench_collector.py): a tracked process costs one read of ``/proc/<pid>/stat`` per
-    tick. Its children are looked for every ``kid_every`` ticks (about once a second, staggered), and
+    Cost matters (bench/bench_collector.py): a tracked process costs one ``pread`` of its open
+    ``/proc/<pid>/stat`` per tick; an unchanged line (an idle process) reuses the last row. Its children
+    are looked for every ``kid_every`` ticks (about once a second, staggered), and
     every tick once it has some; a child's CPU is never lost either way, because the counters are
     cumulative and a reaped child's time moves into its parent's cutime/cstime. The sentinel folder
     is listed only when its mtime says it changed.
@@ -296,6 +298,11 @@ class Sampler:
                 if t.fd is None:
                     t.fd = _open_stat(t.stat_path)
                 b = pread(t.fd, 4096, 0) if t.fd >= 0 else _read_once(t.stat_path)
+                if b == t.last_b and not t.has_kids and not t.cgroup and phase != t.kid_phase:
+                    rows.append(t.last_row)  # an idle process: same line, same row, nothing to parse
+                    if follow:
+                        covered.add(t.pid)
+                    continue
                 f = b[b.rindex(b")") + 2 :].split(None, 22)  # f[n - 3] is field n of proc(5)
                 if f[19] != t.starttime_b:
                     raise ValueError("the PID belongs to another process now")
@@ -321,9 +328,11 @@ class Sampler:
                     rss += d.rss_pages
                     covered.add(d.pid)
             if t.cgroup:
-                rows.append([t.pid, t.starttime, t.trace_id, ticks, rss, *self._cg(t.cgroup)])
+                row = [t.pid, t.starttime, t.trace_id, ticks, rss, *self._cg(t.cgroup)]
             else:
-                rows.append([t.pid, t.starttime, t.trace_id, ticks, rss, None, None])
+                row = [t.pid, t.starttime, t.trace_id, ticks, rss, None, None]
+            rows.append(row)
+            t.last_b, t.last_row = b, row
             if follow:
                 covered.add(t.pid)
             if t.acked and not zombie:
@@ -382,6 +391,16 @@ class Sampler:
 
 # ---------------------------------------------------------------- daemon
 
+# One encoder for the life of the collector: json.dumps with options builds a new one per call, which
+# costs more than encoding a tick of 64 rows (bench/bench_collector.py).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def tick_line(ts: float, mono: float, rows: list) -> bytes:
+    """One samples.jsonl line (schema.SAMPLE_TICK_FIELDS), newline included."""
+    return (_ENCODE({"ts": round(ts, 3), "mono": round(mono, 3), "procs": rows}) + "\n").encode()
+
+
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,12 +431,70 @@ def _claim_pidfile(cfg: CollectorConfig) -> Path:
     return pf
 
 
+class _Wake(Exception):
+    """Raised by the stop handler, only while the loop sleeps, to end the sleep at once."""
+
+
+class StopFlag:
+    """SIGTERM/SIGINT end the sampling loop: at once while it sleeps, else after the current tick."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.sleeping = False
+
+    def handler(self, *_args) -> None:
+        self.stop = True
+        if self.sleeping:
+            raise _Wake
+
+    def install(self) -> StopFlag:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self.handler)
+        return self
+
+
+def sample_loop(sampler: Sampler, fd: int, interval_ms: float, flag: StopFlag | None = None,
+                max_ticks: int | None = None, stats: dict | None = None) -> dict:
+    """Tick on the absolute grid t0 + k x interval until stopped; one line per tick with rows to ``fd``.
+
+    A tick that overran skips the missed deadlines (counted in ``late_ticks``) and keeps the grid, so
+    the sampling never drifts. The loop sleeps with ``time.sleep`` (the cheapest wake-up Python has).
+    """
+    stats = stats if stats is not None else {"ticks": 0, "samples": 0, "late_ticks": 0}
+    flag = flag or StopFlag()
+    step = interval_ms / 1000
+    t0 = time.monotonic()
+    k = 0
+    try:
+        while not flag.stop:
+            rows = sampler.tick()
+            stats["ticks"] += 1
+            if rows:
+                os.write(fd, tick_line(wall_ms(), mono_ms(), rows))
+                stats["samples"] += len(rows)
+            if max_ticks is not None and stats["ticks"] >= max_ticks:
+                break
+            k += 1
+            now = time.monotonic()
+            if t0 + k * step <= now:  # overran: skip the missed deadlines, keep the grid
+                missed = int((now - t0) / step) + 1 - k
+                stats["late_ticks"] += missed
+                k += missed
+            try:
+                flag.sleeping = True
+                if not flag.stop:
+                    time.sleep(max(0.0, t0 + k * step - time.monotonic()))
+            finally:
+                flag.sleeping = False
+    except _Wake:
+        pass  # only ever raised while sleeping: no tick is cut short
+    return stats
+
+
 def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
     """Sample until SIGTERM/SIGINT (or ``max_ticks``); writes samples, node.json and the log."""
     pf = _claim_pidfile(cfg)
-    stop = threading.Event()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda *_: stop.set())
+    flag = StopFlag().install()
     cpu0 = _self_cpu_s()
     started = wall_ms()
     meta_path = paths.node_meta_path(cfg.run_id, cfg.node_id)
@@ -440,26 +517,8 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
     sampler = Sampler(cfg.node_id, cfg.pid_dir, cfg.match, kid_every=max(1, round(1000 / cfg.interval_ms)))
     out_path = paths.samples_path(cfg.run_id, cfg.node_id)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    step = cfg.interval_ms / 1000
-    t0 = time.monotonic()
-    k = 0
     try:
-        while not stop.is_set():
-            rows = sampler.tick()
-            info["ticks"] += 1
-            if rows:
-                os.write(fd, (dumps({"ts": round(wall_ms(), 3), "mono": round(mono_ms(), 3), "procs": rows})
-                              + "\n").encode())
-                info["samples"] += len(rows)
-            if max_ticks is not None and info["ticks"] >= max_ticks:
-                break
-            k += 1
-            now = time.monotonic()
-            if t0 + k * step <= now:  # overran: skip the missed deadlines, keep the grid
-                missed = int((now - t0) / step) + 1 - k
-                info["late_ticks"] += missed
-                k += missed
-            stop.wait(t0 + k * step - time.monotonic())
+        sample_loop(sampler, fd, cfg.interval_ms, flag, max_ticks, info)
     finally:
         os.close(fd)
         for t in sampler.tracked.values():  # nobody would remove our acks after we are gone
