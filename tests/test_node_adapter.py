@@ -270,3 +270,14 @@ def test_shared_without_mechanism_runs_and_says_so(run_env):
     assert r.returncode == 0
     ev = event_of(env, "nm1")
     assert ev["binding"] == "shared" and ev["binding_mechanism"] == "none"
+
+
+def test_application_dies_with_a_killed_adapter(run_env):
+    """kill -9 of the adapter leaves no unmeasured orphan behind (PR_SET_PDEATHSIG)."""
+    env = node_env(run_env)
+    p = start_adapter(env, ["sleep", "30"], TRACE_ID="orph1")
+    s = wait_for(lambda: sentinels(env).get("orph1"))
+    assert s
+    p.kill()
+    p.communicate(timeout=10)
+    assert wait_for(lambda: not alive(s["pid"]), timeout=5), "the application must not outlive its adapter"

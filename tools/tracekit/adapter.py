@@ -19,6 +19,7 @@ Exit code: the application's; 128+N when it died of signal N; 125 when the adapt
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import struct
@@ -37,6 +38,11 @@ from .jsonl import append_line
 from .schema import EXEC_FIELDS
 
 EXIT_PRE_EXEC = 125
+_PR_SET_PDEATHSIG = 1
+try:  # loaded before fork: the child must not import anything
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no libc symbols (static Python)
+    _LIBC = None
 STDERR_TAIL_BYTES = 2048
 _TS = struct.Struct("=dd")
 
@@ -173,7 +179,7 @@ def _base_event(cfg: AdapterConfig) -> dict:
 
 
 def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | None, exec_argv: list,
-           ts_w: int, err_w: int) -> None:
+           ts_w: int, err_w: int, parent: int) -> None:
     """Runs in the forked child; never returns (exec or ``_exit``)."""
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
@@ -184,6 +190,10 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
         os.dup2(err_w, 2)
         os.close(err_w)
         pid = os.getpid()
+        if _LIBC is not None:  # the application dies with the adapter: never an unmeasured orphan
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(EXIT_PRE_EXEC)  # the adapter died before prctl took effect
         if cpus is not None:
             os.sched_setaffinity(0, cpus)  # inherited by every thread created after exec
         if shared is not None:
@@ -268,11 +278,12 @@ def run(cfg: AdapterConfig) -> int:
 
     ts_r, ts_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # child
         os.close(ts_r)
         os.close(err_r)
-        _child(cfg, cpus, shared, exec_argv, ts_w, err_w)
+        _child(cfg, cpus, shared, exec_argv, ts_w, err_w, parent)
     os.close(ts_w)
     os.close(err_w)
     received: list[int] = []
