@@ -46,7 +46,7 @@ from .profiles import load_profiles
 from .redis_retry import Retrier
 from .schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
 from .scripts import Scripts
-from .task import Command, InvalidTask, Task, build_command, parse_task
+from .task import Command, InvalidTask, Task, build_command, parse_task, tmp_output_for
 
 log = logging.getLogger("worker")
 ADAPTERS = paths.REPO_ROOT / "tools" / "adapters"
@@ -103,6 +103,17 @@ def live_worker_pid(pid: int) -> bool:
         return False
 
 
+def _remove_superseded_tmp(output: Path, trace_id: str, attempt: int) -> None:
+    """Delete temporary outputs of this task's earlier attempts: their completion can never be accepted now.
+
+    An adapter that outlived a SIGKILLed worker and exited 0 leaves its ``.part`` file (only the worker renames
+    or deletes it); the accepted later attempt is the one place that knows it is garbage.
+    """
+    for a in range(1, attempt):
+        with contextlib.suppress(OSError):
+            tmp_output_for(output, trace_id, a).unlink(missing_ok=True)
+
+
 class Worker:
     """One worker process for one node."""
 
@@ -136,6 +147,35 @@ class Worker:
                             "stop it first (make stop-node)")
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(f"{os.getpid()}\n")
+
+    def stop_orphans(self, timeout: float = 5.0) -> int:
+        """Stop adapters that a previous, killed worker of this node left running; returns how many.
+
+        ``register`` re-queues their attempts (attempt+1), so their completion can never be accepted: left alone
+        they would burn CPU beside the new attempts (over-committing the node). SIGTERM lets the adapter forward
+        the signal, record the attempt as failed and delete its temporary output.
+        """
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if p.pid == os.getpid() or not any(a.endswith("_wrapper.py") and Path(a).parent == ADAPTERS for a in cmd):
+                continue
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("RUN_ID") == self.cfg.run_id and env.get("NODE_ID") == self.cfg.node and env.get("TRACE_ID"):
+                found.append(p)
+                log.warning("stopping adapter pid %d of %s attempt %s left by a previous worker", p.pid,
+                            env.get("TRACE_ID"), env.get("ATTEMPT"))
+        for p in found:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(found, timeout=timeout)
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # adapters run in their own session: the group is the task
+        return len(found)
 
     def register(self) -> None:
         """(Re)register: reconcile this node's keys in one atomic step and write worker.json."""
@@ -366,6 +406,8 @@ class Worker:
                 os.replace(tmp, cmd.output_path)
             elif tmp is not None:
                 tmp.unlink(missing_ok=True)
+            if cmd.output_path is not None:
+                _remove_superseded_tmp(cmd.output_path, task.trace_id, task.attempt)
             log.info("%s %s attempt %d (exit %s)", outcome, task.trace_id, task.attempt, rc)
         else:
             if tmp is not None:
@@ -397,6 +439,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
         try:
+            self.stop_orphans()
             self.register()
             hb = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
             hb.start()
