@@ -12,6 +12,7 @@ Layout of ``logs/$RUN_ID/`` (documented in README "Files and formats"):
     <node_id>/worker.json     worker registration (capacity, binding, clock offset)
     <node_id>/*.log, *.pid    daemon logs and pidfiles
     timesync.log              best-effort time sync log
+    chaos.jsonl, chaos_report.json   make chaos: injected faults, final checks
     CTS/                      parser output
     opendc/                   OpenDC export (default)
 
@@ -122,6 +123,16 @@ def placements_path(rid: str) -> Path:
 
 def dispatch_path(rid: str) -> Path:
     return run_dir(rid) / "dispatch.jsonl"
+
+
+def chaos_log_path(rid: str) -> Path:
+    """``make chaos``: one JSON line per injected fault (and its recovery)."""
+    return run_dir(rid) / "chaos.jsonl"
+
+
+def chaos_report_path(rid: str) -> Path:
+    """``make chaos``: the final checks and fault statistics (JSON)."""
+    return run_dir(rid) / "chaos_report.json"
 
 
 def cts_dir(rid: str) -> Path:
