@@ -68,13 +68,19 @@ def test_round_trip_keeps_totals_order_and_grouping(parsed, tmp_path):
     per_task = frags.groupby("id")["duration"].sum()
     assert (per_task.reindex(tasks["id"]).to_numpy() == tasks["duration"].to_numpy()).all()
     by_name = {i["trace_id"]: i for i in ok}
+    peak_rows: dict = {}
+    for x in (truth.run_dir / "CTS" / "proc_metrics.jsonl").read_text().splitlines():
+        row = json.loads(x)
+        if row["rss_kb"] is not None:
+            k = (row["node_id"], row["trace_id"], row["attempt"])
+            peak_rows[k] = max(peak_rows.get(k, 0), row["rss_kb"])
     mhz = 2100.0
     for row in tasks.itertuples():
         inv = by_name[row.name]
         assert row.duration == inv["ts_end"] - inv["ts_start"]
         assert row.submission_time == inv["ts_enqueue"]
         assert row.cpu_count == inv["cpu_units"] and row.cpu_capacity == inv["cpu_units"] * mhz
-        assert row.mem_capacity >= inv["max_rss_kb"]
+        assert row.mem_capacity == max(inv["max_rss_kb"], peak_rows.get((inv["node_id"], row.name, inv["attempt"]), 0))
     # round trip: sum of cpu_usage x duration = sum of task CPU ms x MHz (within 0.1%)
     ours = float((frags["cpu_usage"] * frags["duration"]).sum())
     expected = sum(i["cpu_ms"] for i in ok) * mhz

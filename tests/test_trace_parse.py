@@ -187,7 +187,18 @@ def test_audit_detects_capacity_fifo_lost_and_orphans(synth):
     assert "out of dispatch order" in checks["FIFO order"].summary and "0 out" not in checks["FIFO order"].summary
     out = checks["Outcomes (exactly one success per task)"]
     assert out.verdict == audit.FAIL and lost in "\n".join(out.details)
-    assert checks["Cross-reference"].verdict == audit.FAIL and r.orphan_samples >= 1
+    xref = "\n".join(checks["Cross-reference"].details)
+    assert checks["Cross-reference"].verdict == audit.FAIL and "unknown to the run" in xref
+    assert "left no exec event" in xref and lost in xref, "the lost task's samples are reported, not hidden"
+
+
+def test_samples_of_a_killed_execution_are_a_warning(synth):
+    truth = synth(nodes=1, tasks=6)
+    ev = (truth.run_dir / "node01" / "events.jsonl").read_text().splitlines()
+    (truth.run_dir / "node01" / "events.jsonl").write_text("\n".join(ev[1:]) + "\n")  # adapter died: no exec
+    r = cts.parse_run(truth.run_dir)
+    c = audit.check_xref(r)
+    assert c.verdict == audit.WARN and "left no exec event" in "\n".join(c.details)
 
 
 def test_cli_strict_exit_codes_report_and_plots(synth, tmp_path):

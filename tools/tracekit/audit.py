@@ -168,17 +168,24 @@ def check_xref(r: ParseResult) -> Check:
     if without_short:
         details.append(f"task without samples (shorter than 2 sampling intervals): {len(without_short)}")
         details += ["  " + x for x in without_short[:10]]
-    if r.orphan_samples:
-        details.append(f"{r.orphan_samples} sample(s) of processes with no exec event (no task):")
+    known = {d.get("trace_id") for d in r.dispatch} | {i["trace_id"] for i in r.invocations}
+    unknown = sum(c for t, c in r.orphan_by_trace.items() if t not in known)
+    killed = {t: c for t, c in r.orphan_by_trace.items() if t in known}
+    if unknown:
+        details.append(f"{unknown} sample(s) of processes with no exec event and a trace_id unknown to the run "
+                       "(no task):")
         details += ["  " + x for x in r.orphan_examples]
+    if killed:
+        details.append(f"{sum(killed.values())} sample(s) of executions of known tasks that left no exec event "
+                       f"(adapter killed / node died; their CPU is not in CTS): {sorted(killed)[:10]}")
     if r.untracked_samples:
         details.append(f"{r.untracked_samples} sample(s) of untraced processes (no trace_id: matched by name, "
                        "PROC_MATCH); ignored — set PROC_PID_DIR to sample traced tasks only")
     if r.trace_mismatch:
         details.append(f"{r.trace_mismatch} sample(s) whose trace_id differs from their process's exec event")
     ran = sum(1 for i in r.invocations if _ran(i))
-    verdict = (FAIL if (without_long or r.orphan_samples or r.trace_mismatch)
-               else WARN if (without_short or r.untracked_samples) else PASS)
+    verdict = (FAIL if (without_long or unknown or r.trace_mismatch)
+               else WARN if (without_short or r.untracked_samples or killed) else PASS)
     summ = (f"{ran - len(without_long) - len(without_short)}/{ran} executed task(s) have samples; "
             f"{r.orphan_samples} sample(s) without a task")
     return Check("Cross-reference", verdict, summ, details)

@@ -173,6 +173,7 @@ class ParseResult:
     orphan_samples: int = 0  # samples carrying a trace_id whose process has no exec event
     untracked_samples: int = 0  # samples without trace_id (name-matched processes that are no task)
     orphan_examples: list[str] = field(default_factory=list)
+    orphan_by_trace: dict[str, int] = field(default_factory=dict)  # trace_id -> orphan samples (audit splits them)
     non_monotonic_ticks: dict[str, int] = field(default_factory=dict)
     trace_mismatch: int = 0
     duplicate_events: int = 0
@@ -417,6 +418,8 @@ class _Parser:
             getattr(r, name).update(getattr(part, name))
         r.missing_samples_file += part.missing_samples_file
         r.orphan_examples = (r.orphan_examples + part.orphan_examples)[:10]
+        for tid, c in part.orphan_by_trace.items():
+            r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + c
         r.bad.count += part.bad.count
         r.bad.examples = (r.bad.examples + part.bad.examples)[: r.bad.keep]
 
@@ -500,6 +503,7 @@ class _Parser:
                         r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
                         continue
                     r.orphan_samples += 1
+                    r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + 1
                     if len(r.orphan_examples) < 10:
                         r.orphan_examples.append(f"{path}:{lineno}: pid {pid} starttime {st} trace_id {tid}")
                     continue

@@ -189,7 +189,9 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
                 dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
                 rows += np.bincount(ids, minlength=n)
                 cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
-                np.maximum.at(peak, ids, rss)
+                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # rows come ordered by id
+                first = ids[starts]
+                peak[first] = np.maximum(peak[first], np.maximum.reduceat(rss, starts))
                 usage = cpu / dt * task_mhz[ids]
                 cap = cpu_count[ids] * task_mhz[ids]
                 summary.over_capacity_fragments += int(np.count_nonzero(usage > cap * 1.0001))
