@@ -281,3 +281,20 @@ def test_application_dies_with_a_killed_adapter(run_env):
     p.kill()
     p.communicate(timeout=10)
     assert wait_for(lambda: not alive(s["pid"]), timeout=5), "the application must not outlive its adapter"
+
+
+@pytest.mark.skipif(binding.unavailable_reason("cgroup-v1") is not None,
+                    reason=f"cgroup v1: {binding.unavailable_reason('cgroup-v1')}")
+def test_shared_task_started_after_rebalance_gets_its_quota(run_env, monkeypatch):
+    """The worker rebalances right after launching: the adapter, not yet in its cgroup, picks its quota up."""
+    monkeypatch.setenv(binding.MECHANISM_ENV, "cgroup-v1")
+    env = node_env(run_env, **{binding.MECHANISM_ENV: "cgroup-v1"})
+    q = binding.rebalance_shared(env["RUN_ID"], "n1", {("late1", 1): 2, ("other", 1): 2, ("x", 1): 2}, cores=2)
+    assert q[("late1", 1)] == pytest.approx(200 / 3)
+    p = start_adapter(env, ["sleep", "1"], TRACE_ID="late1", TC_BINDING="shared", CPU_UNITS="2")
+    try:
+        s = wait_for(lambda: sentinels(env).get("late1"))
+        assert s and _read(s["cgroup"]["cpu"], "cpu.cfs_quota_us") == binding.quota_us(200 / 3)
+    finally:
+        p.communicate(timeout=20)
+    assert event_of(env, "late1")["cpu_quota_pct"] == pytest.approx(200 / 3, abs=0.01)

@@ -12,13 +12,14 @@ otherwise a cgroup the adapter creates (v2 ``cpu.weight``/``cpu.max``, v1
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cgroupfs
+from . import cgroupfs, paths
 from .errors import UserError
 from .procfs import format_cpu_list, parse_cpu_list
 
@@ -165,6 +166,8 @@ def prepare_shared(run_id: str, node_id: str, trace_id: str, attempt: int, weigh
     """Create the task's cgroup (or the systemd-run prefix); falls back to ``none`` if creation fails."""
     mech = mechanism or detect_shared_mechanism()
     name = task_cgroup_name(run_id, node_id, trace_id, attempt)
+    if quota_pct is None:
+        quota_pct = pending_quota(run_id, node_id, name)
     w = int(weight) if weight else 100
     b = SharedBinding(mech, name, w, quota_pct)
     q = quota_us(quota_pct)
@@ -223,6 +226,34 @@ def rebalance_shared(run_id: str, node_id: str, running: dict, cores: int) -> di
     demands = {key: 100.0 * max(0, int(units)) for key, units in running.items()}
     quotas = fair_quotas(demands, 100.0 * max(1, int(cores)))
     mech = detect_shared_mechanism()
-    for (trace_id, attempt), pct in quotas.items():
-        apply_quota(mech, task_cgroup_name(run_id, node_id, trace_id, attempt), pct)
+    names = {key: task_cgroup_name(run_id, node_id, key[0], key[1]) for key in quotas}
+    # a task launched just now may not have created its cgroup yet: it reads its quota from this file
+    _write_pending(run_id, node_id, {names[k]: round(q, 3) for k, q in quotas.items()})
+    for key, pct in quotas.items():
+        apply_quota(mech, names[key], pct)
     return quotas
+
+
+def quotas_path(run_id: str, node_id: str) -> Path:
+    """``logs/$RUN_ID/<node>/quotas.json``: the last max-min quotas (%) by task cgroup name."""
+    return paths.node_dir(run_id, node_id) / "quotas.json"
+
+
+def _write_pending(run_id: str, node_id: str, quotas: dict) -> None:
+    p = quotas_path(run_id, node_id)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(quotas))
+        os.replace(tmp, p)
+    except OSError:
+        pass  # best effort: the quota is applied to existing cgroups anyway
+
+
+def pending_quota(run_id: str, node_id: str, name: str) -> float | None:
+    """The quota the last rebalance computed for a task cgroup not yet created, if any."""
+    try:
+        v = json.loads(quotas_path(run_id, node_id).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(v) if isinstance(v, (int, float)) and v > 0 else None
