@@ -38,6 +38,16 @@ NODES = "nodes.json"
 _ROW_VARS = ("ts_ms", "dt_ms", "cpu_ms", "rss_kb")  # the per-row parts of a proc_metrics line
 
 
+def utilisation_bin_ms(span_ms: float, max_bins: int = 300) -> int:
+    """A round bin width (100 ms, 200 ms, 500 ms, 1 s, 2 s, 5 s, ...) giving at most ``max_bins`` bins."""
+    step = 100
+    while True:
+        for m in (1, 2, 5):
+            if step * m * max_bins >= span_ms:
+                return step * m
+        step *= 10
+
+
 def invocation_order_key(inv: dict) -> tuple:
     """Total order of invocations (and of proc_metrics blocks, and of OpenDC tasks): submission first."""
     sub = submission_ms(inv)
@@ -383,7 +393,7 @@ class _Parser:
         spans = [(t.start, t.end) for ts in self.tasks.values() for t in ts]
         lo = min((s for s, _ in spans), default=0.0)
         hi = max((e for _, e in spans), default=1.0)
-        r.util_bin_ms = max(1000, int((hi - lo) / 600 / 1000 + 1) * 1000)  # <= ~600 bins, whole seconds
+        r.util_bin_ms = utilisation_bin_ms(hi - lo)
         r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
         nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
         jobs = [(r.run_dir, r.out_dir, node, self.tasks.get(node.node_id, []), r.util_bin_ms, r.util_t0, nbins,

@@ -81,12 +81,12 @@ def utilisation(r: ParseResult, path: Path) -> None:
         x = (r.util_t0 + (np.arange(bins.size) + 0.5) * r.util_bin_ms - t0) / 1000
         ax.step(x, 100.0 * bins / (r.util_bin_ms * cores), where="mid", label=f"{n.node_id} ({cores} cores)")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel(f"CPU of traced tasks (% of node, {r.util_bin_ms / 1000:g} s bins)")
+    ax.set_ylabel(f"CPU of traced tasks\n(% of node, {r.util_bin_ms / 1000:g} s bins)")
     ax.set_ylim(bottom=0)
     ax.set_title("CPU utilisation per node")
     ax.grid(alpha=0.3)
     if r.nodes:
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
