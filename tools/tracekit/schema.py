@@ -8,7 +8,8 @@ PID sentinel ``$PROC_PID_DIR/<pid>`` (written by the adapter before the applicat
     one JSON object, ``SENTINEL_FIELDS``. ``starttime`` is field 22 of ``/proc/<pid>/stat``
     (clock ticks since boot): (node_id, pid, starttime) identifies a process, never the bare PID.
     ``cgroup`` is null or ``{"version": 1|2, "cpu": <dir>, "memory": <dir>}`` when the task runs in
-    its own cgroup (the collector then reads its µs CPU and peak memory counters).
+    its own cgroup (the collector then reads its µs CPU and peak memory counters); v1 adds
+    ``"cpuacct": <dir>`` (where the µs CPU counter lives).
 
 Event log ``<node_id>/events.jsonl``: one JSON object per line with a ``kind``:
     ``exec``    the adapter, once per execution of an application (``EXEC_FIELDS``);
@@ -91,7 +92,7 @@ NODE_META_FIELDS = (
     "page_size",
     "boot_time_ms",
     "clock",  # {"offset_ms", "rtt_ms", "measured_at_ms"} to the controller (Redis TIME)
-    "collector",  # {"mode", "interval_ms", "started_ms", "stopped_ms", "cpu_s", "ticks", "samples"}
+    "collector",  # {"mode", "interval_ms", "started_ms", "stopped_ms", "cpu_s", "ticks", "samples"} (+ late_ticks...)
 )
 
 WORKER_META_FIELDS = (
