@@ -234,7 +234,8 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     summary.mhz_ms = float((cpu_sum * task_mhz).sum())
     topo = topology(nodes, mhz, cpu_freq_mhz)
     (out / TOPOLOGY).write_text(json.dumps(topo, indent=2) + "\n")
-    (out / EXPERIMENT).write_text(json.dumps(experiment(out, input_dir.name), indent=2) + "\n")
+    run_name = cts_dir.parent.name if cts_dir.name == "CTS" else cts_dir.name
+    (out / EXPERIMENT).write_text(json.dumps(experiment(out, run_name), indent=2) + "\n")
     summary.files = [out / TASKS, out / FRAGMENTS, out / TOPOLOGY, out / EXPERIMENT]
     return summary
 
@@ -249,7 +250,10 @@ def _fragment_rows(path: Path, tasks: list[dict], out: Path, batch_rows: int = 1
     folder under ``out`` beyond its memory limit: the export never needs the whole file in memory, and does not
     depend on the order of proc_metrics.jsonl.
     """
-    import duckdb
+    try:
+        import duckdb
+    except ImportError:
+        raise UserError("the OpenDC export needs the duckdb package: pip install -r requirements.txt") from None
 
     keys = pa.table({"node_id": pa.array([str(t["node_id"]) for t in tasks], pa.string()),
                      "trace_id": pa.array([str(t["trace_id"]) for t in tasks], pa.string()),
