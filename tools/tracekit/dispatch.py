@@ -141,7 +141,8 @@ def plan(run_id: str, mix_text: str, total: int | None, seed: int | None, inputs
     for i, name in enumerate(sequence(mix, total, seed)):
         prof = load_profiles()[name]
         tid = f"t{first_seq + i:06d}"
-        d = {"trace_id": tid, "profile": name, "cpu_units": prof["cpu_units"], "attempt": 1,
+        # seq = the run-wide counter (not this plan's index): dispatch.jsonl stays ordered across dispatchers
+        d = {"seq": first_seq + i, "trace_id": tid, "profile": name, "cpu_units": prof["cpu_units"], "attempt": 1,
              "output": str(out_rel / run_id / f"{tid}_{name}.mp4")}
         if prof["needs_input"]:
             src = files[i % len(files)]
@@ -183,9 +184,10 @@ def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], seq0: 
     pipe.ltrim(keys.wake, 0, 0)
     pipe.execute()
     for i, d in enumerate(batch):
-        append_line(paths.dispatch_path(run_id), {"seq": seq0 + i, "trace_id": d["trace_id"], "profile": d["profile"],
-                                                  "cpu_units": d["cpu_units"], "ts_enqueue": now,
-                                                  "input": d.get("input"), "output": d.get("output")})
+        append_line(paths.dispatch_path(run_id), {"seq": d.get("seq", seq0 + i), "trace_id": d["trace_id"],
+                                                  "profile": d["profile"], "cpu_units": d["cpu_units"],
+                                                  "ts_enqueue": now, "input": d.get("input"),
+                                                  "output": d.get("output")})
 
 
 def backlog(client: redis.Redis, keys: Keys) -> int:
