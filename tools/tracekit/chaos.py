@@ -58,6 +58,7 @@ class ChaosConfig:
     seconds: float = 0.2  # length of each synthetic clip (160x120)
     gap_s: tuple[float, float] = (1.0, 3.0)  # pause between two faults
     cut_s: float = 2 * HEARTBEAT_TTL_S  # how long a node stays cut off (> heartbeat TTL)
+    duration_s: float = 120.0  # feed the tasks in batches over about this long (0: all at once)
     max_attempts: int = 5  # scheduler --max-attempts
     timeout_s: float = 540.0  # the tasks must finish within this
     faults: tuple[str, ...] | None = None  # fixed sequence (tests); None: every kind once, then random
@@ -81,6 +82,16 @@ def profile_def(seconds: float) -> dict:
     """The tiny synthetic task: 160x120 test pattern, ``seconds`` long, one thread, one capacity unit."""
     return {PROFILE: {"app": "ffmpeg-synth", "cpu_units": 1, "threads": 1, "scale": "160x120", "codec": "libx264",
                       "preset": "ultrafast", "crf": 35, "seconds": seconds}}
+
+
+def batch_sizes(total: int, duration_s: float, gap_s: tuple[float, float]) -> list[int]:
+    """Split ``total`` tasks into batches, one per fault cycle, so feeding spans about ``duration_s``.
+
+    A cycle (feed, fault, gap) lasts the mean gap plus ~3 s of fault; ``duration_s`` 0 = one batch.
+    """
+    cycle = (gap_s[0] + gap_s[1]) / 2 + 3.0
+    n = max(1, min(total, int(round(duration_s / cycle)))) if duration_s > 0 else 1
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
 # --- small Redis views -------------------------------------------------------------------------------------------
@@ -138,6 +149,9 @@ class Injector:
         self.counts: Counter = Counter()
         self.skipped: list[str] = []
         self.errors: list[str] = []
+        self.batch = 0
+        self.fed = 0
+        self.fatal: str | None = None  # the feed failed: the run cannot finish
         self.thread = threading.Thread(target=self._run, name="chaos-faults", daemon=True)
 
     def start(self) -> None:
@@ -147,28 +161,59 @@ class Injector:
         self.thread.join(timeout)
 
     def _sequence(self):
+        """The mandatory first round (every kind once, or the fixed sequence), then random kinds."""
         first = list(self.cfg.faults) if self.cfg.faults is not None else self.rng.sample(FAULTS, len(FAULTS))
         yield from first
-        if self.cfg.faults is not None:
-            return
-        while not self.all_done.is_set():
+        while self.cfg.faults is None:
             yield self.rng.choice(FAULTS)
 
     def _run(self) -> None:
-        for i, kind in enumerate(self._sequence()):
-            if i and self.all_done.wait(self.rng.uniform(*self.cfg.gap_s)) and self.cfg.faults is None \
-                    and i >= len(FAULTS):
+        batches = batch_sizes(self.cfg.total, self.cfg.duration_s, self.cfg.gap_s)
+        kinds = self._sequence()
+        mandatory = len(self.cfg.faults) if self.cfg.faults is not None else len(FAULTS)
+        step = 0
+        while True:
+            # fed from this thread, so a dispatcher never runs while Redis is being restarted
+            if batches and not self._feed(batches.pop(0)):
                 return
-            try:
-                getattr(self, f"_{kind}")()
-                self.counts[kind] += 1
-            except Exception as exc:  # a fault that could not be injected is reported, the run goes on
-                self.errors.append(f"{kind}: {exc}")
-                self.flog(kind, None, "error", error=str(exc)[:200])
+            if self.all_done.is_set() and not batches and step >= mandatory:
+                return
+            kind = next(kinds, None)
+            if kind is None and not batches:
+                return
+            if kind is not None:
+                try:
+                    getattr(self, f"_{kind}")()
+                    self.counts[kind] += 1
+                except Exception as exc:  # a fault that could not be injected is reported, the run goes on
+                    self.errors.append(f"{kind}: {exc}")
+                    self.flog(kind, None, "error", error=str(exc)[:200])
+            step += 1
+            self.all_done.wait(self.rng.uniform(*self.cfg.gap_s))
+
+    def _feed(self, n: int) -> bool:
+        """Enqueue ``n`` more tasks with the real dispatcher (trace ids continue the run's counter)."""
+        self.batch += 1
+        argv = [sys.executable, str(script("dispatcher")), "--inputs", str(paths.inputs_root()), "--mix",
+                f"{PROFILE}=1", "--total", str(n), "--seed", str(self.cfg.seed + self.batch), "--no-progress",
+                "--run-id", self.cl.cfg.run_id]
+        self.cl.start_controller_process("dispatcher", argv)
+        code = self.cl.sup.wait_exit(CONTROLLER, "dispatcher", 120)
+        if code != 0:
+            self.fatal = f"dispatcher exited with {code}: {log_tail(self.cl.sup.get(CONTROLLER, 'dispatcher').log)}"
+            self.errors.append(self.fatal)
+            return False
+        self.fed += n
+        return True
 
     def _busy_node(self) -> str:
         """A node with running tasks (faults there exercise recovery and fencing), else a random one."""
-        busy = [n for n in self.cl.node_ids if _safe(lambda n=n: self.client.llen(self.cl.keys.running(n)), 0)]
+        busy: list[str] = []
+        deadline = time.monotonic() + 3.0
+        while not busy and time.monotonic() < deadline and not self.all_done.is_set():
+            busy = [n for n in self.cl.node_ids if _safe(lambda n=n: self.client.llen(self.cl.keys.running(n)), 0)]
+            if not busy:
+                time.sleep(0.05)
         return self.rng.choice(busy or self.cl.node_ids)
 
     def _registered(self, node: str, old_instance: str | None) -> bool:
@@ -288,6 +333,10 @@ def follow(cl: Cluster, inj: Injector, total: int, cfg: ChaosConfig, all_done: t
                 if finished >= total:
                     all_done.set()
                     return deaths
+            if inj.fatal:
+                all_done.set()
+                deaths.append(inj.fatal)
+                return deaths
             for key in daemons:
                 p = cl.sup.procs.get(key)
                 if p is not None and not p.alive() and key not in inj.expected_down:
@@ -509,12 +558,6 @@ def run_chaos(cfg: ChaosConfig) -> int:
             cl.start_node_processes(n)
         cl.wait_nodes_registered()
         cl.start_scheduler()
-        cl.start_controller_process("dispatcher", [
-            sys.executable, str(script("dispatcher")), "--inputs", str(paths.inputs_root()), "--mix", f"{PROFILE}=1",
-            "--total", str(cfg.total), "--seed", str(cfg.seed), "--no-progress", "--run-id", rid])
-        code = cl.sup.wait_exit(CONTROLLER, "dispatcher", 120)
-        if code != 0:
-            raise UserError(f"dispatcher exited with {code}: {log_tail(cl.sup.get(CONTROLLER, 'dispatcher').log)}")
         flog = FaultLog(rid, t_start, _tqdm_write)
         inj = Injector(cl, cfg, flog, all_done)
         inj.start()
@@ -584,6 +627,9 @@ def parse_args(argv: list[str] | None = None) -> ChaosConfig:
                    help="[FAULT_GAP_MIN FAULT_GAP_MAX] seconds between two faults (1 3)")
     p.add_argument("--cut", type=float, default=_env("CUT_S", 2 * HEARTBEAT_TTL_S, float),
                    help=f"[CUT_S] seconds a node stays cut off, > the heartbeat TTL ({2 * HEARTBEAT_TTL_S:g})")
+    p.add_argument("--duration", type=float, default=_env("DURATION", 120.0, float),
+                   help="[DURATION] feed the tasks in batches, one per fault, over about this many seconds; "
+                        "0 = all at once (120)")
     p.add_argument("--max-attempts", type=int, default=_env("MAX_ATTEMPTS", 5, int),
                    help="[MAX_ATTEMPTS] scheduler --max-attempts (5)")
     p.add_argument("--timeout", type=float, default=_env("TIMEOUT", 540.0, float),
@@ -606,6 +652,8 @@ def parse_args(argv: list[str] | None = None) -> ChaosConfig:
         raise UserError(f"TASK_SECONDS must be in (0, 60] (got {a.seconds:g})")
     if a.fault_gap[0] < 0 or a.fault_gap[1] < a.fault_gap[0]:
         raise UserError("--fault-gap needs 0 <= MIN <= MAX")
+    if a.duration < 0:
+        raise UserError("DURATION must be >= 0")
     if a.max_attempts < 1:
         raise UserError("MAX_ATTEMPTS must be >= 1")
     faults = None
@@ -615,9 +663,9 @@ def parse_args(argv: list[str] | None = None) -> ChaosConfig:
         if bad:
             raise UserError(f"unknown fault {bad[0]!r} (known: {', '.join(FAULTS)})")
     return ChaosConfig(run_id=a.run_id, nodes=a.nodes, total=a.total, seed=a.seed, seconds=a.seconds,
-                       gap_s=(a.fault_gap[0], a.fault_gap[1]), cut_s=a.cut, max_attempts=a.max_attempts,
-                       timeout_s=a.timeout, faults=faults, netns=a.netns, plots=not a.no_plots,
-                       progress=not a.no_progress)
+                       gap_s=(a.fault_gap[0], a.fault_gap[1]), cut_s=a.cut, duration_s=a.duration,
+                       max_attempts=a.max_attempts, timeout_s=a.timeout, faults=faults, netns=a.netns,
+                       plots=not a.no_plots, progress=not a.no_progress)
 
 
 def _sigterm(signum, frame):  # a terminated chaos run cleans up like a Ctrl-C'd one
