@@ -146,8 +146,15 @@ def test_exec_failure_and_bad_setup(run_env):
     r = run_adapter(env, ["/nonexistent/tool", "x"], TRACE_ID="nx1")
     assert r.returncode == 125
     ev = event_of(env, "nx1")
-    assert ev["status"] == "failed" and "No such file" in ev["error"]
+    assert ev["status"] == "failed" and "No such file" in ev["error"] and "execute" in ev["error"]
+    assert "Traceback" not in r.stderr and "adapter: error: cannot execute" in r.stderr
     assert not sentinels(env)
+    blocker = Path(env["TRACEKIT_LOGS"]) / "not-a-dir"
+    blocker.write_text("")
+    r = run_adapter(env, ["true"], TRACE_ID="sd1", PROC_PID_DIR=str(blocker / "pids"))
+    assert r.returncode == 125 and "Traceback" not in r.stderr and event_of(env, "sd1")["status"] == "failed"
+    r = run_adapter(env, ["true"], TRACE_ID="ev1", TC_EVENT_LOG=str(blocker / "events.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "cannot append the exec event" in r.stderr
     r = run_adapter(env, ["true"], TRACE_ID="cs1", TC_BINDING="exclusive", TC_CPUSET="0,99")
     assert r.returncode == 125 and "does not offer" in event_of(env, "cs1")["error"]
     r = run_adapter(env, ["true"], TRACE_ID="b1", TC_BINDING="bogus")

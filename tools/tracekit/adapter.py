@@ -181,6 +181,7 @@ def _base_event(cfg: AdapterConfig) -> dict:
 def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | None, exec_argv: list,
            ts_w: int, err_w: int, parent: int) -> None:
     """Runs in the forked child; never returns (exec or ``_exit``)."""
+    stage = "prepare the child"
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -195,19 +196,23 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
             if os.getppid() != parent:
                 os._exit(EXIT_PRE_EXEC)  # the adapter died before prctl took effect
         if cpus is not None:
+            stage = f"bind to CPUs {cfg.cpuset}"
             os.sched_setaffinity(0, cpus)  # inherited by every thread created after exec
         if shared is not None:
+            stage = f"join the task cgroup ({shared.mechanism})"
             shared.attach(pid)
+        stage = f"write the PID sentinel in {cfg.pid_dir}"
         st = procfs.starttime(pid)
         sentinel.write_sentinel(cfg.pid_dir, {
             "trace_id": cfg.trace_id, "attempt": cfg.attempt, "node_id": cfg.node_id, "pid": pid,
             "starttime": st, "cgroup": shared.cgroup if shared else None, "ts_created": round(wall_ms(), 3)})
         os.write(ts_w, b"T" + _TS.pack(wall_ms(), mono_ms()))
+        stage = f"execute {exec_argv[0]!r}"
         os.execvp(exec_argv[0], exec_argv)
     except BaseException as exc:  # noqa: BLE001 - any failure must reach the parent, then _exit
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         with contextlib.suppress(OSError):
-            os.write(ts_w, b"E" + f"cannot execute {exec_argv[0]!r}: {reason}".encode()[:1000])
+            os.write(ts_w, b"E" + f"cannot {stage}: {reason}".encode()[:1000])
     os._exit(EXIT_PRE_EXEC)
 
 
@@ -335,6 +340,7 @@ def run(cfg: AdapterConfig) -> int:
     if exec_error is not None:
         code, sig = EXIT_PRE_EXEC, None
         error = exec_error
+        print(f"adapter: error: {exec_error}", file=sys.stderr)
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = 128 + sig
@@ -353,8 +359,16 @@ def run(cfg: AdapterConfig) -> int:
               bytes_out=_file_size(cfg.output_tmp or cfg.output))
     if not ok:
         _remove_tmp(cfg)
-    append_line(cfg.event_log, ev)
+    _append_event(cfg, ev)
     return code
+
+
+def _append_event(cfg: AdapterConfig, ev: dict) -> None:
+    try:
+        append_line(cfg.event_log, ev)
+    except OSError as exc:  # the task ran; say why its record is missing, in one line
+        print(f"adapter: error: cannot append the exec event of {cfg.trace_id} to {cfg.event_log}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
 
 
 def _remove_tmp(cfg: AdapterConfig) -> None:
@@ -369,7 +383,7 @@ def _finish_pre_exec(cfg: AdapterConfig, ev: dict, shared: bind.SharedBinding | 
     now = round(wall_ms(), 3)
     ev.update(status="failed", exit_code=EXIT_PRE_EXEC, error=msg, ts_start=now, ts_end=now)
     _remove_tmp(cfg)
-    append_line(cfg.event_log, ev)
+    _append_event(cfg, ev)
     print(f"adapter: error: {msg}", file=sys.stderr)
     return EXIT_PRE_EXEC
 
