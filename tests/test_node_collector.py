@@ -224,3 +224,13 @@ def test_shell_fallback_writes_the_same_formats(run_env):
     assert set(NODE_META_FIELDS) <= set(meta) and meta["stage"] == "cloud"
     assert meta["collector"]["mode"] == "sh-whitelist" and meta["collector"]["cpu_s"] is not None
     assert not list((paths.run_dir(env["RUN_ID"]) / "pids").glob("*.ack"))
+
+
+def test_garbage_in_the_sentinel_folder_is_ignored(tmp_path, sleeper):
+    (tmp_path / "123456").write_text("{not json")
+    (tmp_path / "notes.txt").write_text("hello")
+    st = procfs.starttime(sleeper.pid)
+    _write(tmp_path, sleeper.pid, st)
+    rows = Sampler("n1", tmp_path).tick()
+    assert [r[0] for r in rows] == [sleeper.pid]
+    assert (tmp_path / "123456").exists() and (tmp_path / "notes.txt").exists()

@@ -220,7 +220,6 @@ class Sampler:
     ticks: int = 0
     _dir_mtime: int = -1
     _dir_scanned_ns: int = 0
-    _retry: bool = False
     _live: list = field(default_factory=list)  # the tracked processes of this node
     _m_info: dict = field(default_factory=dict)  # match mode: pid -> (matches, ppid, next tick to look again)
 
@@ -231,7 +230,7 @@ class Sampler:
         except OSError:
             return False
         # mtime comes from a coarse clock: trust it only when the last change is well before our last listing
-        same = m == self._dir_mtime and m < self._dir_scanned_ns - 50_000_000 and not self._retry
+        same = m == self._dir_mtime and m < self._dir_scanned_ns - 50_000_000
         if not same:
             self._dir_mtime = m
         return same
@@ -241,7 +240,6 @@ class Sampler:
         if self._dir_unchanged():
             return
         self._dir_scanned_ns = time.time_ns()
-        self._retry = False
         seen: dict = {}
         try:
             with os.scandir(self.pid_dir) as it:
@@ -262,11 +260,9 @@ class Sampler:
             if name in self.inodes:
                 continue
             d = sentinel.read_sentinel(Path(self.pid_dir) / name)
-            if d is None:
-                self._retry = True  # unreadable right now: look again next tick
-                continue
             self.inodes[name] = ino
-            mine = d.get("node_id") == self.node_id and str(d["pid"]) == name
+            # sentinels appear by atomic rename: an unreadable one stays unreadable (or is gone); ignore it
+            mine = d is not None and d.get("node_id") == self.node_id and str(d["pid"]) == name
             self.tracked[name] = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino,
                                           kid_phase=d["pid"] % self.kid_every) if mine else None)
         self._live = [t for t in self.tracked.values() if t is not None]
@@ -470,8 +466,13 @@ def sample_loop(sampler: Sampler, fd: int, interval_ms: float, flag: StopFlag | 
             rows = sampler.tick()
             stats["ticks"] += 1
             if rows:
-                os.write(fd, tick_line(wall_ms(), mono_ms(), rows))
-                stats["samples"] += len(rows)
+                try:
+                    os.write(fd, tick_line(wall_ms(), mono_ms(), rows))
+                    stats["samples"] += len(rows)
+                except OSError as exc:  # e.g. disk full: keep sampling, say so once in a while
+                    stats["write_errors"] = stats.get("write_errors", 0) + 1
+                    if stats["write_errors"] in (1, 10, 100) or stats["write_errors"] % 1000 == 0:
+                        _log(f"cannot write samples ({stats['write_errors']} ticks lost so far): {exc.strerror}")
             if max_ticks is not None and stats["ticks"] >= max_ticks:
                 break
             k += 1
