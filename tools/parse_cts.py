@@ -25,6 +25,9 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when an audit check FAILs")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--engine", choices=("python", "duckdb"), default="python",
+                    help="python: streaming parser (default); duckdb: independent SQL implementation writing "
+                         "identical files (a cross-check)")
     a = ap.parse_args()
     if a.input:
         run_dir = Path(a.input)
@@ -32,7 +35,8 @@ def main() -> int:
         rid = paths.run_id(a.run_id)
         run_dir = Path(a.logs) / rid if a.logs else paths.run_dir(rid)
     r, checks, report = audit.parse_and_audit(run_dir, Path(a.output) if a.output else None,
-                                              with_plots=not a.no_plots, progress=not a.quiet and sys.stderr.isatty())
+                                              with_plots=not a.no_plots, progress=not a.quiet and sys.stderr.isatty(),
+                                              engine=a.engine)
     verdict = audit.overall(checks)
     print(f"CTS: {r.out_dir} — {len(r.invocations)} invocation(s) from {len(r.nodes)} node(s), "
           f"{r.rows_written} proc_metrics row(s) from {r.samples_read} sample(s)")

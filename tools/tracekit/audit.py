@@ -359,11 +359,11 @@ def overall(checks: list[Check]) -> str:
 
 
 def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool = True,
-                    progress: bool = False) -> tuple[ParseResult, list[Check], Path]:
+                    progress: bool = False, engine: str = "python") -> tuple[ParseResult, list[Check], Path]:
     """The whole ``make parse``: raw logs -> CTS files, plots, ``audit_report.md``."""
     from .cts import parse_run
 
-    r = parse_run(run_dir, out_dir, progress=progress)
+    r = parse_run(run_dir, out_dir, progress=progress, engine=engine)
     checks = run_checks(r)
     figs = None
     if with_plots:

@@ -220,11 +220,16 @@ _FAST_ORDER = _VAR_ORDER == _ROW_VARS
 _NUMT = frozenset((int, float))  # type(x) in _NUMT: a JSON number (bool excluded), cheap in the hot loop
 
 
+def cpu_ms_text(cpu_us: int) -> str:
+    """CPU ms as written in proc_metrics: exact µs, always 3 decimals (both parse engines write the same bytes)."""
+    return f"{cpu_us // 1000}.{cpu_us % 1000:03d}"
+
+
 def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None) -> str:
     rss = "null" if rss_kb is None else rss_kb
     if _FAST_ORDER:
-        return template % (ts_ms, dt_ms, cpu_us / 1000, rss)
-    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_us / 1000, "rss_kb": rss}
+        return template % (ts_ms, dt_ms, f"{cpu_us // 1000}.{cpu_us % 1000:03d}", rss)
+    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_ms_text(cpu_us), "rss_kb": rss}
     return template % tuple(vals[f] for f in _VAR_ORDER)
 
 
@@ -591,6 +596,22 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
     return p.r, index
 
 
+def _copy_blocks(invocations: list[dict], index: dict, final_tmp: Path) -> None:
+    """Pass 2 of the Python engine: copy each task's block of rows from its scratch file, in the final order."""
+    files: dict[Path, object] = {}
+    try:
+        with open(final_tmp, "wb") as dst:
+            for inv in invocations:
+                loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
+                if loc is not None:
+                    src = files.get(loc[0]) or files.setdefault(loc[0], open(loc[0], "rb"))  # noqa: SIM115
+                    src.seek(loc[1])
+                    dst.write(src.read(loc[2]))
+    finally:
+        for fh in files.values():
+            fh.close()
+
+
 def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -598,8 +619,29 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: bool = False) -> ParseResult:
-    """Parse (and merge) every node of ``run_dir`` into CTS files under ``out_dir`` (default ``run_dir/CTS``)."""
+ENGINES = ("python", "duckdb")
+
+
+def check_engine(engine: str) -> str:
+    """``python``: the streaming engine (default, the reference); ``duckdb``: an independent SQL implementation of
+    the same cut that writes byte-identical files (a cross-check; on 2 cores it is slower and uses more memory)."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown parse engine {engine!r} (use {', '.join(ENGINES)})")
+    if engine == "duckdb":
+        from . import cts_sql
+
+        if not cts_sql.available():
+            raise UserError("--engine duckdb needs the duckdb package: pip install -r requirements.txt")
+    return engine
+
+
+def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: bool = False,
+              engine: str = "python") -> ParseResult:
+    """Parse (and merge) every node of ``run_dir`` into CTS files under ``out_dir`` (default ``run_dir/CTS``).
+
+    ``engine``: ``python`` streams samples through ``intervals.TaskIntervals`` (nodes in parallel processes);
+    ``duckdb`` does the same cut in SQL (``cts_sql``); both write identical files (see ``check_engine``).
+    """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "CTS"
     node_ids = discover_nodes(run_dir)
@@ -616,17 +658,12 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
     scratch_dir.mkdir()
     final_tmp = out / (PROC_METRICS + ".tmp")
     try:
-        index = p.cut_samples(scratch_dir)
-        files: dict[Path, object] = {}
-        with open(final_tmp, "wb") as dst:
-            for inv in p.r.invocations:  # pass 2: the blocks in the final order
-                loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
-                if loc is not None:
-                    src = files.get(loc[0]) or files.setdefault(loc[0], open(loc[0], "rb"))  # noqa: SIM115
-                    src.seek(loc[1])
-                    dst.write(src.read(loc[2]))
-        for fh in files.values():
-            fh.close()
+        if check_engine(engine) == "duckdb":
+            from . import cts_sql
+
+            cts_sql.cut_all(p, scratch_dir, final_tmp)
+        else:
+            _copy_blocks(p.r.invocations, p.cut_samples(scratch_dir), final_tmp)
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
