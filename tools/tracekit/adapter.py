@@ -9,7 +9,7 @@ Sequence (docs/node-side.md "Exactness"):
 3. The parent forwards SIGINT/SIGTERM, tees the child's stderr (keeping the last ~2 KB) and waits for
    the exit with ``waitid(WNOWAIT)``, which leaves the process a zombie whose /proc counters still hold
    its final CPU time. If this node's collector is running and has not yet sampled the process (a task
-   shorter than one interval), the parent keeps the zombie for at most two intervals until the
+   shorter than one interval), the parent keeps the zombie for at most two intervals (+250 ms) until the
    collector acknowledges it (``<pid>.ack``). Then it reaps with ``wait4`` (exact rusage), reads the
    task cgroup's totals, removes the sentinel and the cgroup, and appends one ``exec`` event.
 
@@ -44,6 +44,7 @@ try:  # loaded before fork: the child must not import anything
 except OSError:  # pragma: no cover - no libc symbols (static Python)
     _LIBC = None
 STDERR_TAIL_BYTES = 2048
+HOLD_SLACK_MS = 250  # a loaded collector may be a little late; a missing one costs no wait at all
 _TS = struct.Struct("=dd")
 
 
@@ -236,7 +237,7 @@ def _collector_interval_ms(cfg: AdapterConfig) -> float | None:
 
 
 def _hold_for_ack(cfg: AdapterConfig, pid: int, starttime: int) -> bool:
-    """Keep the zombie until the collector has sampled it, at most two intervals (+50 ms).
+    """Keep the zombie until the collector has sampled it, at most two intervals + ``HOLD_SLACK_MS``.
 
     Default: until it was sampled at least once (only short tasks wait). ``TC_FINAL_SAMPLE=1``: until
     it was sampled after its exit, so the last sample holds its final counters.
@@ -249,7 +250,7 @@ def _hold_for_ack(cfg: AdapterConfig, pid: int, starttime: int) -> bool:
     interval = _collector_interval_ms(cfg)
     if interval is None:
         return False
-    deadline = time.monotonic() + (2 * interval + 50) / 1000
+    deadline = time.monotonic() + (2 * interval + HOLD_SLACK_MS) / 1000
     while time.monotonic() < deadline:
         if sentinel.is_acked(cfg.pid_dir, pid, starttime, final):
             return True

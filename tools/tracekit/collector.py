@@ -159,11 +159,12 @@ def _read_once(path: str) -> bytes:
 
 
 def _close(t: Tracked) -> None:
-    for fd in (t.fd, t.kids_fd):
+    for fd in (t.fd, t.kids_fd, t.sched_fd):
         if fd is not None and fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    t.fd = t.kids_fd = None
+    t.fd = t.kids_fd = t.sched_fd = None
+    t.idle = False
 
 
 def raise_fd_limit() -> None:
@@ -178,7 +179,8 @@ class Tracked:
     """A sentinel this node samples (a slotted class: the sampler touches these attributes per PID per tick)."""
 
     __slots__ = ("pid", "starttime", "trace_id", "cgroup", "inode", "stat_path", "starttime_b", "kid_phase",
-                 "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone", "last_b", "last_row")
+                 "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone", "last_b", "last_row", "single",
+                 "sched_fd", "last_sched", "idle")
 
     def __init__(self, pid: int, starttime: int, trace_id: str | None, cgroup: dict | None, inode: int,
                  kid_phase: int = 0) -> None:
@@ -197,6 +199,10 @@ class Tracked:
         self.gone = False
         self.last_b = b""  # the stat line of the last tick and the row made of it
         self.last_row: list = []
+        self.single = False  # one thread at the last look
+        self.sched_fd: int | None = None  # open /proc/<pid>/schedstat (single-threaded processes)
+        self.last_sched = b""
+        self.idle = False  # unchanged at the last look: check schedstat first
 
 
 @dataclass
@@ -204,7 +210,9 @@ class Sampler:
     """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``.
 
     Cost matters (bench/bench_collector.py): a tracked process costs one ``pread`` of its open
-    ``/proc/<pid>/stat`` per tick; an unchanged line (an idle process) reuses the last row. Its children
+    ``/proc/<pid>/stat`` per tick; an unchanged line (an idle process) reuses the last row, and a
+    single-threaded idle process is then checked with its ``schedstat`` (on-CPU ns), which the kernel
+    produces at a third of the cost; the stat line is re-read as soon as it ran. Its children
     are looked for every ``kid_every`` ticks (about once a second, staggered), and
     every tick once it has some; a child's CPU is never lost either way, because the counters are
     cumulative and a reaped child's time moves into its parent's cutime/cstime. The sentinel folder
@@ -290,18 +298,38 @@ class Sampler:
         for t in self._live:
             if t.gone:
                 continue
-            try:  # hot path: one pread of the open stat file; parse only the fields we need
+            quiet = not t.has_kids and not t.cgroup and phase != t.kid_phase
+            try:  # hot path: one pread of an open file; parse only the fields we need
+                if t.idle:
+                    # single-threaded and idle at the last look: its on-CPU ns (schedstat, far cheaper for
+                    # the kernel than stat) unchanged means it has not run, so its stat line is unchanged
+                    sched = pread(t.sched_fd, 256, 0)
+                    if sched == t.last_sched and quiet:
+                        rows.append(t.last_row)
+                        if follow:
+                            covered.add(t.pid)
+                        continue
+                    t.idle = False
                 if t.fd is None:
                     t.fd = _open_stat(t.stat_path)
+                if t.single and quiet and t.sched_fd is not None and t.sched_fd >= 0:
+                    sched = pread(t.sched_fd, 256, 0)  # read before stat: a run in between shows next tick
+                else:
+                    sched = None
                 b = pread(t.fd, 4096, 0) if t.fd >= 0 else _read_once(t.stat_path)
-                if b == t.last_b and not t.has_kids and not t.cgroup and phase != t.kid_phase:
+                if b == t.last_b and quiet:
                     rows.append(t.last_row)  # an idle process: same line, same row, nothing to parse
                     if follow:
                         covered.add(t.pid)
+                    if sched is not None:
+                        t.last_sched, t.idle = sched, True
+                    elif t.single and t.sched_fd is None:
+                        t.sched_fd = _open_stat(f"/proc/{t.pid}/schedstat")
                     continue
                 f = b[b.rindex(b")") + 2 :].split(None, 22)  # f[n - 3] is field n of proc(5)
                 if f[19] != t.starttime_b:
                     raise ValueError("the PID belongs to another process now")
+                t.single = f[17] == b"1"
             except (OSError, ValueError):
                 t.gone = True  # reaped (an open fd never follows a reused PID) or never ours
                 _close(t)
