@@ -234,6 +234,10 @@ def test_run_id_resolution_uses_logs_root(synth, tmp_path, monkeypatch):
     p = run_script("parse_cts.py", "--run-id", truth.run_dir.name, "--no-plots", env=env)
     assert p.returncode == 0, p.stderr
     assert (truth.run_dir / "CTS" / "invocations.jsonl").exists()
+    (truth.run_dir / "CTS" / "invocations.jsonl").unlink()
+    p = run_script("parse_cts.py", "--logs", str(truth.run_dir), "--no-plots", env=env)  # a run folder works too
+    assert p.returncode == 0, p.stderr
+    assert (truth.run_dir / "CTS" / "invocations.jsonl").exists()
 
 
 @pytest.mark.parametrize("spec", [

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from tracekit import audit, paths
+from tracekit import audit, cts, paths
 from tracekit.errors import EXIT_FAILURE, run_cli
 
 
@@ -20,7 +21,9 @@ def main() -> int:
     ap.add_argument("--run-id", help="run to parse (default: $RUN_ID, then run_id.env)")
     ap.add_argument("--input", "--logs-dir", dest="input", metavar="DIR",
                     help="the run folder itself (logs/RUN_ID); overrides --run-id/--logs")
-    ap.add_argument("--logs", metavar="DIR", help="logs root holding RUN_ID/ (default: $TRACEKIT_LOGS or logs/)")
+    ap.add_argument("--logs", metavar="DIR",
+                    help="logs root holding RUN_ID/ (default: $TRACEKIT_LOGS or logs/); without a run id, a run "
+                         "folder is accepted too")
     ap.add_argument("--output", metavar="DIR", help="where CTS files go (default: <run folder>/CTS)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when an audit check FAILs")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -31,6 +34,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.input:
         run_dir = Path(a.input)
+    elif a.logs and not (a.run_id or os.environ.get("RUN_ID")) and cts.discover_nodes_quiet(Path(a.logs)):
+        run_dir = Path(a.logs)  # --logs given the run folder itself (logs/RUN_ID)
     else:
         rid = paths.run_id(a.run_id)
         run_dir = Path(a.logs) / rid if a.logs else paths.run_dir(rid)

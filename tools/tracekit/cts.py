@@ -147,6 +147,11 @@ def discover_nodes(run_dir: Path) -> list[str]:
     return found
 
 
+def discover_nodes_quiet(run_dir: Path) -> list[str]:
+    """``discover_nodes`` that returns [] instead of raising for a missing folder."""
+    return discover_nodes(run_dir) if run_dir.is_dir() else []
+
+
 @dataclass
 class Task:
     """One executed attempt being cut into rows."""
