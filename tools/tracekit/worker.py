@@ -244,6 +244,35 @@ class Worker:
                     profile=profile, ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200])
         self._complete(raw, tid, attempt, "failed", {"status": "rejected", "reason": reason})
 
+    def _take(self) -> str | bytes | None:
+        """BLMOVE q:<node> -> running:<node> (1 s); the payload as str, or as bytes when it is not UTF-8.
+
+        Read undecoded: a decoding client would raise on a non-UTF-8 payload *after* Redis moved it, leaving it
+        stuck in running:<node> and killing the take loop.
+        """
+        from redis.client import NEVER_DECODE
+
+        got = self.client.execute_command("BLMOVE", self.keys.queue(self.cfg.node), self.keys.running(self.cfg.node),
+                                          "LEFT", "RIGHT", 1.0, **{NEVER_DECODE: True})
+        if got is None:
+            return None
+        try:
+            return got.decode()
+        except UnicodeDecodeError:
+            return got
+
+    def _reject_bytes(self, raw: bytes) -> None:
+        tid = "bad-" + hashlib.sha1(raw).hexdigest()[:12]
+        reason = "payload is not valid UTF-8 (not a JSON task)"
+        log.warning("rejected payload (%s): %s", tid, reason)
+        self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=1, node_id=self.cfg.node, profile=None,
+                    ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200].decode(errors="replace"))
+        rec = {"trace_id": tid, "attempt": 1, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms(),
+               "status": "rejected", "reason": reason}
+        # the exact bytes go back to the Lua step, so it finds (and removes) them in running:<node>
+        self.retry(lambda: self.scripts.complete(args=[self.cfg.node, raw, tid, 1, "failed",
+                                                       json.dumps(rec, separators=(",", ":"))]), "complete")
+
     def _complete(self, raw: str, tid: str, attempt: int, outcome: str, extra: dict) -> str:
         rec = {"trace_id": tid, "attempt": attempt, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms()}
         rec.update(extra)
@@ -446,10 +475,12 @@ class Worker:
             idle_since = time.monotonic()
             while not self.stop.is_set():
                 try:
-                    raw = self.take_retry(lambda: self.client.blmove(self.keys.queue(self.cfg.node),
-                                                                self.keys.running(self.cfg.node), 1.0, "LEFT", "RIGHT"),
-                                     "take")
+                    raw = self.take_retry(self._take, "take")
                 except redis.RedisError:
+                    continue
+                if isinstance(raw, bytes):  # not UTF-8: it can never be a task; reject it, keep serving
+                    self._reject_bytes(raw)
+                    idle_since = time.monotonic()
                     continue
                 if raw is not None:
                     try:
