@@ -75,10 +75,11 @@ local function event(kind, tid, attempt, node, extra)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'kind', kind, 'trace_id', tid or '',
              'attempt', tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
 end
--- record a task given up by the controller (Redis record + controller/events.jsonl line)
+-- record a task given up by the controller (Redis record + controller/events.jsonl line); the excerpt keeps
+-- printable ASCII only: raw bytes (or a UTF-8 character cut at byte 200) would make every decoding reader fail
 local function fail(tid, attempt, node, profile, now, reason, raw)
   local rec = {kind='failed', trace_id=tid, attempt=attempt, node_id=node, profile=profile or cjson.null, ts=now,
-               reason=reason, payload_excerpt=string.sub(raw or '', 1, 200)}
+               reason=reason, payload_excerpt=(string.gsub(string.sub(raw or '', 1, 200), '[^\32-\126]', '?'))}
   redis.call('HSET', K.failed, tid, cjson.encode(rec))
   ctl_log('c', rec)
   event('failed', tid, attempt, node, reason)
