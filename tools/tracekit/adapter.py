@@ -111,8 +111,8 @@ class AdapterConfig:
             attempt=num("ATTEMPT", int, 1) or 1,
             profile=env.get("PROFILE") or None,
             cpu_units=units,
-            ts_enqueue=num("TS_ENQUEUE"),
-            ts_dispatch=num("TS_DISPATCH"),
+            ts_enqueue=_int_if_whole(num("TS_ENQUEUE")),
+            ts_dispatch=_int_if_whole(num("TS_DISPATCH")),
             event_log=Path(env["TC_EVENT_LOG"]) if env.get("TC_EVENT_LOG") else paths.events_path(rid, node),
             pid_dir=Path(env["PROC_PID_DIR"]) if env.get("PROC_PID_DIR") else paths.pid_dir(rid),
             binding=b,
@@ -125,6 +125,11 @@ class AdapterConfig:
             ack_wait=env.get("TC_ACK_WAIT", "1") != "0",
             final_sample=env.get("TC_FINAL_SAMPLE", "0") == "1",
         )
+
+
+def _int_if_whole(x: float | None) -> float | int | None:
+    """Controller epoch ms arrive as text: keep them integers when they are."""
+    return int(x) if x is not None and float(x).is_integer() else x
 
 
 class _StderrTee(threading.Thread):
