@@ -138,3 +138,30 @@ def test_collector_config_from_env(tmp_path):
         CollectorConfig.from_env(dict(env, PROC_INTERVAL_MS="fast"))
     with pytest.raises(UserError, match="PROC_MATCH"):
         CollectorConfig.from_env(dict(env, PROC_MATCH="("))
+
+
+def test_cgroup_file_formats_v1_and_v2(tmp_path):
+    """The values written and parsed per cgroup version (a plain folder stands in for the hierarchy)."""
+    from tracekit import cgroupfs
+
+    for ctrl in ("cpu", "cpuacct", "memory"):
+        (tmp_path / "v1" / ctrl).mkdir(parents=True)
+    cg = cgroupfs.create_v1("t.a1", binding.shares_from_weight(200), binding.quota_us(150), root=tmp_path / "v1")
+    assert (Path(cg["cpu"]) / "cpu.shares").read_text() == "2048"
+    assert (Path(cg["cpu"]) / "cpu.cfs_quota_us").read_text() == "150000"
+    (Path(cg["cpuacct"]) / "cpuacct.usage").write_text("123456789\n")
+    (Path(cg["memory"]) / "memory.max_usage_in_bytes").write_text("2048000\n")
+    assert cgroupfs.cpu_usage_us(cg) == 123456 and cgroupfs.memory_peak_kb(cg) == 2000
+    cgroupfs.set_quota(cg, None)
+    assert (Path(cg["cpu"]) / "cpu.cfs_quota_us").read_text() == "-1"
+
+    (tmp_path / "v2").mkdir()
+    cg2 = cgroupfs.create_v2("t.a1", binding.v2_weight(200), binding.quota_us(50), root=tmp_path / "v2")
+    assert cg2["cpu"] == cg2["memory"] and (Path(cg2["cpu"]) / "cpu.weight").read_text() == "200"
+    assert (Path(cg2["cpu"]) / "cpu.max").read_text() == "50000 100000"
+    assert (tmp_path / "v2" / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    (Path(cg2["cpu"]) / "cpu.stat").write_text("usage_usec 4242\nuser_usec 4000\n")
+    (Path(cg2["cpu"]) / "memory.current").write_text("4096\n")
+    assert cgroupfs.cpu_usage_us(cg2) == 4242 and cgroupfs.memory_kb(cg2) == 4
+    cgroupfs.set_quota(cg2, None)
+    assert (Path(cg2["cpu"]) / "cpu.max").read_text() == "max 100000"
