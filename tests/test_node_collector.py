@@ -234,3 +234,13 @@ def test_garbage_in_the_sentinel_folder_is_ignored(tmp_path, sleeper):
     rows = Sampler("n1", tmp_path).tick()
     assert [r[0] for r in rows] == [sleeper.pid]
     assert (tmp_path / "123456").exists() and (tmp_path / "notes.txt").exists()
+
+
+def test_time_sync_is_best_effort_and_logged(run_env):
+    env = node_env(run_env, "n5", TIME_SYNC="1", NTP_POOL="127.0.0.1")  # loopback only: no outside traffic
+    pid = start_collector(env)
+    log = paths.run_dir(env["RUN_ID"]) / "timesync.log"
+    assert wait_for(lambda: log.exists() and "pool=127.0.0.1" in log.read_text(), timeout=20)
+    assert alive(pid), "a failed or skipped sync never stops the collector"
+    stop_collector(env)
+    assert "step=0" in log.read_text()
