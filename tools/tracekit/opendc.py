@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
@@ -171,36 +172,18 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     cpu_count = np.array([int(t.get("cpu_units") or 1) for t in tasks], dtype=np.int32)
     out.mkdir(parents=True, exist_ok=True)
 
-    dur_sum = np.zeros(n, dtype=np.int64)
-    rows = np.zeros(n, dtype=np.int64)
-    peak = np.zeros(n, dtype=np.int64)
-    cpu_sum = np.zeros(n, dtype=np.float64)
     frag_tmp = out / (FRAGMENTS + ".tmp")
+    pm = cts_dir / cts.PROC_METRICS
     try:
-        with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
-            for batch in _progress(_fragment_rows(cts_dir / cts.PROC_METRICS, tasks, out), progress):
-                ids = batch["id"].to_numpy(zero_copy_only=False).astype(np.int32)
-                dt = batch["dt_ms"].to_numpy(zero_copy_only=False)
-                if batch["cpu_ms"].null_count or batch["dt_ms"].null_count or (dt <= 0).any():
-                    raise UserError(f"{cts_dir / cts.PROC_METRICS}: a row without cpu_ms/dt_ms or with dt_ms <= 0; "
-                                    "re-run make parse")
-                cpu = batch["cpu_ms"].to_numpy(zero_copy_only=False)
-                rss = batch["rss_kb"].fill_null(0).to_numpy(zero_copy_only=False)
-                dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
-                rows += np.bincount(ids, minlength=n)
-                cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
-                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # rows come ordered by id
-                first = ids[starts]
-                peak[first] = np.maximum(peak[first], np.maximum.reduceat(rss, starts))
-                usage = cpu / dt * task_mhz[ids]
-                cap = cpu_count[ids] * task_mhz[ids]
-                summary.over_capacity_fragments += int(np.count_nonzero(usage > cap * 1.0001))
-                writer.write_batch(pa.RecordBatch.from_arrays(
-                    [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
-                    schema=FRAGMENT_SCHEMA))
+        try:  # fast path: proc_metrics as the parser wrote it (grouped by task in task order), read in file order
+            agg = _write_fragments(_progress(_grouped_rows(pm, tasks), progress), frag_tmp, n, task_mhz, cpu_count, pm)
+        except _NotGrouped:  # hand-edited / concatenated CTS: let DuckDB join and order the rows
+            agg = _write_fragments(_progress(_fragment_rows(pm, tasks, out), progress), frag_tmp, n, task_mhz,
+                                   cpu_count, pm)
     except BaseException:
         frag_tmp.unlink(missing_ok=True)
         raise
+    dur_sum, rows, peak, cpu_sum, summary.over_capacity_fragments = agg
     start = np.array([t["ts_start"] for t in tasks], dtype=np.int64)
     end = np.array([t["ts_end"] for t in tasks], dtype=np.int64)
     no_frag = np.flatnonzero(rows == 0)
@@ -241,6 +224,102 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
 
 
 _DUCK_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}
+
+
+class _NotGrouped(Exception):
+    """proc_metrics.jsonl is not grouped by task in task order: use the join + sort path."""
+
+
+def _write_fragments(batches, frag_tmp: Path, n: int, task_mhz: np.ndarray, cpu_count: np.ndarray, pm: Path):
+    """Stream batches (id, ts_ms, dt_ms, cpu_ms, rss_kb; ordered by id) into fragments.parquet; per-task totals."""
+    dur_sum = np.zeros(n, dtype=np.int64)
+    rows = np.zeros(n, dtype=np.int64)
+    peak = np.zeros(n, dtype=np.int64)
+    cpu_sum = np.zeros(n, dtype=np.float64)
+    over = 0
+    with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            ids = batch["id"].to_numpy(zero_copy_only=False).astype(np.int32)
+            dt = batch["dt_ms"].to_numpy(zero_copy_only=False)
+            if batch["cpu_ms"].null_count or batch["dt_ms"].null_count or (dt <= 0).any():
+                raise UserError(f"{pm}: a row without cpu_ms/dt_ms or with dt_ms <= 0; re-run make parse")
+            cpu = batch["cpu_ms"].to_numpy(zero_copy_only=False)
+            rss = batch["rss_kb"].fill_null(0).to_numpy(zero_copy_only=False)
+            dur_sum += np.bincount(ids, weights=dt, minlength=n).astype(np.int64)
+            rows += np.bincount(ids, minlength=n)
+            cpu_sum += np.bincount(ids, weights=cpu, minlength=n)
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # rows come ordered by id
+            first = ids[starts]
+            peak[first] = np.maximum(peak[first], np.maximum.reduceat(rss, starts))
+            usage = cpu / dt * task_mhz[ids]
+            over += int(np.count_nonzero(usage > cpu_count[ids] * task_mhz[ids] * 1.0001))
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
+                schema=FRAGMENT_SCHEMA))
+    return dur_sum, rows, peak, cpu_sum, over
+
+
+def _grouped_rows(path: Path, tasks: list[dict], batch_rows: int = 1 << 20):
+    """Batches with task ids for a proc_metrics file in the parser's order, read in file order (no join, no sort).
+
+    Raises ``_NotGrouped`` as soon as the file is not one block per task in task order with increasing times.
+    """
+    try:
+        import duckdb
+    except ImportError:
+        raise UserError("the OpenDC export needs the duckdb package: pip install -r requirements.txt") from None
+    lookup = {(str(t["node_id"]), str(t["trace_id"]), int(t["attempt"] or 0)): k for k, t in enumerate(tasks)}
+    cols = ", ".join(f"'{f.name}': '{_DUCK_TYPES[f.type]}'" for f in PM_READ_SCHEMA)
+    src = str(path).replace("'", "''")
+    con = duckdb.connect(config={"preserve_insertion_order": True})
+    last_key, last_id, last_ts = None, -1, None
+    try:
+        rel = con.sql(f"SELECT * FROM read_json('{src}', format='newline_delimited', columns={{{cols}}})")
+        reader = rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader") else rel.record_batch(batch_rows)
+        for b in reader:
+            nrow = b.num_rows
+            if nrow == 0:
+                continue
+            node, trace = b["node_id"].fill_null(""), b["trace_id"].fill_null("")
+            att = b["attempt"].fill_null(0)
+            if nrow > 1:
+                ch = pc.or_(pc.or_(pc.not_equal(node.slice(1), node.slice(0, nrow - 1)),
+                                   pc.not_equal(trace.slice(1), trace.slice(0, nrow - 1))),
+                            pc.not_equal(att.slice(1), att.slice(0, nrow - 1)))
+                starts = np.flatnonzero(np.r_[True, ch.to_numpy(zero_copy_only=False)])
+            else:
+                starts = np.array([0])
+            bkeys = zip(node.take(starts).to_pylist(), trace.take(starts).to_pylist(), att.take(starts).to_pylist())
+            ts = b["ts_ms"].to_numpy(zero_copy_only=False)
+            bids = np.empty(starts.size, dtype=np.int64)
+            for k, key in enumerate(bkeys):
+                tid = lookup.get(key, -1)
+                if k == 0 and key == last_key:  # the previous batch's last block goes on
+                    if ts[0] <= last_ts:
+                        raise _NotGrouped
+                elif tid >= 0:
+                    if tid <= last_id:  # a task out of order, or in two blocks
+                        raise _NotGrouped
+                    last_id = tid
+                bids[k] = tid
+                last_key = key
+            inside = np.ones(nrow, dtype=bool)
+            inside[starts] = False
+            if np.any((np.diff(ts, prepend=ts[0]) <= 0) & inside):
+                raise _NotGrouped
+            ids = np.repeat(bids, np.diff(np.r_[starts, nrow]))
+            keep = ids >= 0
+            out = pa.RecordBatch.from_arrays([pa.array(ids.astype(np.int32)), b["ts_ms"], b["dt_ms"], b["cpu_ms"],
+                                              b["rss_kb"]], names=["id", "ts_ms", "dt_ms", "cpu_ms", "rss_kb"])
+            last_ts = int(ts[-1])
+            yield out.filter(pa.array(keep)) if not keep.all() else out
+    except duckdb.Error as exc:
+        msg = str(exc).strip().splitlines()[0][:300]
+        raise UserError(f"{path}: unreadable CTS rows ({msg}); re-run make parse") from None
+    finally:
+        con.close()
 
 
 def _fragment_rows(path: Path, tasks: list[dict], out: Path, batch_rows: int = 1 << 20):
