@@ -202,3 +202,15 @@ def test_order_key_is_shared_by_parse_and_export():
             {"trace_id": "a", "attempt": 1, "node_id": "n", "ts_enqueue": 5}]
     assert [(i["trace_id"], i["attempt"]) for i in sorted(invs, key=cts.invocation_order_key)] == \
         [("a", 2), ("a", 1), ("b", 1)]
+
+
+def test_parser_output_takes_the_streaming_path(parsed, tmp_path, monkeypatch):
+    """CTS as the parser writes it is exported in file order, without the join + sort fallback."""
+    truth = parsed(nodes=2, tasks=15, failed=1, fenced=1)
+
+    def no_fallback(*_a, **_k):
+        raise AssertionError("the join + sort fallback was used on the parser's own output")
+
+    monkeypatch.setattr(opendc, "_fragment_rows", no_fallback)
+    s = opendc.export(truth.run_dir, tmp_path / "od", include_failed=True)
+    assert s.tasks == 15 and s.fragments == len(pq.read_table(tmp_path / "od" / "fragments.parquet"))
