@@ -142,6 +142,7 @@ class _StderrTee(threading.Thread):
         self.size = 0
 
     def run(self) -> None:
+        """Copy until EOF (the application and everything it started closed its stderr)."""
         out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
         while True:
             try:
@@ -162,6 +163,7 @@ class _StderrTee(threading.Thread):
             os.close(self.fd)
 
     def text(self) -> str:
+        """The last ``STDERR_TAIL_BYTES`` of the application's stderr, as text."""
         data = b"".join(self.tail)[-STDERR_TAIL_BYTES:]
         return data.decode("utf-8", errors="replace").strip()
 

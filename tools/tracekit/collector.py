@@ -103,6 +103,7 @@ class CollectorConfig:
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> CollectorConfig:
+        """Settings from the environment; :class:`UserError` with one line when one is malformed."""
         env = os.environ if env is None else env
         rid = paths.run_id(env.get("RUN_ID"))
         node = paths.node_id(env.get("NODE_ID"))
@@ -134,6 +135,7 @@ class CollectorConfig:
 
     @property
     def mode(self) -> str:
+        """``py-whitelist`` or ``py-whitelist+match`` (recorded in node.json)."""
         return "py-whitelist" if self.match is None else "py-whitelist+match"
 
 
@@ -467,11 +469,13 @@ class StopFlag:
         self.sleeping = False
 
     def handler(self, *_args) -> None:
+        """Signal handler: stop after this tick, or now if sleeping."""
         self.stop = True
         if self.sleeping:
             raise _Wake
 
     def install(self) -> StopFlag:
+        """Handle SIGTERM and SIGINT with this flag."""
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self.handler)
         return self

@@ -20,10 +20,12 @@ ACK_SUFFIX = ".ack"
 
 
 def sentinel_path(pid_dir: Path, pid: int) -> Path:
+    """``$PROC_PID_DIR/<pid>``."""
     return Path(pid_dir) / str(pid)
 
 
 def ack_path(pid_dir: Path, pid: int) -> Path:
+    """``$PROC_PID_DIR/<pid>.ack``."""
     return Path(pid_dir) / f"{pid}{ACK_SUFFIX}"
 
 
@@ -83,5 +85,6 @@ def is_acked(pid_dir: Path, pid: int, starttime: int, final: bool = False) -> bo
 
 
 def remove_ack(pid_dir: Path, pid: int) -> None:
+    """Collector: drop its ack of ``pid`` (the sentinel is gone, or the collector stops)."""
     with contextlib.suppress(OSError):
         ack_path(pid_dir, pid).unlink()
