@@ -177,6 +177,28 @@ class Worker:
                 os.killpg(p.pid, signal.SIGKILL)  # adapters run in their own session: the group is the task
         return len(found)
 
+    def stop_doomed(self, timeout: float = 10.0) -> None:
+        """Stop every attempt still running here, after the control plane re-queued them (node declared dead).
+
+        Their completion can never be accepted; left running they would burn CPU beside the tasks this node gets
+        once it re-registers with its full capacity (over-commit). SIGTERM goes to the adapter, which forwards it
+        and records the attempt; the completion is then refused and written as a ``fenced`` event.
+        """
+        with self.lock:
+            procs = [r.proc for r in self.running.values()]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.running:
+                    return
+            time.sleep(0.05)
+        for p in procs:  # an application that ignores SIGTERM: its whole session (the adapter's group)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+
     def register(self) -> None:
         """(Re)register: reconcile this node's keys in one atomic step and write worker.json."""
         mode = "1" if self.cfg.clear_queue else ("2" if self.cfg.reset_capacity else "0")
@@ -218,8 +240,12 @@ class Worker:
                         self.replaced = True
                         self.stop.set()
                     else:
-                        log.warning("node %s was recovered while unreachable; re-registering "
-                                    "(attempts still running here will be fenced)", self.cfg.node)
+                        with self.lock:
+                            n = len(self.running)
+                        log.warning("node %s was recovered while unreachable; stopping its %d attempt(s) still "
+                                    "running (re-queued meanwhile: they will be fenced), then re-registering",
+                                    self.cfg.node, n)
+                        self.stop_doomed()
                         self.register()
             except redis.RedisError as exc:  # the take loop logs the outage; the TTL tells the scheduler
                 log.debug("heartbeat failed: %s", exc)
