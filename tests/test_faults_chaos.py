@@ -94,3 +94,63 @@ def test_output_check_catches_stray_parts_and_double_renames(dirs):
     inv[0]["bytes_out"] = 11
     assert any("bytes" in p for p in check_outputs(rid, ["n1"], inv, done).problems)
     assert Path(log).exists()
+
+
+# --- fencing after a heal, without over-commit ------------------------------------------------------------------
+def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tmp_path, redis_client):
+    """A node frozen past its heartbeat TTL (like a cut) is declared dead and its task re-queued as attempt 2.
+    When it comes back, its still-running attempt 1 can never be accepted: the worker stops it *before*
+    re-registering, so attempt 2 (placed on the same, only node) never runs beside it: no over-commit, and
+    attempt 1 is recorded as a separate, fenced attempt."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TOOLS
+    from tracekit.keys import Keys
+
+    k = Keys()
+    prof = tmp_path / "profiles.json"
+    prof.write_text(json.dumps({"long": {"app": "command", "cpu_units": 1, "argv": ["sleep", "{seconds}"],
+                                         "seconds": 8.0}}))
+    env = dict(run_env, TRACEKIT_PROFILES=str(prof))
+    rid = env["RUN_ID"]
+
+    def start(script, *args):
+        return subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(pred, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+    procs = [start("scheduler/worker.py", "--node-id", "h1", "--capacity-units", "1")]
+    try:
+        wait(lambda: redis_client.zcard(k.nodes) == 1)
+        procs.append(start("scheduler/scheduler_central.py", "--reap-interval", "0.3"))
+        redis_client.rpush(k.pending, json.dumps({"trace_id": "L1", "profile": "long", "cpu_units": 1,
+                                                  "ts_enqueue": 1, "attempt": 1, "output": "o/L1.out"}))
+        redis_client.lpush(k.wake, "1")
+        wait(lambda: redis_client.llen(k.running("h1")) == 1)
+        procs[0].send_signal(signal.SIGSTOP)  # no heartbeat; its task keeps running
+        try:
+            wait(lambda: redis_client.zcard(k.nodes) == 0, timeout=10)
+        finally:
+            procs[0].send_signal(signal.SIGCONT)
+        rec = json.loads(wait(lambda: redis_client.hget(k.done, "L1"), timeout=40))
+        assert rec["attempt"] == 2 and rec["node_id"] == "h1"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    ev = [e for _, e in read_jsonl(paths.events_path(rid, "h1"))]
+    ex = {e["attempt"]: e for e in ev if e["kind"] == "exec"}
+    assert ex[1]["status"] == "failed" and ex[1]["ts_end"] - ex[1]["ts_start"] < 7000  # stopped, not run out
+    assert [(e["trace_id"], e["attempt"]) for e in ev if e["kind"] == "fenced"] == [("L1", 1)]
+    assert ex[2]["ts_start"] >= ex[1]["ts_end"]  # never both at once on a 1-unit node
