@@ -18,8 +18,8 @@ PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 REPORT = "audit_report.md"
 DEFAULT_INTERVAL_MS = 200  # the collector's default PROC_INTERVAL_MS (used when node.json does not say)
 # Fields an executed attempt must have (FAIL when missing) and should have (WARN when missing).
-REQUIRED_RAN = ("trace_id", "pid", "starttime", "ts_start", "ts_end", "node_id", "attempt", "cpu_ms", "cpu_units")
-EXPECTED_RAN = ("ts_enqueue", "ts_dispatch", "profile", "exit_code", "max_rss_kb", "binding")
+REQUIRED_RAN = ("trace_id", "pid", "ts_start", "ts_end", "node_id", "attempt", "cpu_ms", "cpu_units")
+EXPECTED_RAN = ("starttime", "ts_enqueue", "ts_dispatch", "profile", "exit_code", "max_rss_kb", "binding")
 REQUIRED_NODE = ("cpu_cores", "clk_tck", "page_size")
 EXPECTED_NODE = ("cpu_freq_mhz", "capacity", "mem_mb", "cpu_model")
 

@@ -36,6 +36,7 @@ INVOCATIONS = "invocations.jsonl"
 PROC_METRICS = "proc_metrics.jsonl"
 NODES = "nodes.json"
 _ROW_VARS = ("ts_ms", "dt_ms", "cpu_ms", "rss_kb")  # the per-row parts of a proc_metrics line
+WINDOW_SLACK_MS = 1000  # a sample belongs to a task by pid alone only within its run window +- this
 
 
 def utilisation_bin_ms(span_ms: float, max_bins: int = 300) -> int:
@@ -314,7 +315,9 @@ class _Parser:
                     seen.add(ident)
                     inv = _exec_invocation(ev, node)
                     r.invocations.append(inv)
-                    ran = isinstance(ev.get("pid"), int) and isinstance(ev.get("starttime"), int) \
+                    # starttime may be missing (worker fallback without the adapter): such a task is matched to
+                    # samples by pid within its run window instead (see _cut_node)
+                    ran = isinstance(ev.get("pid"), int) and isinstance(ev.get("starttime"), (int, type(None))) \
                         and _num(ev.get("ts_start")) and _num(ev.get("ts_end"))
                     if ran:
                         node_tasks.append(self._new_task(inv, ev, node))
@@ -518,6 +521,9 @@ class _Parser:
                 pid, st, tid, ticks, rss_pages, cg_us, cg_kb = p
                 nsamples += 1
                 cands = by_proc.get((pid, st))
+                if not cands and (pid, None) in by_proc:  # exec events without starttime: by pid and run window
+                    cands = [c for c in by_proc[(pid, None)]
+                             if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl <= c.cutter.b_end + WINDOW_SLACK_MS]
                 if not cands:
                     if tid is None:
                         r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
@@ -529,7 +535,8 @@ class _Parser:
                     continue
                 task = cands[0]
                 if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
-                    task = next((c for c in cands if c.start - 1000 <= t_ctrl <= c.end + 1000), cands[0])
+                    task = next((c for c in cands if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl
+                                 <= c.cutter.b_end + WINDOW_SLACK_MS), cands[0])
                 task.samples += 1
                 if tid != task.trace_id:
                     task.trace_mismatch += 1

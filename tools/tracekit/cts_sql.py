@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema
+from .cts import WINDOW_SLACK_MS
 from .intervals import TaskStats
 
 MEMORY_LIMIT = "1GB"
@@ -212,7 +213,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
             r.non_monotonic_ticks.setdefault(node.node_id, 0)
         r.samples_read += con.execute("SELECT count(*) FROM smp").fetchall()[0][0]
         # samples matched to a task (all of them count as "seen"), the rest are untracked or orphans
-        con.execute("""
+        con.execute(f"""
             CREATE TEMP TABLE m AS
             SELECT s.*, t.idx, t.b_start, t.b_end, t.total_us,
                    floor(s.t + 0.5)::BIGINT AS b,
@@ -221,15 +222,16 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
                    CASE WHEN s.rss_pages IS NOT NULL THEN trunc(s.rss_pages * n.kb_per_page)::BIGINT
                         ELSE trunc(s.cg_kb)::BIGINT END AS rss,
                    (s.tid_type IS DISTINCT FROM 'VARCHAR' OR s.tid <> t.trace_id) AS mismatch
-            FROM smp s JOIN tasks_t t ON s.node_id = t.node_id AND s.pid = t.pid AND s.st = t.starttime
+            FROM smp s JOIN tasks_t t ON s.node_id = t.node_id AND s.pid = t.pid
+                 AND (s.st = t.starttime OR (t.starttime IS NULL AND NOT EXISTS (
+                      SELECT 1 FROM tasks_t e WHERE e.node_id = s.node_id AND e.pid = s.pid AND e.starttime = s.st)
+                      AND s.t BETWEEN t.b_start - {WINDOW_SLACK_MS} AND t.b_end + {WINDOW_SLACK_MS}))
             JOIN nodes_t n ON s.node_id = n.node_id""")
         r.untracked_samples += con.execute("""
-            SELECT count(*) FROM smp s ANTI JOIN tasks_t t
-            ON s.node_id = t.node_id AND s.pid = t.pid AND s.st = t.starttime
+            SELECT count(*) FROM smp s ANTI JOIN m USING (node_id, rn, pos)
             WHERE s.tid_type = 'NULL' OR s.tid_type IS NULL""").fetchall()[0][0]
         orphans = con.execute("""
-            SELECT s.node_id, s.rn, s.pid, s.st, s.tid FROM smp s ANTI JOIN tasks_t t
-            ON s.node_id = t.node_id AND s.pid = t.pid AND s.st = t.starttime
+            SELECT s.node_id, s.rn, s.pid, s.st, s.tid FROM smp s ANTI JOIN m USING (node_id, rn, pos)
             WHERE s.tid_type IS DISTINCT FROM 'NULL' AND s.tid_type IS NOT NULL
             ORDER BY s.node_id, s.rn, s.pos""").fetchall()
         node_pos = {n.node_id: k for k, n in enumerate(r.nodes)}
