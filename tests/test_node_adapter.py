@@ -167,6 +167,10 @@ def test_stdin_is_closed_and_signals_are_forwarded(run_env):
     env = node_env(run_env)
     r = run_adapter(env, ["cat"], TRACE_ID="stdin1", timeout=20)  # would block forever on a terminal/pipe
     assert r.returncode == 0
+    r = run_adapter(env, ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], TRACE_ID="mask1")
+    masks = dict(line.split(":\t") for line in r.stdout.splitlines())
+    assert int(masks["SigBlk"], 16) == 0, "the application starts with no blocked signal"
+    assert not int(masks["SigIgn"], 16) & (1 << (signal.SIGTERM - 1) | 1 << (signal.SIGINT - 1))
     p = start_adapter(env, ["sleep", "30"], TRACE_ID="sig1")
     s = wait_for(lambda: sentinels(env).get("sig1"))
     assert s, "sentinel exists while the task runs"

@@ -38,6 +38,7 @@ from .jsonl import append_line
 from .schema import EXEC_FIELDS
 
 EXIT_PRE_EXEC = 125
+_FORWARDED = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1
 try:  # loaded before fork: the child must not import anything
     _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -193,6 +194,7 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # a blocked mask would survive exec
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -292,21 +294,28 @@ def run(cfg: AdapterConfig) -> int:
     ts_r, ts_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
+    received: list[int] = []
+    child: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+
+    # blocked across fork: a signal arriving meanwhile is delivered once the parent knows the child's pid
+    # (forwarded), and in the child only after it restored the default handlers (it then dies of it)
+    old = {s: signal.signal(s, forward) for s in _FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pid = os.fork()
     if pid == 0:  # child
         os.close(ts_r)
         os.close(err_r)
         _child(cfg, cpus, shared, exec_argv, ts_w, err_w, parent)
+    child.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     os.close(ts_w)
     os.close(err_w)
-    received: list[int] = []
-
-    def forward(signum, _frame):
-        received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     tee = _StderrTee(err_r)
     tee.start()
     try:
