@@ -590,7 +590,7 @@ def run_chaos(cfg: ChaosConfig) -> int:
     stats = recovery_stats(flog.records)
     elapsed = time.monotonic() - t_start
     paths.chaos_report_path(rid).write_text(json.dumps({
-        "run_id": rid, "config": {k: v for k, v in asdict(cfg).items()}, "elapsed_s": round(elapsed, 1),
+        "run_id": rid, "config": {**asdict(cfg), "run_id": rid}, "elapsed_s": round(elapsed, 1),
         "ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks], "recovery": stats,
         "faults": dict(inj.counts) if inj else {}, "notes": notes}, indent=1) + "\n")
     print_report(checks, stats, elapsed, rid, notes)
