@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tracekit.intervals import TaskIntervals, assign_lanes, cut_task, max_overlap, round_ms
+from tracekit.intervals import TaskIntervals, assign_lanes, cut_rows, cut_task, max_overlap, round_ms
 
 
 def _contiguous(rows, start: int, end: int) -> None:
@@ -96,3 +96,22 @@ def test_max_overlap_half_open_and_weighted():
     assert max_overlap([(0, 10, 2), (10, 20, 2)]) == (2, 0)
     assert max_overlap([(0, 10, 2), (5, 20, 3), (6, 7, 1)]) == (6, 6)
     assert max_overlap([]) == (0, None)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_batch_cutter_equals_incremental_cutter(seed):
+    """cut_rows (the parser's hot path) gives exactly the rows and stats of TaskIntervals (the reference)."""
+    rng = random.Random(100 + seed)
+    start = rng.uniform(1e12, 1e12 + 1e6)
+    end = start + rng.uniform(0.1, 5_000)
+    samples, t, cum = [], start - 30, 0
+    while t < end + 100:
+        t += rng.choice([0.2, 0.4, 50.0, 100.0, 200.0])
+        cum += rng.randint(-2000, 300_000)
+        samples.append((t, max(cum, 0), rng.choice([None, rng.randint(1, 9999)])))
+    total = rng.randint(0, 3_000_000)
+    ref = TaskIntervals(start, end, total, 77)
+    expected = [r for s in samples if (r := ref.add(*s)) is not None] + [ref.finish()]
+    rows, st = cut_rows(ref.b_start, ref.b_end, ref.total_us, samples, 77)
+    assert rows == [(r.ts_ms, r.dt_ms, r.cpu_us, r.rss_kb) for r in expected]
+    assert st == ref.stats

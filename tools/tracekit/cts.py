@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import paths, schema
 from .errors import UserError
-from .intervals import TaskIntervals, TaskStats, round_ms
+from .intervals import TaskIntervals, TaskStats, cut_rows, round_ms
 from .jsonl import BadLines, dumps, read_jsonl
 
 try:  # optional: a faster JSON parser for the samples stream; same results as json.loads
@@ -163,12 +163,12 @@ class Task:
     use_cg: bool
     cutter: TaskIntervals
     template: str
-    lines: list[str] = field(default_factory=list)
+    raw: list[tuple[float, int, int | None]] = field(default_factory=list)  # (t, cum µs, rss) while it runs
     samples: int = 0
     trace_mismatch: int = 0
-    cpu_sum_us: int = 0  # CPU of the rows actually written (the audit compares it with the exact total)
     done: bool = False
     trace_id: str = ""
+    stats: TaskStats | None = None
 
 
 @dataclass
@@ -447,25 +447,40 @@ class _Parser:
         r.bad.examples = (r.bad.examples + part.bad.examples)[: r.bad.keep]
 
     def _flush(self, t: Task, scratch, index: dict, util: list[float]) -> None:
+        """The task ended: cut its buffered samples into rows (``intervals.cut_rows``) and write its block."""
         r = self.r
-        row = t.cutter.finish()
-        t.lines.append(_fmt(t.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
-        t.cpu_sum_us += row.cpu_us
-        self._util_add(util, row.ts_ms, row.dt_ms, row.cpu_us)
+        c = t.cutter
+        rows, st = cut_rows(c.b_start, c.b_end, c.total_us, t.raw, c.rss_fallback_kb)
+        t.raw = []
         t.done = True
-        data = "".join(t.lines).encode()
+        t.stats = st
+        template = t.template
+        if _FAST_ORDER:  # _fmt inlined: this runs once per row
+            lines = [template % (ts, dt, f"{cpu // 1000}.{cpu % 1000:03d}", "null" if rss is None else rss)
+                     for ts, dt, cpu, rss in rows]
+        else:
+            lines = [_fmt(template, ts, dt, cpu, rss) for ts, dt, cpu, rss in rows]
+        cpu_sum = 0
+        w, t0, nb = r.util_bin_ms, r.util_t0, len(util)
+        for ts, dt, cpu, _rss in rows:
+            cpu_sum += cpu
+            j = (ts - t0) // w
+            if (ts - dt - t0) // w == j and 0 <= j < nb:  # the common case: the row lies in one bin
+                util[j] += cpu / 1000
+            else:
+                self._util_add(util, ts, dt, cpu)
+        data = "".join(lines).encode()
         key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
         index[key] = (scratch.tell(), len(data))
         scratch.write(data)
-        r.stats[key] = t.cutter.stats
+        r.stats[key] = st
         r.task_samples[key] = t.samples
-        r.rows_per_task[key] = len(t.lines)
-        r.exact_us[key] = t.cutter.total_us
-        r.cpu_rows_us[key] = t.cpu_sum_us
+        r.rows_per_task[key] = len(lines)
+        r.exact_us[key] = c.total_us
+        r.cpu_rows_us[key] = cpu_sum
         r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
         r.trace_mismatch += t.trace_mismatch
-        r.rows_written += len(t.lines)
-        t.lines = []
+        r.rows_written += len(lines)
 
     def _util_add(self, util: list[float], ts_ms: int, dt_ms: int, cpu_us: int) -> None:
         """Spread a row's CPU over the utilisation bins it overlaps, in proportion to the overlap."""
@@ -497,7 +512,6 @@ class _Parser:
         nonmono = 0
         nfields = len(schema.SAMPLE_PROC_FIELDS)
         nsamples = 0
-        fmt, add_util = _fmt, self._util_add
         if not path.exists():
             r.missing_samples_file.append(node.node_id)
         for lineno, tick in self._ticks(path):
@@ -541,7 +555,7 @@ class _Parser:
                 if tid != task.trace_id:
                     task.trace_mismatch += 1
                 if task.done:
-                    task.cutter.stats.samples_after += 1
+                    task.stats.samples_after += 1
                     continue
                 if task.use_cg and type(cg_us) in _NUMT:
                     cum = int(cg_us)
@@ -553,11 +567,7 @@ class _Parser:
                     rss = int(rss_pages * kb_per_page)
                 else:
                     rss = int(cg_kb) if type(cg_kb) in _NUMT else None
-                row = task.cutter.add(t_ctrl, cum, rss)
-                if row is not None:
-                    task.lines.append(fmt(task.template, row.ts_ms, row.dt_ms, row.cpu_us, row.rss_kb))
-                    task.cpu_sum_us += row.cpu_us
-                    add_util(util, row.ts_ms, row.dt_ms, row.cpu_us)
+                task.raw.append((t_ctrl, cum, rss))  # cut when the task ends (_flush)
         r.samples_read += nsamples
         while heap:
             self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
@@ -573,25 +583,25 @@ class _Parser:
         size = path.stat().st_size
         with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"parse {path.parent.name}",
                                           disable=not self.progress, mininterval=0.5, leave=False) as bar:
-            done = 0
+            last = 0
             for lineno, raw in enumerate(fh, 1):
-                done += len(raw)
-                if lineno % 20000 == 0:
-                    bar.update(done)
-                    done = 0
-                if not raw.strip():
-                    continue
+                if not lineno % 50000:
+                    pos = fh.tell()
+                    bar.update(pos - last)
+                    last = pos
                 try:
                     obj = _loads(raw)
                 except (ValueError, UnicodeDecodeError) as exc:
+                    if not raw.strip():
+                        continue  # blank line
                     kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
                     bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
                     continue
-                if not isinstance(obj, dict):
+                if type(obj) is not dict:
                     bad.add(f"{path}:{lineno}", "not a JSON object")
                     continue
                 yield lineno, obj
-            bar.update(done)
+            bar.update(size - last)
 
 
 def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
