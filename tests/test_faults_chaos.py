@@ -154,3 +154,71 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
     assert ex[1]["status"] == "failed" and ex[1]["ts_end"] - ex[1]["ts_start"] < 7000  # stopped, not run out
     assert [(e["trace_id"], e["attempt"]) for e in ev if e["kind"] == "fenced"] == [("L1", 1)]
     assert ex[2]["ts_start"] >= ex[1]["ts_end"]  # never both at once on a 1-unit node
+
+
+def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env, tmp_path, redis_client):
+    """SIGKILL a worker mid-task (its adapter lives on, as after an OOM kill), start a new one by hand (no
+    supervisor to clean up): the new worker stops the orphan before it registers, so attempt 2 never runs beside
+    it; the parser records attempt 1 as a fenced (superseded) execution."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from conftest import TOOLS
+    from tracekit.keys import Keys
+
+    k = Keys()
+    prof = tmp_path / "profiles.json"
+    prof.write_text(json.dumps({"long": {"app": "command", "cpu_units": 1, "argv": ["sleep", "{seconds}"],
+                                         "seconds": 6.0}}))
+    env = dict(run_env, TRACEKIT_PROFILES=str(prof))
+    rid = env["RUN_ID"]
+
+    def start(script, *args):
+        return subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(pred, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+    procs = [start("scheduler/worker.py", "--node-id", "o1", "--capacity-units", "1")]
+    try:
+        wait(lambda: redis_client.zcard(k.nodes) == 1)
+        procs.append(start("scheduler/scheduler_central.py", "--reap-interval", "0.3"))
+        redis_client.rpush(k.pending, json.dumps({"trace_id": "O1", "profile": "long", "cpu_units": 1,
+                                                  "ts_enqueue": 1, "attempt": 1, "output": "o/O1.out"}))
+        redis_client.lpush(k.wake, "1")
+        wait(lambda: redis_client.llen(k.running("o1")) == 1)
+        time.sleep(0.3)
+        orphans = [c for c in psutil.Process(procs[0].pid).children() if "cmd_wrapper.py" in " ".join(c.cmdline())]
+        assert len(orphans) == 1
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        assert orphans[0].is_running()  # the adapter outlived its worker
+        procs.append(start("scheduler/worker.py", "--node-id", "o1", "--capacity-units", "1"))
+        wait(lambda: not orphans[0].is_running() or orphans[0].status() == psutil.STATUS_ZOMBIE, timeout=10)
+        rec = json.loads(wait(lambda: redis_client.hget(k.done, "O1"), timeout=30))
+        assert rec["attempt"] == 2
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    ev = [e for _, e in read_jsonl(paths.events_path(rid, "o1"))]
+    ex = {e["attempt"]: e for e in ev if e["kind"] == "exec"}
+    assert ex[1]["status"] == "failed" and ex[1]["ts_end"] - ex[1]["ts_start"] < 5000  # stopped early
+    assert ex[2]["ts_start"] >= ex[1]["ts_end"]
+    from tracekit import cts
+
+    r = cts.parse_run(paths.run_dir(rid))
+    status = {i["attempt"]: i["status"] for i in r.invocations if i["trace_id"] == "O1"}
+    assert status == {1: "fenced", 2: "ok"}
