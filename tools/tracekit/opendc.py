@@ -53,6 +53,8 @@ PM_READ_SCHEMA = pa.schema([("node_id", pa.string()), ("trace_id", pa.string()),
 
 def iter_proc_metrics(path: Path, schema: pa.Schema = PM_READ_SCHEMA, block_size: int = 8 << 20):
     """Stream ``proc_metrics.jsonl`` as arrow record batches of the given columns (multithreaded C++ reader)."""
+    if path.stat().st_size == 0:
+        return  # no rows (a run without executed tasks): pyarrow would call it an empty JSON stream
     ropts = pj.ReadOptions(block_size=block_size)
     popts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
