@@ -93,12 +93,13 @@ def test_multi_node_merge_with_the_same_pids(synth):
 
 def test_rerun_is_byte_identical(synth):
     truth = synth(tasks=15, failed=1, fenced=1, rejects=1)
-    audit.parse_and_audit(truth.run_dir, with_plots=False)
+    audit.parse_and_audit(truth.run_dir)
     out = truth.run_dir / "CTS"
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    audit.parse_and_audit(truth.run_dir, with_plots=False)
+    audit.parse_and_audit(truth.run_dir)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
-    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md"}
+    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
+                          "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
 
 
 def test_malformed_and_truncated_lines_are_counted_with_file_and_line(synth):
