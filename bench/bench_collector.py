@@ -42,7 +42,7 @@ def _write_sentinels(pid_dir: Path, procs: list) -> None:
 
 def ours_cost(pid_dir: Path, out: Path, n: int, ticks: int, interval_s: float = INTERVAL_S) -> tuple[float, int]:
     """(CPU seconds, PID-samples) of ``ticks`` ticks of the collector's own loop (sleeps and wake-ups included)."""
-    sampler = Sampler(NODE, pid_dir)
+    sampler = Sampler.for_interval(NODE, pid_dir, None, interval_s * 1000)  # as the daemon at this interval
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         sampler.tick()  # first tick reads the sentinels and writes acks: a one-off per task, not steady state

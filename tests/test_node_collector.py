@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,47 @@ def test_time_sync_is_best_effort_and_logged(run_env):
     assert alive(pid), "a failed or skipped sync never stops the collector"
     stop_collector(env)
     assert "step=0" in log.read_text()
+
+
+def _tick_for(s: Sampler, seconds: float, step: float = 0.1) -> list:
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        out.append(s.tick())
+        time.sleep(step)
+    return out
+
+
+def test_idle_process_that_wakes_up_is_seen(tmp_path):
+    """An idle process is checked cheaply (schedstat); once it runs, its CPU shows at once."""
+    code = "import time\ntime.sleep(0.6)\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n" \
+           "time.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+    try:
+        _write(tmp_path, p.pid, wait_for(lambda: procfs.starttime(p.pid)))
+        s = Sampler("n1", tmp_path, None, kid_every=10, full_every=10**9)  # no periodic re-read: schedstat only
+        ticks = _tick_for(s, 0.5)
+        assert s._live[0].idle, "an idle single-threaded process is watched through schedstat"
+        before = ticks[-1][0][3]
+        # tick until the burst (0.4 s of CPU, however loaded the host) is over and sampled
+        done = wait_for(lambda: (lambda row, own: row == own and (row - before) * 1000 / procfs.CLK_TCK >= 380)(
+            s.tick()[0][3], procfs.read_stat(p.pid).cpu_ticks), timeout=20, step=0.1)
+        assert done, "the CPU of the burst shows in the samples"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_child_forked_after_an_idle_spell_is_followed(tmp_path):
+    p = subprocess.Popen(["sh", "-c", "sleep 0.5; i=0; while [ $i -lt 5000000 ]; do i=$((i+1)); done & wait"],
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _write(tmp_path, p.pid, wait_for(lambda: procfs.starttime(p.pid)))
+        s = Sampler.for_interval("n1", tmp_path, None, 100)
+        _tick_for(s, 0.4)
+        ticks = _tick_for(s, 1.8)
+        own = procfs.read_stat(p.pid).cpu_ticks
+        assert ticks[-1][0][3] > own + 20, "the busy child's CPU is in the parent's row"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

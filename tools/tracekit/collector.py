@@ -182,7 +182,7 @@ class Tracked:
 
     __slots__ = ("pid", "starttime", "trace_id", "cgroup", "inode", "stat_path", "starttime_b", "kid_phase",
                  "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone", "last_b", "last_row", "single",
-                 "sched_fd", "last_sched", "idle")
+                 "sched_fd", "last_sched", "idle", "refresh_phase")
 
     def __init__(self, pid: int, starttime: int, trace_id: str | None, cgroup: dict | None, inode: int,
                  kid_phase: int = 0) -> None:
@@ -205,6 +205,7 @@ class Tracked:
         self.sched_fd: int | None = None  # open /proc/<pid>/schedstat (single-threaded processes)
         self.last_sched = b""
         self.idle = False  # unchanged at the last look: check schedstat first
+        self.refresh_phase = 0  # its stat line is re-read on ticks where tick % full_every == refresh_phase
 
 
 @dataclass
@@ -225,6 +226,7 @@ class Sampler:
     pid_dir: Path
     match: re.Pattern | None = None
     kid_every: int = 5
+    full_every: int = 25
     tracked: dict = field(default_factory=dict)  # name -> Tracked | None (another node's sentinel)
     inodes: dict = field(default_factory=dict)  # name -> inode
     ticks: int = 0
@@ -273,9 +275,19 @@ class Sampler:
             self.inodes[name] = ino
             # sentinels appear by atomic rename: an unreadable one stays unreadable (or is gone); ignore it
             mine = d is not None and d.get("node_id") == self.node_id and str(d["pid"]) == name
-            self.tracked[name] = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino,
-                                          kid_phase=d["pid"] % self.kid_every) if mine else None)
+            t = (Tracked(d["pid"], d["starttime"], d.get("trace_id"), d.get("cgroup"), ino,
+                         kid_phase=d["pid"] % self.kid_every) if mine else None)
+            if t is not None:
+                t.refresh_phase = d["pid"] % self.full_every  # staggered over the PIDs
+            self.tracked[name] = t
         self._live = [t for t in self.tracked.values() if t is not None]
+
+    @classmethod
+    def for_interval(cls, node_id: str, pid_dir: Path, match: re.Pattern | None, interval_ms: float) -> Sampler:
+        """The sampler the daemon uses at ``interval_ms``: children looked for about once a second, every
+        stat line re-read at least every 5 s."""
+        return cls(node_id, pid_dir, match, kid_every=max(1, round(1000 / interval_ms)),
+                   full_every=max(1, round(5000 / interval_ms)))
 
     @staticmethod
     def _cg(cg: dict | None) -> tuple:
@@ -293,6 +305,7 @@ class Sampler:
         self.scan()
         self.ticks += 1
         phase = self.ticks % self.kid_every
+        refresh = self.ticks % self.full_every
         rows: list = []
         covered: set[int] = set()
         follow = self.match is not None  # only match mode needs the set of covered PIDs
@@ -300,13 +313,14 @@ class Sampler:
         for t in self._live:
             if t.gone:
                 continue
-            quiet = not t.has_kids and not t.cgroup and phase != t.kid_phase
             try:  # hot path: one pread of an open file; parse only the fields we need
                 if t.idle:
-                    # single-threaded and idle at the last look: its on-CPU ns (schedstat, far cheaper for
-                    # the kernel than stat) unchanged means it has not run, so its stat line is unchanged
+                    # single-threaded, childless and idle at the last look: its on-CPU ns (schedstat, far
+                    # cheaper for the kernel than stat) unchanged means it has not run, so neither its stat
+                    # line nor its (no) children changed -- only a running process forks. The stat line is
+                    # still re-read every full_every ticks (RSS can shrink while it sleeps).
                     sched = pread(t.sched_fd, 256, 0)
-                    if sched == t.last_sched and quiet:
+                    if sched == t.last_sched and refresh != t.refresh_phase:
                         rows.append(t.last_row)
                         if follow:
                             covered.add(t.pid)
@@ -314,20 +328,25 @@ class Sampler:
                     t.idle = False
                 if t.fd is None:
                     t.fd = _open_stat(t.stat_path)
-                if t.single and quiet and t.sched_fd is not None and t.sched_fd >= 0:
-                    sched = pread(t.sched_fd, 256, 0)  # read before stat: a run in between shows next tick
-                else:
-                    sched = None
+                plain = not t.has_kids and not t.cgroup  # nothing but its own stat line makes its row
+                candidate = plain and t.single and t.sched_fd is not None and t.sched_fd >= 0
+                # schedstat before stat: a run in between shows at the next tick
+                sched = pread(t.sched_fd, 256, 0) if candidate else None
                 b = pread(t.fd, 4096, 0) if t.fd >= 0 else _read_once(t.stat_path)
-                if b == t.last_b and quiet:
-                    rows.append(t.last_row)  # an idle process: same line, same row, nothing to parse
-                    if follow:
-                        covered.add(t.pid)
-                    if sched is not None:
-                        t.last_sched, t.idle = sched, True
+                if b == t.last_b and plain:
+                    if candidate:
+                        # idle from now on if childless now: it cannot fork while it does not run
+                        if t.kids_fd is None:
+                            t.kids_fd = _open_stat(f"/proc/{t.pid}/task/{t.pid}/children")
+                        t.idle = t.kids_fd >= 0 and not pread(t.kids_fd, 64, 0)
+                        t.last_sched = sched
                     elif t.single and t.sched_fd is None:
                         t.sched_fd = _open_stat(f"/proc/{t.pid}/schedstat")
-                    continue
+                    if t.idle or phase != t.kid_phase:
+                        rows.append(t.last_row)  # same line, same row, nothing to parse
+                        if follow:
+                            covered.add(t.pid)
+                        continue
                 f = b[b.rindex(b")") + 2 :].split(None, 22)  # f[n - 3] is field n of proc(5)
                 if f[19] != t.starttime_b:
                     raise ValueError("the PID belongs to another process now")
@@ -547,7 +566,7 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
     else:
         timesync.sync(timesync_log(cfg.run_id), enabled=False)
     raise_fd_limit()
-    sampler = Sampler(cfg.node_id, cfg.pid_dir, cfg.match, kid_every=max(1, round(1000 / cfg.interval_ms)))
+    sampler = Sampler.for_interval(cfg.node_id, cfg.pid_dir, cfg.match, cfg.interval_ms)
     out_path = paths.samples_path(cfg.run_id, cfg.node_id)
     fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
