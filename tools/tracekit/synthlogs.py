@@ -259,3 +259,36 @@ def _write_samples(path: Path, spec: SynthSpec, nruns: list[dict], no_sample: se
         fh.write("".join(buf))
     if bar is not None:
         bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m tracekit.synthlogs --out logs/synth1 --samples 1000000``: write a synthetic run folder."""
+    import argparse
+
+    from .errors import UserError
+
+    ap = argparse.ArgumentParser(prog="python3 -m tracekit.synthlogs",
+                                 description="Write synthetic raw logs (exact raw formats) of any size into a run "
+                                             "folder, then try: tools/parse_cts.py --input OUT")
+    ap.add_argument("--out", required=True, help="run folder to create (e.g. logs/synth1)")
+    ap.add_argument("--samples", type=int, default=100_000, help="about this many process samples [100000]")
+    ap.add_argument("--nodes", type=int, default=2, help="nodes [2]")
+    ap.add_argument("--interval-ms", type=int, default=100, help="collector interval [100]")
+    ap.add_argument("--malformed", action="store_true", help="add malformed and truncated lines")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.samples < 1 or a.nodes < 1 or a.interval_ms < 1:
+        raise UserError("--samples, --nodes and --interval-ms must be >= 1")
+    per_task = 10_000 // a.interval_ms  # task_ms 5-15 s -> ~10 s of samples per task
+    spec = SynthSpec(nodes=a.nodes, tasks=max(1, a.samples // max(1, per_task)), interval_ms=a.interval_ms,
+                     task_ms=(5_000, 15_000), arrival_ms=(0, 50), malformed=a.malformed, seed=a.seed,
+                     progress=True)
+    truth = generate(a.out, spec)
+    print(f"{a.out}: {len(truth.tasks)} task(s), {truth.samples} sample(s), {truth.bad_lines} bad line(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+
+    run_cli(main, "tracekit.synthlogs")
