@@ -287,3 +287,11 @@ def test_exec_events_without_starttime_match_samples_by_pid_and_window(synth, tm
         cts.parse_run(truth.run_dir, tmp_path / "sql", engine="duckdb")
         assert (tmp_path / "py" / "proc_metrics.jsonl").read_bytes() == \
             (tmp_path / "sql" / "proc_metrics.jsonl").read_bytes()
+
+
+def test_synthlogs_cli_writes_a_parsable_run(tmp_path, capsys):
+    assert synthlogs.main(["--out", str(tmp_path / "s"), "--samples", "3000", "--malformed"]) == 0
+    assert "sample(s)" in capsys.readouterr().out
+    r = cts.parse_run(tmp_path / "s")
+    check_cts_invariants(r.out_dir)
+    assert r.bad.count > 0 and r.samples_read > 2000
