@@ -105,10 +105,13 @@ def _safe(fn, default=None):
         return default
 
 
+ABORT = threading.Event()  # set when the run is interrupted: recovery waits end at once, restores still happen
+
+
 def _wait(pred, timeout: float, step: float = 0.1) -> float | None:
-    """Seconds until ``pred()`` held, or None after ``timeout``."""
+    """Seconds until ``pred()`` held, or None after ``timeout`` (or when the run is aborted)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+    while time.monotonic() - t0 < timeout and not ABORT.is_set():
         if _safe(pred, False):
             return time.monotonic() - t0
         time.sleep(step)
@@ -172,14 +175,14 @@ class Injector:
         kinds = self._sequence()
         mandatory = len(self.cfg.faults) if self.cfg.faults is not None else len(FAULTS)
         step = 0
-        while True:
+        while not ABORT.is_set():
             # fed from this thread, so a dispatcher never runs while Redis is being restarted
             if batches and not self._feed(batches.pop(0)):
                 return
             if self.all_done.is_set() and not batches and step >= mandatory:
                 return
             kind = next(kinds, None)
-            if kind is None and not batches:
+            if (kind is None and not batches) or ABORT.is_set():
                 return
             if kind is not None:
                 try:
@@ -571,7 +574,12 @@ def run_chaos(cfg: ChaosConfig) -> int:
         checks.append(check_daemons(deaths, inj))
         notes += inj.skipped
     finally:
+        if inj is not None and inj.thread.is_alive():  # interrupted or failed: let the current fault restore first
+            ABORT.set()
+            all_done.set()
+            inj.join(30)
         report = cl.stop()
+        ABORT.clear()
         if old_prof is None:
             os.environ.pop(PROFILES_ENV, None)
         else:
