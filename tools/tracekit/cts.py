@@ -412,24 +412,35 @@ class _Parser:
         jobs = [(r.run_dir, r.out_dir, node, self.tasks.get(node.node_id, []), r.util_bin_ms, r.util_t0, nbins,
                  scratch_dir / f"{k}.rows") for k, node in enumerate(r.nodes)]
         workers = min(len(jobs), os.cpu_count() or 1)
-        if workers <= 1:
+        results = None
+        if workers > 1:
+            try:
+                results = self._cut_parallel(jobs, workers)
+            except (OSError, NotImplementedError, ImportError):
+                results = None  # no process pool here (e.g. no /dev/shm semaphores): same result, one process
+        if results is None:
             results = [_cut_one_node(*job, progress=self.progress) for job in jobs]
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            from tqdm import tqdm
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = [pool.submit(_cut_one_node, *job) for job in jobs]
-                with tqdm(total=len(futs), desc="parse nodes", unit="node", disable=not self.progress) as bar:
-                    for f in futs:
-                        f.add_done_callback(lambda _f: bar.update(1))
-                    results = [f.result() for f in futs]  # node order: deterministic merge
         index: dict[tuple, tuple[Path, int, int]] = {}
         for job, (part, idx) in zip(jobs, results):
             self._merge(part)
             index.update({k: (job[-1], off, ln) for k, (off, ln) in idx.items()})
         return index
+
+    def _cut_parallel(self, jobs: list, workers: int) -> list:
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        from tqdm import tqdm
+
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = [pool.submit(_cut_one_node, *job) for job in jobs]
+                with tqdm(total=len(futs), desc="parse nodes", unit="node", disable=not self.progress) as bar:
+                    for f in futs:
+                        f.add_done_callback(lambda _f: bar.update(1))
+                    return [f.result() for f in futs]  # node order: deterministic merge
+        except BrokenProcessPool:
+            raise UserError("a parse worker process died (out of memory?): re-run, or free memory") from None
 
     def _merge(self, part: ParseResult) -> None:
         r = self.r
