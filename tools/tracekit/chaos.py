@@ -269,8 +269,10 @@ class Injector:
             self.cl.sup.adopt(srv.proc.pid)  # a crashed harness must not leave the new server behind
         up = time.monotonic() - t
         k = self.cl.keys
-        # recovered = every worker's heartbeat is fresh again (each daemon reconnected by itself)
-        beats = _wait(lambda: all(self.client.exists(k.heartbeat(n)) for n in self.cl.node_ids), 30)
+        # recovered = every worker beat again since the restart: the AOF replays hb:<node> with what was left of
+        # its TTL (<= TTL - down_s), a fresh beat sets it back above that
+        fresh_ms = (HEARTBEAT_TTL_S - 0.5) * 1000
+        beats = _wait(lambda: all(self.client.pttl(k.heartbeat(n)) > fresh_ms for n in self.cl.node_ids), 30)
         self.flog("redis", None, "restored", up_s=round(up, 2), heartbeats_back_s=None if beats is None
                   else round(beats, 2))
 
