@@ -123,12 +123,14 @@ def test_topology_groups_identical_nodes_and_experiment_points_at_files(parsed, 
     topo = json.loads((tmp_path / "od" / "topology.json").read_text())
     hosts = topo["clusters"][0]["hosts"]
     assert sorted((h["count"], h["cpu"]["coreCount"]) for h in hosts) == [(1, 8), (2, 4)]
-    assert all(h["cpu"]["coreSpeed"] == "2100 MHz" and h["memory"]["memorySize"].endswith("MiB") for h in hosts)
+    assert all(h["cpu"]["coreSpeed"] == "2.1 GHz" and h["memory"]["size"].endswith("iB") for h in hosts)
     exp = json.loads((tmp_path / "od" / "experiment.json").read_text())
-    assert Path(exp["topologies"][0]["pathToFile"]).is_file()
-    wl = Path(exp["workloads"][0]["pathToFile"])
-    assert (wl / "tasks.parquet").is_file() and (wl / "fragments.parquet").is_file()
-    assert exp["workloads"][0]["type"] == "ComputeWorkload"
+    base = tmp_path / "od"  # every path in the experiment is relative to the experiment file
+    assert (base / exp["topologies"][0]["pathToFile"]).is_file()
+    wl = exp["workloads"][0]
+    assert wl["type"] == "trace" and wl["source"]["type"] == "named"
+    assert (base / wl["source"]["name"] / "tasks.parquet").is_file()
+    assert (base / wl["source"]["name"] / "fragments.parquet").is_file()
 
 
 def test_export_parses_raw_logs_when_no_cts_yet(tmp_path):

@@ -374,7 +374,13 @@ def _progress(batches, progress: bool):
 
 
 def _fmt_mhz(mhz: float) -> str:
-    return f"{mhz:g} MHz"
+    """Per-core speed as the unit string OpenDC's topology reader parses ("2.1 GHz")."""
+    return f"{mhz / 1000:g} GHz"
+
+
+def _fmt_mem(mem_mb: int) -> str:
+    """Memory as OpenDC's unit string ("16 GiB", or MiB when not a whole number of GiB)."""
+    return f"{mem_mb // 1024} GiB" if mem_mb and mem_mb % 1024 == 0 else f"{mem_mb} MiB"
 
 
 def topology(nodes: list[dict], mhz: dict[str, float], default_mhz: float | None) -> dict:
@@ -390,14 +396,17 @@ def topology(nodes: list[dict], mhz: dict[str, float], default_mhz: float | None
     for (cores, speed, mem_mb, model), ids in groups.items():
         hosts.append({"name": ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}", "count": len(ids),
                       "cpu": {"modelName": model, "coreCount": cores, "coreSpeed": _fmt_mhz(speed)},
-                      "memory": {"memorySize": f"{mem_mb} MiB"}})
+                      "memory": {"size": _fmt_mem(mem_mb)}})
     return {"clusters": [{"name": "tracekit", "hosts": hosts}]}
 
 
 def experiment(out: Path, run_name: str) -> dict:
-    """OpenDC experiment running the exported trace on the exported topology (absolute paths: run from anywhere)."""
-    base = out.resolve()
+    """OpenDC experiment (DESIGN.md §9) for the current ``opendc`` CLI, written inside the exported folder.
+
+    Paths are relative to the experiment file, so the folder can be moved or copied whole: the trace
+    workload is a *named* source resolved from the experiment file's folder (``../<folder name>``).
+    """
     return {"name": f"tracekit-{run_name}",
-            "outputFolder": str(base / "opendc-output"),
-            "topologies": [{"pathToFile": str(base / TOPOLOGY)}],
-            "workloads": [{"pathToFile": str(base), "type": "ComputeWorkload"}]}
+            "outputFolder": "opendc-output",
+            "topologies": [{"pathToFile": TOPOLOGY}],
+            "workloads": [{"type": "trace", "source": {"type": "named", "name": f"../{out.resolve().name}"}}]}
