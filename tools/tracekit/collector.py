@@ -41,13 +41,13 @@ SH_SCRIPT = TOOLS / "collect_sys.sh"
 
 
 def collector_pidfile(rid: str, node: str) -> Path:
-    """``logs/$RUN_ID/<node>/collector.pid``."""
-    return paths.node_dir(rid, node) / "collector.pid"
+    """``logs/$RUN_ID/<node>/collector.pid`` (the same file the process supervisor uses)."""
+    return paths.daemon_pidfile_path(rid, node, "collector")
 
 
 def collector_logfile(rid: str, node: str) -> Path:
     """``logs/$RUN_ID/<node>/collector.log``."""
-    return paths.node_dir(rid, node) / "collector.log"
+    return paths.daemon_log_path(rid, node, "collector")
 
 
 def timesync_log(rid: str) -> Path:
@@ -622,7 +622,8 @@ def stop_daemons(rid: str, node: str | None, timeout_s: float = 10.0) -> list:
 
     Returns [(node, pid, how)] with how = "stopped" | "killed" | "stale" (pidfile of a dead process).
     """
-    pidfiles = [collector_pidfile(rid, node)] if node else sorted(paths.run_dir(rid).glob("*/collector.pid"))
+    nodes = [node] if node else sorted(d.name for d in paths.run_dir(rid).glob("*/"))
+    pidfiles = [p for p in (collector_pidfile(rid, n) for n in nodes) if node or p.exists()]
     out = []
     for pf in pidfiles:
         pid = _read_pidfile(pf)
