@@ -63,7 +63,7 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEKIT_REDIS") and k != "REDIS_URL"}
     env.update(TRACEKIT_LOGS=str(tmp_path / "logs"), TRACEKIT_INPUTS=str(tmp_path / "inputs"),
                TRACEKIT_OUTPUTS=str(tmp_path / "outputs"), TRACEKIT_RUN_ID_FILE=str(tmp_path / "run_id.env"),
-               PYTHONPATH=str(TOOLS), NODES="2", TOTAL="6", NETNS=mode, TIMEOUT="120")
+               PYTHONPATH=str(TOOLS), NODES="2", TOTAL="6", MIX="light1c=2,medium480p=1", NETNS=mode, TIMEOUT="120")
     (tmp_path / "inputs").mkdir()
     spaces_before = set(netns.list_namespaces())
     seen: dict = {}

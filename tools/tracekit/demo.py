@@ -28,7 +28,9 @@ from .errors import EXIT_FAILURE, UserError
 
 PY_MODULES = ("redis", "psutil", "pandas", "pyarrow", "numpy", "matplotlib", "tqdm")
 BINARIES = {"ffmpeg": "ffmpeg", "redis-server": "redis-server"}
-DEFAULT_MIX = "light1c=2,medium480p=1"
+DEFAULT_MIX = "fast1080p=1,medium480p=2,light1c=3"
+# Clips big enough that encoding (not process start-up) dominates, small enough for < 3 min on 2 cores.
+DEMO_CLIPS = ["--quick", "--resolution", "640x360", "--duration", "2"]
 DEFAULT_SEED = 20250901
 NEEDED = ["videos", "collector", "worker", "scheduler", "dispatcher", "parse", "export", "perfetto"]
 
@@ -200,7 +202,7 @@ def run_demo(cfg: DemoConfig) -> int:
     inputs = Path(cfg.inputs) if cfg.inputs else paths.inputs_root() / "demo"
     _step(f"generating small inputs in {inputs}")
     gen_log = ctl_dir / "generate_test_videos.log"
-    if run_tool("videos", ["--quick", "--out", str(inputs), "--no-progress"], env0, gen_log):
+    if run_tool("videos", [*DEMO_CLIPS, "--out", str(inputs), "--no-progress"], env0, gen_log):
         raise UserError(f"tools/{SCRIPTS['videos']} failed (see {gen_log})")
 
     ccfg = ClusterConfig(run_id=rid, nodes=cfg.nodes, binding=cfg.binding, ratio=cfg.ratio, weigher=cfg.weigher,
@@ -283,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     )
     p.add_argument("--run-id", default=None, help="[RUN_ID] run id (default: a new one, written to run_id.env)")
     p.add_argument("--nodes", type=int, default=_env_default("NODES", 2, int), help="[NODES] emulated nodes (2)")
-    p.add_argument("--total", type=int, default=_env_default("TOTAL", 12, int), help="[TOTAL] tasks (12)")
+    p.add_argument("--total", type=int, default=_env_default("TOTAL", 24, int), help="[TOTAL] tasks (24)")
     p.add_argument("--mix", default=_env_default("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
     p.add_argument("--seed", type=int, default=_env_default("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
     p.add_argument("--weigher", default=_env_default("WEIGHER", ""), choices=["", "instances", "vcpu"],
