@@ -344,7 +344,10 @@ def run(cfg: AdapterConfig) -> int:
     if shared is not None and shared.cgroup:
         ev["cg_cpu_us"] = cgroupfs.cpu_usage_us(shared.cgroup)
         ev["cg_peak_kb"] = cgroupfs.memory_peak_kb(shared.cgroup)
-        shared.release()
+        busy = shared.release()
+        if busy:
+            print(f"adapter: warning: task cgroup still has processes, left in place: {', '.join(busy)}",
+                  file=sys.stderr)
     utime_ms, stime_ms = ru.ru_utime * 1000, ru.ru_stime * 1000
     ev.update(pid=pid, starttime=st, utime_ms=round(utime_ms, 3), stime_ms=round(stime_ms, 3),
               cpu_ms=round(utime_ms + stime_ms, 3), max_rss_kb=ru.ru_maxrss)

@@ -155,10 +155,9 @@ class SharedBinding:
         if self.cgroup:
             cgroupfs.attach(self.cgroup, pid)
 
-    def release(self) -> None:
-        """After the task: remove the cgroup (best effort)."""
-        if self.cgroup:
-            cgroupfs.remove(self.cgroup)
+    def release(self) -> list:
+        """After the task: remove the cgroup (best effort); returns the dirs still busy (a leftover process)."""
+        return cgroupfs.remove(self.cgroup) if self.cgroup else []
 
 
 def prepare_shared(run_id: str, node_id: str, trace_id: str, attempt: int, weight: int | None,
