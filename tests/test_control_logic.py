@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.cpuset import allocate, format_cpus
+from tracekit.cpuset import allocate
 from tracekit.dispatch import mix_counts, parse_mix, sequence
 from tracekit.errors import UserError
 from tracekit.placement import NodeState, apply, choose
@@ -85,7 +85,6 @@ def test_cpuset_exclusive_while_free_cores_exist():
     d = allocate(cores, {"a": a, "b": b, "c": c}, 1)
     assert c == [0] and d == [1]
     assert allocate(cores, {"x": [0]}, 8) == [0, 1, 2, 3]
-    assert format_cpus([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
 
 
 def test_mix_largest_remainder():

@@ -22,17 +22,3 @@ def allocate(cores: list[int], held: dict[object, list[int]], n: int) -> list[in
         return free[:n]
     busy = sorted((c for c in cores if use[c] > 0), key=lambda c: (use[c], c))
     return sorted(free + busy[: n - len(free)])
-
-
-def format_cpus(cpus: list[int]) -> str:
-    """A CPU list as the kernel writes it: ``0-2,5``."""
-    out: list[str] = []
-    cs = sorted(set(cpus))
-    i = 0
-    while i < len(cs):
-        j = i
-        while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
-            j += 1
-        out.append(str(cs[i]) if i == j else f"{cs[i]}-{cs[j]}")
-        i = j + 1
-    return ",".join(out)

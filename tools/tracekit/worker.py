@@ -38,10 +38,11 @@ import redis
 
 from . import paths
 from .clock import redis_clock_offset, wall_ms
-from .cpuset import allocate, format_cpus
+from .cpuset import allocate
 from .errors import UserError
 from .jsonl import append_line
 from .keys import Keys
+from .procfs import format_cpu_list
 from .profiles import load_profiles
 from .redis_retry import Retrier
 from .schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
@@ -313,7 +314,7 @@ class Worker:
             with self.lock:
                 held = {k: r.cpus for k, r in self.running.items()}
                 cpus = allocate(self.cores, held, task.cpu_units)
-            env["TC_CPUSET"] = format_cpus(cpus)
+            env["TC_CPUSET"] = format_cpu_list(cpus)
         else:
             env["TC_CPU_WEIGHT"] = str(self.cfg.cpuweight_per_vcpu * task.cpu_units)
         return env, cpus
@@ -439,7 +440,7 @@ class Worker:
                         stime_ms=round(ru.ru_stime * 1000, 3), max_rss_kb=ru.ru_maxrss,
                         binding=self.cfg.cpu_binding,
                         binding_mechanism="affinity" if run.cpus else "none",
-                        cpuset=format_cpus(run.cpus) if run.cpus else None,
+                        cpuset=format_cpu_list(run.cpus) if run.cpus else None,
                         input=str(cmd.input_path) if cmd.input_path else None,
                         output=str(cmd.output_path) if cmd.output_path else None,
                         error=None if rc == 0 else f"exit status {rc}", argv=cmd.argv)
