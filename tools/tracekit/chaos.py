@@ -272,7 +272,12 @@ class Injector:
         # recovered = every worker beat again since the restart: the AOF replays hb:<node> with what was left of
         # its TTL (<= TTL - down_s), a fresh beat sets it back above that
         fresh_ms = (HEARTBEAT_TTL_S - 0.5) * 1000
-        beats = _wait(lambda: all(self.client.pttl(k.heartbeat(n)) > fresh_ms for n in self.cl.node_ids), 30)
+        seen: set[str] = set()  # nodes beat at different phases: each is back once seen fresh
+
+        def all_beat() -> bool:
+            seen.update(n for n in self.cl.node_ids if self.client.pttl(k.heartbeat(n)) > fresh_ms)
+            return len(seen) == len(self.cl.node_ids)
+        beats = _wait(all_beat, 30, 0.05)
         self.flog("redis", None, "restored", up_s=round(up, 2), heartbeats_back_s=None if beats is None
                   else round(beats, 2))
 
