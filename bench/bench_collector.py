@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from tracekit import procfs, sentinel
-from tracekit.collector import Sampler, sample_loop
+from tracekit.collector import Sampler, sample_loop, settle_heap
 
 NODE = "bench"
 INTERVAL_S = 0.2
@@ -46,6 +46,7 @@ def ours_cost(pid_dir: Path, out: Path, n: int, ticks: int, interval_s: float = 
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         sampler.tick()  # first tick reads the sentinels and writes acks: a one-off per task, not steady state
+        settle_heap()  # as the daemon does before its loop
         time.sleep(interval_s)
         c0 = time.process_time()
         stats = sample_loop(sampler, fd, interval_s * 1000, max_ticks=ticks)
