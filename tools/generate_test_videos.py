@@ -27,6 +27,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="output folder (default <inputs root>/ffmpeg)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny clips for tests: 320x240, 1 s, 300k, preset ultrafast (explicit flags still win)")
+    ap.add_argument("--jobs", type=int, default=None, help="clips encoded at a time (default: CPU count)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     argv = sys.argv[1:]
     args = ap.parse_args(argv)
@@ -42,7 +43,7 @@ def main() -> int:
             args.preset = "ultrafast"
     out = Path(args.out) if args.out else paths.inputs_root() / "ffmpeg"
     files = generate(args.count, args.duration, args.resolution, args.fps, args.seed, out, args.bitrate, args.gop,
-                     args.preset, progress=not args.no_progress)
+                     args.preset, progress=not args.no_progress, jobs=args.jobs)
     print(f"{len(files)} clips ({args.resolution}, {args.duration:g}s, {args.fps} fps, seed {args.seed}) in {out}")
     return 0
 

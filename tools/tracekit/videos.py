@@ -7,6 +7,7 @@ from the same generator, and the container is written bit-exact, so one seed giv
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -83,7 +84,8 @@ def ffmpeg_argv(spec: ClipSpec, w: int, h: int, fps: int, duration: float, bitra
     """The exact ffmpeg command for one clip (H.264 yuv420p, CBR-like bitrate, fixed GOP)."""
     return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
             "-f", "lavfi", "-i", source_filter(spec, w, h, fps, duration),
-            "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-r", str(fps),
+            # one encoder thread: x264's frame threads with VBV rate control are not bit-reproducible
+            "-c:v", "libx264", "-threads", "1", "-preset", preset, "-pix_fmt", "yuv420p", "-r", str(fps),
             "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", _double(bitrate),
             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
             "-an", "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
@@ -97,8 +99,10 @@ def _double(bitrate: str) -> str:
 
 
 def generate(count: int, duration: float, resolution: str, fps: int, seed: int, out_dir: Path,
-             bitrate: str = "8M", gop: int = 90, preset: str = "medium", progress: bool = True) -> list[Path]:
-    """Synthesise ``count`` clips into ``out_dir``; returns their paths. :class:`UserError` on bad input."""
+             bitrate: str = "8M", gop: int = 90, preset: str = "medium", progress: bool = True,
+             jobs: int | None = None) -> list[Path]:
+    """Synthesise ``count`` clips into ``out_dir`` (``jobs`` encoders at a time, one thread each, so the bytes
+    depend on the seed only); returns their paths. :class:`UserError` on bad input."""
     w, h = parse_resolution(resolution)
     if not 0 < duration <= 3600:
         raise UserError(f"--duration must be in (0, 3600] seconds, got {duration:g}")
@@ -113,15 +117,28 @@ def generate(count: int, duration: float, resolution: str, fps: int, seed: int, 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out_dir}: {exc.strerror}") from None
+    jobs = max(1, jobs or os.cpu_count() or 1)
     specs = plan_clips(count, seed, out_dir)
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm import tqdm
 
-    done = []
-    for spec in tqdm(specs, desc="clips", unit="clip", disable=not progress):
+    def one(spec: ClipSpec) -> str | None:
         r = subprocess.run(ffmpeg_argv(spec, w, h, fps, duration, bitrate, gop, preset, ffmpeg),
                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if r.returncode != 0:
-            tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
-            raise UserError(f"ffmpeg failed on clip {spec.path.name}: {tail}")
-        done.append(spec.path)
-    return done
+        if r.returncode == 0:
+            return None
+        return (r.stderr.strip().splitlines() or ["no message"])[-1]
+
+    errors = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(specs), desc="clips", unit="clip", disable=not progress) as bar:
+        futs = {pool.submit(one, spec): spec for spec in specs}
+        for fut in as_completed(futs):
+            err = fut.result()
+            if err:
+                errors.append(f"ffmpeg failed on clip {futs[fut].path.name}: {err}")
+            bar.update()
+    if errors:
+        raise UserError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return [spec.path for spec in specs]
