@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from . import paths, schema
 from .errors import UserError
 from .intervals import TaskIntervals, TaskStats, cut_rows, round_ms
-from .jsonl import BadLines, dumps, read_jsonl
+from .jsonl import BadLines, dumps
 
 try:  # optional: a faster JSON parser for the samples stream; same results as json.loads
     from orjson import loads as _loads
@@ -111,6 +112,32 @@ def _read_json(path: Path, bad: BadLines) -> dict:
     return obj
 
 
+def read_objects(path: Path, bad: BadLines) -> Iterator[tuple[int, dict]]:
+    """``jsonl.read_jsonl`` with orjson: the same objects, bad lines and ``file:line`` reports, faster.
+
+    A line orjson refuses is retried with ``json.loads`` (which also takes NaN/Infinity, 1e400, lone surrogates, a
+    BOM), so what counts as malformed is exactly what ``read_jsonl`` says. (Only integers beyond 64 bits differ:
+    orjson reads them as floats; no field of these files holds one.)
+    """
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                obj = _loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
+                    bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
+                    continue
+            if type(obj) is not dict:
+                bad.add(f"{path}:{lineno}", "not a JSON object")
+                continue
+            yield lineno, obj
+
+
 def load_node(run_dir: Path, node_id: str, bad: BadLines) -> NodeInfo:
     """Read ``node.json`` + ``worker.json``; fall back (and say so) for offset, CLK_TCK and page size."""
     ndir = run_dir / node_id
@@ -163,7 +190,8 @@ class Task:
     use_cg: bool
     cutter: TaskIntervals
     template: str
-    raw: list[tuple[float, int, int | None]] = field(default_factory=list)  # (t, cum µs, rss) while it runs
+    raw: list[tuple[float, list]] = field(default_factory=list)  # (t, raw proc entry) while it runs
+    late: int = 0  # samples seen after the task was cut (all "after ts_end")
     samples: int = 0
     trace_mismatch: int = 0
     done: bool = False
@@ -208,17 +236,22 @@ class ParseResult:
         return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
 
 
-def _row_template(inv: dict) -> str:
-    """printf template of one proc_metrics line for this task, fields in ``schema.PROC_METRIC_FIELDS`` order."""
+def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
+    """printf template of one proc_metrics line for this task, fields in ``schema.PROC_METRIC_FIELDS`` order.
+
+    Every variable field is a ``%s`` slot, except ``cpu_ms`` which is ``cpu_slot``: the Python engine passes
+    ``"%d.%03d"`` (ms and the µs remainder: one formatting step per row), ``cts_sql`` splits the default at ``%s``.
+    """
     parts = []
     for f in schema.PROC_METRIC_FIELDS:
         if f in _ROW_VARS:
-            parts.append(f'"{f}":%s')
+            parts.append(f'"{f}":' + (cpu_slot if f == "cpu_ms" else "%s"))
         else:
             parts.append(f'"{f}":' + json.dumps(inv.get(f), ensure_ascii=False).replace("%", "%%"))
     return "{" + ",".join(parts) + "}\n"
 
 
+_CPU_SLOT = "%d.%03d"  # cpu_ms as exact µs with 3 decimals, in one printf step (cpu_us // 1000, cpu_us % 1000)
 _VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
 
 
@@ -232,11 +265,10 @@ def cpu_ms_text(cpu_us: int) -> str:
 
 
 def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None) -> str:
+    """One row with a ``_CPU_SLOT`` template, for any order of ``_ROW_VARS`` in the schema."""
     rss = "null" if rss_kb is None else rss_kb
-    if _FAST_ORDER:
-        return template % (ts_ms, dt_ms, f"{cpu_us // 1000}.{cpu_us % 1000:03d}", rss)
-    vals = {"ts_ms": ts_ms, "dt_ms": dt_ms, "cpu_ms": cpu_ms_text(cpu_us), "rss_kb": rss}
-    return template % tuple(vals[f] for f in _VAR_ORDER)
+    vals = {"ts_ms": (ts_ms,), "dt_ms": (dt_ms,), "cpu_ms": (cpu_us // 1000, cpu_us % 1000), "rss_kb": (rss,)}
+    return template % tuple(v for f in _VAR_ORDER for v in vals[f])
 
 
 def _num(x) -> bool:
@@ -301,7 +333,7 @@ class _Parser:
             if not path.exists():
                 continue
             node_tasks: list[Task] = []
-            for lineno, ev in read_jsonl(path, r.bad):
+            for lineno, ev in read_objects(path, r.bad):
                 where = f"{path}:{lineno}"
                 kind = ev.get("kind")
                 if kind == "exec":
@@ -332,7 +364,7 @@ class _Parser:
             self.tasks[node.node_id] = node_tasks
         cfile = r.run_dir / paths.CONTROLLER_DIR / "events.jsonl"
         if cfile.exists():
-            for lineno, ev in read_jsonl(cfile, r.bad):
+            for lineno, ev in read_objects(cfile, r.bad):
                 if ev.get("kind") in ("failed", "reject"):
                     r.invocations.append(_reject_invocation(ev, 0.0))
                 elif ev.get("kind") == "fenced":
@@ -348,8 +380,8 @@ class _Parser:
         r = self.r
         dpath = r.run_dir / paths.dispatch_path("_").name
         ppath = r.run_dir / paths.placements_path("_").name
-        r.dispatch = [d for _, d in read_jsonl(dpath, r.bad)] if dpath.exists() else []
-        r.placements = [p for _, p in read_jsonl(ppath, r.bad)] if ppath.exists() else []
+        r.dispatch = [d for _, d in read_objects(dpath, r.bad)] if dpath.exists() else []
+        r.placements = [p for _, p in read_objects(ppath, r.bad)] if ppath.exists() else []
         by_tid = {d.get("trace_id"): d for d in r.dispatch}
         placed = {(p.get("trace_id"), p.get("attempt")): p for p in r.placements}
         for inv in r.invocations:
@@ -457,41 +489,44 @@ class _Parser:
         r.bad.count += part.bad.count
         r.bad.examples = (r.bad.examples + part.bad.examples)[: r.bad.keep]
 
-    def _flush(self, t: Task, scratch, index: dict, util: list[float]) -> None:
-        """The task ended: cut its buffered samples into rows (``intervals.cut_rows``) and write its block."""
+    def _flush(self, t: Task, scratch, index: dict, util: list[float], us_per_tick: float,
+               kb_per_page: float) -> None:
+        """The task ended: cut its buffered raw samples into rows (``_cut_block``) and write its block."""
         r = self.r
         c = t.cutter
-        rows, st = cut_rows(c.b_start, c.b_end, c.total_us, t.raw, c.rss_fallback_kb)
+        raw = t.raw
         t.raw = []
         t.done = True
+        t.samples += len(raw)
+        if _FAST_ORDER:
+            data, st, mismatch, cpu_sum = _cut_block(t, raw, us_per_tick, kb_per_page, util, r.util_bin_ms,
+                                                     r.util_t0, self._util_add)
+        else:  # pragma: no cover - only if schema.PROC_METRIC_FIELDS reorders the row variables
+            data, st, mismatch, cpu_sum = self._cut_block_generic(t, raw, us_per_tick, kb_per_page, util)
+        t.trace_mismatch += mismatch
         t.stats = st
-        template = t.template
-        if _FAST_ORDER:  # _fmt inlined: this runs once per row
-            lines = [template % (ts, dt, f"{cpu // 1000}.{cpu % 1000:03d}", "null" if rss is None else rss)
-                     for ts, dt, cpu, rss in rows]
-        else:
-            lines = [_fmt(template, ts, dt, cpu, rss) for ts, dt, cpu, rss in rows]
-        cpu_sum = 0
-        w, t0, nb = r.util_bin_ms, r.util_t0, len(util)
-        for ts, dt, cpu, _rss in rows:
-            cpu_sum += cpu
-            j = (ts - t0) // w
-            if (ts - dt - t0) // w == j and 0 <= j < nb:  # the common case: the row lies in one bin
-                util[j] += cpu / 1000
-            else:
-                self._util_add(util, ts, dt, cpu)
-        data = "".join(lines).encode()
         key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
         index[key] = (scratch.tell(), len(data))
         scratch.write(data)
         r.stats[key] = st
         r.task_samples[key] = t.samples
-        r.rows_per_task[key] = len(lines)
+        r.rows_per_task[key] = st.rows
         r.exact_us[key] = c.total_us
         r.cpu_rows_us[key] = cpu_sum
         r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
         r.trace_mismatch += t.trace_mismatch
-        r.rows_written += len(lines)
+        r.rows_written += st.rows
+
+    def _cut_block_generic(self, t: Task, raw: list, us_per_tick: float, kb_per_page: float,
+                           util: list[float]) -> tuple[bytes, TaskStats, int, int]:
+        """``_cut_block`` through ``intervals.cut_rows`` and ``_fmt`` (any field order; slower)."""
+        c = t.cutter
+        rows, st = cut_rows(c.b_start, c.b_end, c.total_us, _convert(raw, t.use_cg, us_per_tick, kb_per_page),
+                            c.rss_fallback_kb)
+        for ts, dt, cpu, _rss in rows:
+            self._util_add(util, ts, dt, cpu)
+        data = "".join(_fmt(t.template, ts, dt, cpu, rss) for ts, dt, cpu, rss in rows).encode()
+        return data, st, sum(1 for _, p in raw if p[2] != t.trace_id), sum(row[2] for row in rows)
 
     def _util_add(self, util: list[float], ts_ms: int, dt_ms: int, cpu_us: int) -> None:
         """Spread a row's CPU over the utilisation bins it overlaps, in proportion to the overlap."""
@@ -509,11 +544,18 @@ class _Parser:
                 util[k] += rate * (hi - lo)
 
     def _cut_node(self, node: NodeInfo, tasks: list[Task], scratch, index: dict, util: list[float]) -> None:
+        """Stream one node's samples file; each sample goes to its task's buffer, cut when the task ends.
+
+        Hot path (once per sample): a sample whose ``(pid, starttime)`` names exactly one task is appended to that
+        task's buffer as it is (validation and unit conversion happen per task in ``_flush``); the rest (no task,
+        several tasks, exec events without starttime) take ``_match``.
+        """
         r = self.r
         path = r.run_dir / node.node_id / "samples.jsonl"
         by_proc: dict[tuple[int, int], list[Task]] = {}
         for t in tasks:
             by_proc.setdefault((t.inv["pid"], t.inv["starttime"]), []).append(t)
+        fast = {k: c[0].raw.append for k, c in by_proc.items() if len(c) == 1}
         heap = [(t.end, i) for i, t in enumerate(tasks)]
         heapq.heapify(heap)
         off = node.offset_ms
@@ -525,67 +567,102 @@ class _Parser:
         nsamples = 0
         if not path.exists():
             r.missing_samples_file.append(node.node_id)
-        for lineno, tick in self._ticks(path):
-            ts = tick.get("ts")
-            procs = tick.get("procs")
-            if type(ts) not in _NUMT or type(procs) is not list:
-                r.bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
-                continue
-            t_ctrl = ts + off
-            if t_ctrl < last_t:
-                nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
-                continue
-            last_t = t_ctrl
-            r.ticks_read += 1
-            while heap and heap[0][0] <= t_ctrl:
-                self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
-            for p in procs:
-                if type(p) is not list or len(p) != nfields:
-                    r.bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
-                    continue
-                pid, st, tid, ticks, rss_pages, cg_us, cg_kb = p
-                nsamples += 1
-                cands = by_proc.get((pid, st))
-                if not cands and (pid, None) in by_proc:  # exec events without starttime: by pid and run window
-                    cands = [c for c in by_proc[(pid, None)]
-                             if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl <= c.cutter.b_end + WINDOW_SLACK_MS]
-                if not cands:
-                    if tid is None:
-                        r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
+            path_ok = False
+        else:
+            path_ok = True
+        if path_ok:
+            from tqdm import tqdm
+
+            bad = r.bad
+            loads = _loads
+            fast_get = fast.get
+            heappop = heapq.heappop
+            numt = _NUMT
+            size = path.stat().st_size
+            with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, leave=False, mininterval=0.5,
+                                              desc=f"parse {node.node_id}", disable=not self.progress) as bar:
+                last_pos = 0
+                for lineno, line in enumerate(fh, 1):
+                    if not lineno % 50000:
+                        pos = fh.tell()
+                        bar.update(pos - last_pos)
+                        last_pos = pos
+                    try:
+                        tick = loads(line)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        if line.strip():  # blank lines are skipped silently
+                            kind = "truncated line" if not line.endswith(b"\n") else "malformed JSON"
+                            bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
                         continue
-                    r.orphan_samples += 1
-                    r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + 1
-                    if len(r.orphan_examples) < 10:
-                        r.orphan_examples.append(f"{path}:{lineno}: pid {pid} starttime {st} trace_id {tid}")
-                    continue
-                task = cands[0]
-                if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
-                    task = next((c for c in cands if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl
-                                 <= c.cutter.b_end + WINDOW_SLACK_MS), cands[0])
-                task.samples += 1
-                if tid != task.trace_id:
-                    task.trace_mismatch += 1
-                if task.done:
-                    task.stats.samples_after += 1
-                    continue
-                if task.use_cg and type(cg_us) in _NUMT:
-                    cum = int(cg_us)
-                elif type(ticks) in _NUMT:
-                    cum = int(ticks * us_per_tick)
-                else:
-                    continue
-                if type(rss_pages) in _NUMT:
-                    rss = int(rss_pages * kb_per_page)
-                else:
-                    rss = int(cg_kb) if type(cg_kb) in _NUMT else None
-                task.raw.append((t_ctrl, cum, rss))  # cut when the task ends (_flush)
+                    if type(tick) is not dict:
+                        bad.add(f"{path}:{lineno}", "not a JSON object")
+                        continue
+                    ts = tick.get("ts")
+                    procs = tick.get("procs")
+                    if type(ts) not in numt or type(procs) is not list:
+                        bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
+                        continue
+                    t_ctrl = ts + off
+                    if t_ctrl < last_t:
+                        nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
+                        continue
+                    last_t = t_ctrl
+                    r.ticks_read += 1
+                    while heap and heap[0][0] <= t_ctrl:
+                        task = tasks[heappop(heap)[1]]
+                        self._flush(task, scratch, index, util, us_per_tick, kb_per_page)
+                        k = (task.inv["pid"], task.inv["starttime"])
+                        if k in fast:
+                            fast[k] = _count_late(task)
+                    nsamples += len(procs)
+                    for p in procs:
+                        if type(p) is not list or len(p) != nfields:
+                            nsamples -= 1
+                            bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
+                            continue
+                        sink = fast_get((p[0], p[1]))
+                        if sink is not None:
+                            sink((t_ctrl, p))
+                        else:
+                            self._match(by_proc, p, t_ctrl, path, lineno)
+                bar.update(size - last_pos)
         r.samples_read += nsamples
         while heap:
-            self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util)
+            self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
+        for t in tasks:
+            if t.late:  # samples after the task's end: only the audit's "after ts_end" count sees them
+                t.stats.samples_after += t.late
         r.non_monotonic_ticks[node.node_id] = nonmono
 
+    def _match(self, by_proc: dict, p: list, t_ctrl: float, path: Path, lineno: int) -> None:
+        """A sample the fast path could not place: by pid and run window, orphan, or untracked."""
+        r = self.r
+        pid, st, tid = p[0], p[1], p[2]
+        cands = by_proc.get((pid, st))
+        if not cands and (pid, None) in by_proc:  # exec events without starttime: by pid and run window
+            cands = [c for c in by_proc[(pid, None)]
+                     if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl <= c.cutter.b_end + WINDOW_SLACK_MS]
+        if not cands:
+            if tid is None:
+                r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
+                return
+            r.orphan_samples += 1
+            r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + 1
+            if len(r.orphan_examples) < 10:
+                r.orphan_examples.append(f"{path}:{lineno}: pid {pid} starttime {st} trace_id {tid}")
+            return
+        task = cands[0]
+        if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
+            task = next((c for c in cands if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl
+                         <= c.cutter.b_end + WINDOW_SLACK_MS), cands[0])
+        if task.done:
+            task.late += 1
+        else:
+            task.raw.append((t_ctrl, p))
+
     def _ticks(self, path: Path) -> Iterator[tuple[int, dict]]:
-        """Tolerant streaming reader of a samples file, with a byte-based progress bar."""
+        """Tolerant streaming reader of a samples file, with a byte-based progress bar (``cts_sql`` prescan;
+        ``_cut_node`` inlines the same reading)."""
         if not path.exists():
             return
         from tqdm import tqdm
@@ -615,6 +692,109 @@ class _Parser:
             bar.update(size - last)
 
 
+def _cut_block(t: Task, raw: list[tuple[float, list]], us_per_tick: float, kb_per_page: float, util: list[float],
+               bin_ms: int, t0: int, util_add) -> tuple[bytes, TaskStats, int, int]:
+    """One task's rows as proc_metrics lines: ``_convert`` + ``intervals.cut_rows`` + formatting + utilisation
+    bins fused into one loop (the parser's hot path; same results as those, which stay the reference).
+
+    Returns (the block's bytes, its TaskStats, samples whose trace_id differs from the task's, sum of row CPU µs).
+    """
+    c = t.cutter
+    b_start, b_end, total_us = c.b_start, c.b_end, c.total_us
+    rss_last = c.rss_fallback_kb
+    tid, use_cg, template = t.trace_id, t.use_cg, t.template
+    numt = _NUMT
+    floor = math.floor
+    nb = len(util)
+    lines: list[str] = []
+    append = lines.append
+    b_prev, cum_prev = b_start, 0
+    before = after = merged = down = used = over = mismatch = cpu_sum = 0
+    for ts, p in raw:
+        _pid, _st, ptid, ticks, rss_pages, cg_us, cg_kb = p
+        if ptid != tid:
+            mismatch += 1
+        if use_cg and type(cg_us) in numt:
+            cum = int(cg_us)
+        elif type(ticks) in numt:
+            cum = int(ticks * us_per_tick)
+        else:
+            continue
+        b = floor(ts + 0.5)
+        if b <= b_start:
+            before += 1
+            continue
+        if b >= b_end:
+            after += 1
+            continue
+        if b <= b_prev:
+            merged += 1
+            continue
+        if cum < cum_prev:
+            down += 1
+            cum = cum_prev
+        if cum > total_us:
+            if cum - total_us > over:
+                over = cum - total_us
+            cum = total_us
+        if type(rss_pages) in numt:
+            rss_last = int(rss_pages * kb_per_page)
+        elif type(cg_kb) in numt:
+            rss_last = int(cg_kb)
+        cpu = cum - cum_prev
+        append(template % (b, b - b_prev, cpu // 1000, cpu % 1000, "null" if rss_last is None else rss_last))
+        cpu_sum += cpu
+        j = (b - t0) // bin_ms
+        if (b_prev - t0) // bin_ms == j and 0 <= j < nb:  # the common case: the row lies in one bin
+            util[j] += cpu / 1000
+        else:
+            util_add(util, b, b - b_prev, cpu)
+        b_prev, cum_prev = b, cum
+        used += 1
+    cpu = total_us - cum_prev  # the tail up to exit, from the exact total
+    append(template % (b_end, b_end - b_prev, cpu // 1000, cpu % 1000, "null" if rss_last is None else rss_last))
+    cpu_sum += cpu
+    j = (b_end - t0) // bin_ms
+    if (b_prev - t0) // bin_ms == j and 0 <= j < nb:
+        util[j] += cpu / 1000
+    else:
+        util_add(util, b_end, b_end - b_prev, cpu)
+    st = TaskStats(samples_used=used, samples_before=before, samples_after=after, samples_merged=merged,
+                   non_monotonic=down, over_us=over, last_sampled_us=cum_prev, rows=used + 1)
+    return "".join(lines).encode(), st, mismatch, cpu_sum
+
+
+def _count_late(task: Task):
+    """The fast-path sink of a task already cut: it only counts the sample."""
+    def sink(_sample) -> None:
+        task.late += 1
+    return sink
+
+
+def _convert(raw: list[tuple[float, list]], use_cg: bool, us_per_tick: float, kb_per_page: float) -> list[tuple]:
+    """Raw proc entries -> ``(t, cumulative CPU µs, RSS KB or None)``; entries without a CPU counter are dropped.
+
+    CPU: the cgroup's µs counter when the task ran in its own cgroup and the entry has it, else ticks x µs/tick;
+    RSS: pages x KB/page, else the cgroup's memory, else None. Values must be JSON numbers (bool is not one).
+    """
+    numt = _NUMT
+    out = []
+    append = out.append
+    for t, p in raw:
+        _pid, _st, _tid, ticks, rss_pages, cg_us, cg_kb = p
+        if use_cg and type(cg_us) in numt:
+            cum = int(cg_us)
+        elif type(ticks) in numt:
+            cum = int(ticks * us_per_tick)
+        else:
+            continue
+        if type(rss_pages) in numt:
+            append((t, cum, int(rss_pages * kb_per_page)))
+        else:
+            append((t, cum, int(cg_kb) if type(cg_kb) in numt else None))
+    return out
+
+
 def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
                   nbins: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
     """Pass 1 for one node (a separate process when nodes run in parallel): rows into its own scratch file."""
@@ -622,7 +802,7 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
     p.r.util_bin_ms, p.r.util_t0 = bin_ms, t0
     util = p.r.util.setdefault(node.node_id, [0.0] * nbins)
     for t in tasks:
-        t.template = _row_template(t.inv)
+        t.template = _row_template(t.inv, _CPU_SLOT)
     index: dict[tuple, tuple[int, int]] = {}
     with open(scratch_path, "wb") as scratch:
         p._cut_node(node, tasks, scratch, index, util)
