@@ -610,6 +610,9 @@ def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(PY_SCRIPT), "run"] if use_py else ["bash", str(SH_SCRIPT)]
     env = dict(os.environ, RUN_ID=cfg.run_id, NODE_ID=cfg.node_id, PYTHONPATH=str(TOOLS))
+    if not use_py:  # the shell collector never talks to Redis: it gets no password at all
+        for name in ("TRACEKIT_REDIS_PASSWORD", "TRACEKIT_REDIS_PASSWORD_FILE", "TRACEKIT_REDIS_URL", "REDIS_URL"):
+            env.pop(name, None)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, env=env,
                                 start_new_session=True, close_fds=True)
