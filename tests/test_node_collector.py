@@ -102,6 +102,10 @@ def test_collector_daemon_node_json_clock_and_no_secret(run_env):
     assert set(NODE_META_FIELDS) <= set(meta)
     assert meta["stage"] == "cloud" and meta["cpu_cores"] == os.cpu_count() and meta["clk_tck"] == procfs.CLK_TCK
     assert isinstance(meta["clock"]["offset_ms"], float) and meta["clock"]["rtt_ms"] >= 0
+    assert isinstance(meta["clock_stop"]["offset_ms"], float), "measured again at stop (drift)"
+    # same host, same clock: the controller offset is tiny and the same at both ends
+    off0, off1 = meta["clock"]["offset_ms"], meta["clock_stop"]["offset_ms"]
+    assert abs(off0) < 50 and abs(off1 - off0) < 50
     c = meta["collector"]
     assert c["interval_ms"] == 100 and c["ticks"] >= 3 and c["samples"] >= 1 and c["cpu_s"] >= 0
     assert c["stopped_ms"] > c["started_ms"]

@@ -62,6 +62,7 @@ write_meta() {  # $1 = stopped_ms or null, $2 = cpu_s or null
  "page_size": $PAGE_SIZE,
  "boot_time_ms": $BOOT_MS,
  "clock": {"offset_ms": null, "rtt_ms": null, "measured_at_ms": null, "error": "the shell collector does not measure the clock offset"},
+ "clock_stop": null,
  "collector": {"mode": "sh-whitelist", "interval_ms": $INTERVAL_MS, "started_ms": $STARTED, "stopped_ms": $1, "cpu_s": $2, "ticks": $TICKS, "samples": $NSAMPLES, "late_ticks": $LATE, "pid": $$, "pid_dir": "$PID_DIR", "match": null}
 }
 EOF

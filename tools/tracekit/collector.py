@@ -588,6 +588,8 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
                     sentinel.remove_ack(cfg.pid_dir, t.pid)
         info.update(stopped_ms=round(wall_ms(), 3), cpu_s=round(_self_cpu_s() - cpu0, 4))
         meta["collector"] = info
+        if meta["clock"].get("offset_ms") is not None:  # reachable at start: measure the drift over the run
+            meta["clock_stop"] = nodeinfo.measure_clock()
         _write_json_atomic(meta_path, meta)
         if _read_pidfile(pf) == os.getpid():
             with contextlib.suppress(OSError):

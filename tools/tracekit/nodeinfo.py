@@ -85,4 +85,5 @@ def node_meta(node_id: str, stage: str | None, clock: dict | None = None, collec
         "boot_time_ms": procfs.boot_time_ms(),
         "clock": clock if clock is not None else dict(UNKNOWN_CLOCK),
         "collector": collector or {},
+        "clock_stop": None,
     }

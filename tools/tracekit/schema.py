@@ -93,6 +93,7 @@ NODE_META_FIELDS = (
     "boot_time_ms",
     "clock",  # {"offset_ms", "rtt_ms", "measured_at_ms"} to the controller (Redis TIME)
     "collector",  # {"mode", "interval_ms", "started_ms", "stopped_ms", "cpu_s", "ticks", "samples"} (+ late_ticks...)
+    "clock_stop",  # like "clock", measured when the collector stopped (drift over the run); null until then
 )
 
 WORKER_META_FIELDS = (
