@@ -564,7 +564,8 @@ class _Parser:
         last_t = float("-inf")
         nonmono = 0
         nfields = len(schema.SAMPLE_PROC_FIELDS)
-        nsamples = 0
+        nsamples = nticks = 0
+        next_end = heap[0][0] if heap else float("inf")
         if not path.exists():
             r.missing_samples_file.append(node.node_id)
             path_ok = False
@@ -607,13 +608,15 @@ class _Parser:
                         nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
                         continue
                     last_t = t_ctrl
-                    r.ticks_read += 1
-                    while heap and heap[0][0] <= t_ctrl:
-                        task = tasks[heappop(heap)[1]]
-                        self._flush(task, scratch, index, util, us_per_tick, kb_per_page)
-                        k = (task.inv["pid"], task.inv["starttime"])
-                        if k in fast:
-                            fast[k] = _count_late(task)
+                    nticks += 1
+                    if t_ctrl >= next_end:  # a task ended: cut it before this tick's samples
+                        while heap and heap[0][0] <= t_ctrl:
+                            task = tasks[heappop(heap)[1]]
+                            self._flush(task, scratch, index, util, us_per_tick, kb_per_page)
+                            k = (task.inv["pid"], task.inv["starttime"])
+                            if k in fast:
+                                fast[k] = _count_late(task)
+                        next_end = heap[0][0] if heap else float("inf")
                     nsamples += len(procs)
                     for p in procs:
                         if type(p) is not list or len(p) != nfields:
@@ -627,6 +630,7 @@ class _Parser:
                             self._match(by_proc, p, t_ctrl, path, lineno)
                 bar.update(size - last_pos)
         r.samples_read += nsamples
+        r.ticks_read += nticks
         while heap:
             self._flush(tasks[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
         for t in tasks:
@@ -709,6 +713,8 @@ def _cut_block(t: Task, raw: list[tuple[float, list]], us_per_tick: float, kb_pe
     lines: list[str] = []
     append = lines.append
     b_prev, cum_prev = b_start, 0
+    j = (b_start - t0) // bin_ms  # utilisation bin of b_prev, its end, and whether it is in range
+    bin_hi, bin_ok = t0 + (j + 1) * bin_ms, 0 <= j < nb
     before = after = merged = down = used = over = mismatch = cpu_sum = 0
     for ts, p in raw:
         _pid, _st, ptid, ticks, rss_pages, cg_us, cg_kb = p
@@ -744,11 +750,13 @@ def _cut_block(t: Task, raw: list[tuple[float, list]], us_per_tick: float, kb_pe
         cpu = cum - cum_prev
         append(template % (b, b - b_prev, cpu // 1000, cpu % 1000, "null" if rss_last is None else rss_last))
         cpu_sum += cpu
-        j = (b - t0) // bin_ms
-        if (b_prev - t0) // bin_ms == j and 0 <= j < nb:  # the common case: the row lies in one bin
-            util[j] += cpu / 1000
+        if b < bin_hi:  # the common case: the row lies in the bin of its start
+            if bin_ok:
+                util[j] += cpu / 1000
         else:
             util_add(util, b, b - b_prev, cpu)
+            j = (b - t0) // bin_ms
+            bin_hi, bin_ok = t0 + (j + 1) * bin_ms, 0 <= j < nb
         b_prev, cum_prev = b, cum
         used += 1
     cpu = total_us - cum_prev  # the tail up to exit, from the exact total
@@ -810,19 +818,42 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
 
 
 def _copy_blocks(invocations: list[dict], index: dict, final_tmp: Path) -> None:
-    """Pass 2 of the Python engine: copy each task's block of rows from its scratch file, in the final order."""
-    files: dict[Path, object] = {}
+    """Pass 2 of the Python engine: copy each task's block of rows from its scratch file, in the final order.
+
+    The kernel copies (``os.copy_file_range``: no pass through Python buffers); read + write where it cannot.
+    """
+    files: dict[Path, int] = {}
+    kernel_copy = hasattr(os, "copy_file_range")
     try:
         with open(final_tmp, "wb") as dst:
+            out = dst.fileno()
             for inv in invocations:
                 loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
-                if loc is not None:
-                    src = files.get(loc[0]) or files.setdefault(loc[0], open(loc[0], "rb"))  # noqa: SIM115
-                    src.seek(loc[1])
-                    dst.write(src.read(loc[2]))
+                if loc is None:
+                    continue
+                src = files.get(loc[0])
+                if src is None:
+                    src = files[loc[0]] = os.open(loc[0], os.O_RDONLY)
+                off, left = loc[1], loc[2]
+                while left > 0 and kernel_copy:
+                    try:
+                        n = os.copy_file_range(src, out, left, off)
+                    except OSError:
+                        n = 0
+                    if n <= 0:
+                        kernel_copy = False  # not supported here (or nothing copied): plain reads from now on
+                        break
+                    off, left = off + n, left - n
+                while left > 0:
+                    data = os.pread(src, min(left, 1 << 24), off)
+                    if not data:
+                        raise UserError(f"scratch file {loc[0]} is shorter than expected (disk full?)")
+                    dst.write(data)
+                    dst.flush()
+                    off, left = off + len(data), left - len(data)
     finally:
-        for fh in files.values():
-            fh.close()
+        for fd in files.values():
+            os.close(fd)
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
