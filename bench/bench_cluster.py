@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import print_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from tracekit import netns  # noqa: E402
@@ -107,7 +109,4 @@ def run(quick: bool) -> list[dict]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="bigger workload, 3 repetitions")
-    rows = run(quick=not ap.parse_args().full)
-    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
-    for r in [dict(zip(cols, cols))] + rows:
-        print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, (18, 34, 9, 9, 7, 20))))
+    print_table(run(quick=not ap.parse_args().full))

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import print_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from tracekit import procfs, sentinel
@@ -120,14 +122,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="20 one-second rounds and 50 ticks at 200 ms per size (slower)")
     args = ap.parse_args()
-    rows = run(quick=not args.full)
-    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
-    table = [cols] + [tuple(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for i, row in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(run(quick=not args.full))
     return 0
 
 

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import print_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from tracekit import central  # noqa: E402
@@ -137,13 +139,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="30,000 tasks and 1,000 latency samples")
     args = ap.parse_args()
-    rows = run(quick=not args.full)
-    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
-    fmt = [tuple(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
-    table = [cols, *fmt]
-    w = [max(len(t[i]) for t in table) for i in range(len(cols))]
-    for t in table:
-        print("  ".join(v.ljust(w[i]) for i, v in enumerate(t)))
+    print_table(run(quick=not args.full))
     return 0
 
 

@@ -12,6 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from benchlib import print_table
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tools"))
 
@@ -21,12 +23,6 @@ def _load(path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
 
 
 def main() -> int:
@@ -44,13 +40,7 @@ def main() -> int:
         except Exception as exc:  # a broken bench must not hide the others' numbers
             traceback.print_exc()
             failed.append(f"{path.name}: {exc}")
-    cols = ("bench", "metric", "ours", "baseline", "ratio", "target")
-    table = [cols] + [tuple(_fmt(r.get(c)) for c in cols) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for i, row in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
     for f in failed:
         print(f"FAILED {f}", file=sys.stderr)
     return 1 if failed else 0
