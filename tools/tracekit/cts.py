@@ -459,20 +459,30 @@ class _Parser:
         return index
 
     def _cut_parallel(self, jobs: list, workers: int) -> list:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         from tqdm import tqdm
 
+        global _FORK_JOBS
+        # With fork the workers inherit the jobs (the node's tasks: tens of MB at 100 k tasks) instead of
+        # unpickling them, which cost about a second per worker.
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        _FORK_JOBS = jobs if fork else None
         try:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = [pool.submit(_cut_one_node, *job) for job in jobs]
+            with ProcessPoolExecutor(max_workers=workers,
+                                     mp_context=multiprocessing.get_context("fork") if fork else None) as pool:
+                futs = [pool.submit(_cut_forked_job, k) if fork else pool.submit(_cut_one_node, *job)
+                        for k, job in enumerate(jobs)]
                 with tqdm(total=len(futs), desc="parse nodes", unit="node", disable=not self.progress) as bar:
                     for f in futs:
                         f.add_done_callback(lambda _f: bar.update(1))
                     return [f.result() for f in futs]  # node order: deterministic merge
         except BrokenProcessPool:
             raise UserError("a parse worker process died (out of memory?): re-run, or free memory") from None
+        finally:
+            _FORK_JOBS = None
 
     def _merge(self, part: ParseResult) -> None:
         r = self.r
@@ -801,6 +811,15 @@ def _convert(raw: list[tuple[float, list]], use_cg: bool, us_per_tick: float, kb
         else:
             append((t, cum, int(cg_kb) if type(cg_kb) in numt else None))
     return out
+
+
+_FORK_JOBS: list | None = None  # the jobs of _cut_parallel, inherited by forked workers
+
+
+def _cut_forked_job(k: int) -> tuple[ParseResult, dict]:
+    """``_cut_one_node`` of job ``k`` in a forked worker (the job list came with the fork, not through a pipe)."""
+    assert _FORK_JOBS is not None
+    return _cut_one_node(*_FORK_JOBS[k])
 
 
 def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
