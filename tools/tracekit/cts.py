@@ -272,7 +272,8 @@ def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None)
 
 
 def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A JSON number (bool is not one); parsed JSON holds only exact int/float/bool, so a type test suffices."""
+    return type(x) in _NUMT
 
 
 def _empty_inv() -> dict:
@@ -280,10 +281,7 @@ def _empty_inv() -> dict:
 
 
 def _exec_invocation(ev: dict, node: NodeInfo) -> dict:
-    inv = _empty_inv()
-    for k in schema.INVOCATION_FIELDS:
-        if k in ev:
-            inv[k] = ev[k]
+    inv = {k: ev.get(k) for k in schema.INVOCATION_FIELDS}
     inv["node_id"] = node.node_id
     for k in ("ts_start", "ts_end"):
         inv[k] = round_ms(float(ev[k]) + node.offset_ms) if _num(ev.get(k)) else None
