@@ -236,6 +236,17 @@ class ParseResult:
         return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
 
 
+def _json_value(v) -> str:
+    """``json.dumps(v, ensure_ascii=False)``, without its cost for the usual ids (once per task)."""
+    if type(v) is int:
+        return str(v)
+    if v is None:
+        return "null"
+    if type(v) is str and v.isascii() and v.isprintable() and '"' not in v and "\\" not in v:
+        return f'"{v}"'  # printable ASCII without quote or backslash: JSON needs no escape
+    return json.dumps(v, ensure_ascii=False)
+
+
 def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
     """printf template of one proc_metrics line for this task, fields in ``schema.PROC_METRIC_FIELDS`` order.
 
@@ -247,7 +258,7 @@ def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
         if f in _ROW_VARS:
             parts.append(f'"{f}":' + (cpu_slot if f == "cpu_ms" else "%s"))
         else:
-            parts.append(f'"{f}":' + json.dumps(inv.get(f), ensure_ascii=False).replace("%", "%%"))
+            parts.append(f'"{f}":' + _json_value(inv.get(f)).replace("%", "%%"))
     return "{" + ",".join(parts) + "}\n"
 
 
