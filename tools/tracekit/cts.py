@@ -438,10 +438,12 @@ class _Parser:
         return Task(inv, start, end, use_cg, cutter, "", trace_id=inv["trace_id"])
 
     # ---- samples -----------------------------------------------------------------------------------------------
-    def cut_samples(self, scratch_dir: Path) -> dict[tuple, tuple[Path, int, int]]:
+    def cut_samples(self, scratch_dir: Path, meanwhile=None) -> dict[tuple, tuple[Path, int, int]]:
         """Stream every node's samples (nodes in parallel processes when there are several cores).
 
-        Returns task_key -> (scratch file, offset, length) of the task's block of rows.
+        ``meanwhile`` (optional, called exactly once) is work for this process while the node workers run (the
+        cut needs only the executed tasks, not the controller's files). Returns task_key -> (scratch file,
+        offset, length) of the task's block of rows.
         """
         r = self.r
         spans = [(t.start, t.end) for ts in self.tasks.values() for t in ts]
@@ -454,11 +456,14 @@ class _Parser:
                  scratch_dir / f"{k}.rows") for k, node in enumerate(r.nodes)]
         workers = min(len(jobs), os.cpu_count() or 1)
         results = None
+        pending = [meanwhile] if meanwhile else []
         if workers > 1:
             try:
-                results = self._cut_parallel(jobs, workers)
+                results = self._cut_parallel(jobs, workers, pending)
             except (OSError, NotImplementedError, ImportError):
                 results = None  # no process pool here (e.g. no /dev/shm semaphores): same result, one process
+        while pending:
+            pending.pop()()
         if results is None:
             results = [_cut_one_node(*job, progress=self.progress) for job in jobs]
         index: dict[tuple, tuple[Path, int, int]] = {}
@@ -467,7 +472,7 @@ class _Parser:
             index.update({k: (job[-1], off, ln) for k, (off, ln) in idx.items()})
         return index
 
-    def _cut_parallel(self, jobs: list, workers: int) -> list:
+    def _cut_parallel(self, jobs: list, workers: int, pending: list) -> list:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -484,6 +489,8 @@ class _Parser:
                                      mp_context=multiprocessing.get_context("fork") if fork else None) as pool:
                 futs = [pool.submit(_cut_forked_job, k) if fork else pool.submit(_cut_one_node, *job)
                         for k, job in enumerate(jobs)]
+                while pending:  # this process's own work, while the workers cut
+                    pending.pop()()
                 with tqdm(total=len(futs), desc="parse nodes", unit="node", disable=not self.progress) as bar:
                     for f in futs:
                         f.add_done_callback(lambda _f: bar.update(1))
@@ -921,21 +928,27 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
         raise UserError(f"{run_dir}: no node folders with raw logs (events.jsonl, samples.jsonl, node.json)")
     p = _Parser(run_dir, out, progress)
     p.r.nodes = [load_node(run_dir, n, p.r.bad) for n in node_ids]
+    engine = check_engine(engine)
     p.load_events()
-    p.load_controller()
-    p.r.invocations.sort(key=invocation_order_key)
+
+    def finish_invocations() -> None:
+        p.load_controller()
+        p.r.invocations.sort(key=invocation_order_key)
+
+    if engine == "duckdb":
+        finish_invocations()
     out.mkdir(parents=True, exist_ok=True)
     scratch_dir = out / ".parse-scratch"
     shutil.rmtree(scratch_dir, ignore_errors=True)
     scratch_dir.mkdir()
     final_tmp = out / (PROC_METRICS + ".tmp")
     try:
-        if check_engine(engine) == "duckdb":
+        if engine == "duckdb":
             from . import cts_sql
 
             cts_sql.cut_all(p, scratch_dir, final_tmp)
-        else:
-            _copy_blocks(p.r.invocations, p.cut_samples(scratch_dir), final_tmp)
+        else:  # the controller's files are read while the node workers cut (the cut does not need them)
+            _copy_blocks(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations), final_tmp)
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
