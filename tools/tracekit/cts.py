@@ -12,6 +12,7 @@ by task in the same order, each task's rows by time. The OpenDC export relies on
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import math
@@ -855,38 +856,61 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
 def _copy_blocks(invocations: list[dict], index: dict, final_tmp: Path) -> None:
     """Pass 2 of the Python engine: copy each task's block of rows from its scratch file, in the final order.
 
-    The kernel copies (``os.copy_file_range``: no pass through Python buffers); read + write where it cannot.
+    Every block's place in the final file is known from the block lengths, so the file is filled in contiguous
+    ranges by one thread per core; the kernel copies (``os.copy_file_range``, which releases the GIL), with
+    ``pread``/``pwrite`` where it cannot.
     """
+    plan: list[tuple[Path, int, int, int]] = []  # (scratch file, offset there, length, offset in the final file)
+    size = 0
+    for inv in invocations:
+        loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
+        if loc is not None and loc[2] > 0:
+            plan.append((loc[0], loc[1], loc[2], size))
+            size += loc[2]
+    with open(final_tmp, "wb") as fh:
+        fh.truncate(size)
+    parts = min(os.cpu_count() or 1, 4) if size > 64 << 20 else 1
+    starts = [b[3] for b in plan]
+    bounds = [0] + [bisect.bisect_left(starts, size * k // parts) for k in range(1, parts)] + [len(plan)]
+    ranges = [plan[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    if len(ranges) <= 1:
+        for r in ranges:
+            _copy_range(r, final_tmp)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+        for f in [pool.submit(_copy_range, r, final_tmp) for r in ranges]:
+            f.result()
+
+
+def _copy_range(blocks: list[tuple[Path, int, int, int]], final_tmp: Path) -> None:
+    """Copy blocks ``(src, src offset, length, dst offset)`` into the (pre-sized) final file."""
     files: dict[Path, int] = {}
     kernel_copy = hasattr(os, "copy_file_range")
+    out = os.open(final_tmp, os.O_WRONLY)
     try:
-        with open(final_tmp, "wb") as dst:
-            out = dst.fileno()
-            for inv in invocations:
-                loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
-                if loc is None:
-                    continue
-                src = files.get(loc[0])
-                if src is None:
-                    src = files[loc[0]] = os.open(loc[0], os.O_RDONLY)
-                off, left = loc[1], loc[2]
-                while left > 0 and kernel_copy:
-                    try:
-                        n = os.copy_file_range(src, out, left, off)
-                    except OSError:
-                        n = 0
-                    if n <= 0:
-                        kernel_copy = False  # not supported here (or nothing copied): plain reads from now on
-                        break
-                    off, left = off + n, left - n
-                while left > 0:
-                    data = os.pread(src, min(left, 1 << 24), off)
-                    if not data:
-                        raise UserError(f"scratch file {loc[0]} is shorter than expected (disk full?)")
-                    dst.write(data)
-                    dst.flush()
-                    off, left = off + len(data), left - len(data)
+        for path, off, left, dst in blocks:
+            src = files.get(path)
+            if src is None:
+                src = files[path] = os.open(path, os.O_RDONLY)
+            while left > 0 and kernel_copy:
+                try:
+                    n = os.copy_file_range(src, out, left, off, dst)
+                except OSError:
+                    n = 0
+                if n <= 0:
+                    kernel_copy = False  # not supported here (or nothing copied): plain reads from now on
+                    break
+                off, dst, left = off + n, dst + n, left - n
+            while left > 0:
+                data = os.pread(src, min(left, 1 << 24), off)
+                if not data:
+                    raise UserError(f"scratch file {path} is shorter than expected (disk full?)")
+                n = os.pwrite(out, data, dst)
+                off, dst, left = off + n, dst + n, left - n
     finally:
+        os.close(out)
         for fd in files.values():
             os.close(fd)
 
