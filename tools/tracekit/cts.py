@@ -1,10 +1,11 @@
 """Raw logs of a run -> CTS (DESIGN.md §8): ``invocations.jsonl``, ``proc_metrics.jsonl``, ``nodes.json``.
 
 Streaming: events are small (one line per task) and are read whole; samples are streamed node by node, keeping
-state only for the processes of the node's tasks, and each task's rows are buffered only while it runs. A finished
-task's block of rows goes to a scratch file; a second pass copies the blocks in the final task order, so memory
-never holds all samples. Processes are keyed by (node_id, pid, starttime); node timestamps get the node's clock
-offset; CPU ticks and pages are converted with the collecting host's CLK_TCK and page size.
+state only for the processes of the node's tasks, and each task's raw samples are buffered only while it runs. When
+the task ends they are cut into rows (``_cut_block``) and its block of rows goes to a scratch file; a second pass
+copies the blocks in the final task order, so memory never holds all samples. Processes are keyed by
+(node_id, pid, starttime); node timestamps get the node's clock offset; CPU ticks and pages are converted with the
+collecting host's CLK_TCK and page size.
 
 Order (deterministic, byte-identical on re-runs): invocations by ``invocation_order_key``; proc_metrics grouped
 by task in the same order, each task's rows by time. The OpenDC export relies on this grouping.
