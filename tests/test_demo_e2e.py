@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,7 +99,13 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
 
     # nothing left behind: processes, namespaces, pidfiles
     assert run_env_procs(rid) == []
-    assert not [s for s in set(netns.list_namespaces()) - spaces_before if s.startswith("tk")]
+    # only this demo's namespaces count (tk<tag>-<node>, tag from its bridge tkbr<tag>): other runs may be live
+    tag = re.search(r"on bridge tkbr(\w+) ", out)
+    if tag:
+        assert not [s for s in netns.list_namespaces() if s.startswith(f"tk{tag.group(1)}-")]
+    else:
+        others = {lk.netns for st in netns.live_states() for lk in st.links}  # live networks of other runs
+        assert not [s for s in set(netns.list_namespaces()) - spaces_before - others if s.startswith("tk")]
     assert not list(run.glob("*/*.pid"))
     assert (run / "controller" / "redis.log").is_file()  # kept with the run; its config (password) is deleted
     # the password reached the children by environment only: not in argv, not in any file of the run
@@ -133,5 +140,11 @@ def test_ctrl_c_mid_run_stops_everything(tmp_path):
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "demo: interrupted" in err and "Traceback" not in err
     assert run_env_procs(rid) == []
-    assert not [s for s in set(netns.list_namespaces()) - spaces_before if s.startswith("tk")]
+    # only this demo's namespaces count (tk<tag>-<node>, tag from its bridge tkbr<tag>): other runs may be live
+    tag = re.search(r"on bridge tkbr(\w+) ", out)
+    if tag:
+        assert not [s for s in netns.list_namespaces() if s.startswith(f"tk{tag.group(1)}-")]
+    else:
+        others = {lk.netns for st in netns.live_states() for lk in st.links}  # live networks of other runs
+        assert not [s for s in set(netns.list_namespaces()) - spaces_before - others if s.startswith("tk")]
     assert not list((tmp_path / "logs" / rid).glob("*/*.pid"))
