@@ -14,6 +14,8 @@ by task in the same order, each task's rows by time. The OpenDC export relies on
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import heapq
 import json
 import math
@@ -98,6 +100,23 @@ class NodeInfo:
             "clk_tck": self.clk_tck, "page_size": self.page_size,
         }
         return {k: vals.get(k) for k in schema.NODE_FIELDS}
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (restored after).
+
+    The parse builds millions of containers that live long (invocations, tasks, buffered samples) and makes no
+    reference cycles; the collector would traverse them again and again (about 40 % of the time spent reading
+    events, ~6 % of the cut). Reference counting still frees everything as usual.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _read_json(path: Path, bad: BadLines) -> dict:
@@ -849,7 +868,7 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
     for t in tasks:
         t.template = _row_template(t.inv, _CPU_SLOT)
     index: dict[tuple, tuple[int, int]] = {}
-    with open(scratch_path, "wb") as scratch:
+    with open(scratch_path, "wb") as scratch, _no_cyclic_gc():
         p._cut_node(node, tasks, scratch, index, util)
     return p.r, index
 
@@ -946,8 +965,11 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
     ``engine``: ``python`` streams samples through ``intervals.TaskIntervals`` (nodes in parallel processes);
     ``duckdb`` does the same cut in SQL (``cts_sql``); both write identical files (see ``check_engine``).
     """
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "CTS"
+    with _no_cyclic_gc():
+        return _parse_run(Path(run_dir), Path(out_dir) if out_dir else Path(run_dir) / "CTS", progress, engine)
+
+
+def _parse_run(run_dir: Path, out: Path, progress: bool, engine: str) -> ParseResult:
     node_ids = discover_nodes(run_dir)
     if not node_ids:
         raise UserError(f"{run_dir}: no node folders with raw logs (events.jsonl, samples.jsonl, node.json)")
