@@ -52,14 +52,16 @@ export: ## CTS of RUN_ID -> logs/RUN_ID/opendc (OpenDC parquet + topology/experi
 perfetto: ## CTS of RUN_ID -> logs/RUN_ID/timeline.json (open in ui.perfetto.dev)
 	$(PY) tools/export_perfetto.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/timeline.json"
 
-demo: ## whole pipeline on an emulated cluster (NODES, TOTAL, MIX, SEED, WEIGHER, BINDING, RATIO)
-	$(PY) tools/demo.py
+# demo and chaos first make sure the machine has everything (setup is idempotent and quick when nothing is
+# missing), then run in the venv: on a fresh machine the system python has none of the packages.
+demo: setup ## whole pipeline on an emulated cluster (NODES, TOTAL, MIX, SEED, WEIGHER, BINDING, RATIO)
+	$(VENV)/bin/python tools/demo.py
 
-chaos: ## fault-injection run: kills workers/scheduler/redis, cuts a node off, checks nothing is lost
-	$(PY) tools/chaos.py
+chaos: setup ## fault-injection run: kills workers/scheduler/redis, cuts a node off, checks nothing is lost
+	$(VENV)/bin/python tools/chaos.py
 
-bench: ## every benchmark under bench/, one table of ratios against baselines
-	$(PY) bench/run_all.py
+bench: setup ## every benchmark under bench/, one table of ratios against baselines
+	$(VENV)/bin/python bench/run_all.py
 
 clean-run: ## delete RUN_ID's Redis keys (queues, capacity, registry) for a fresh run
 	$(PY) tools/scheduler/admin.py clean
