@@ -108,3 +108,23 @@ def test_real_adapter_and_collector_logs_parse_into_consistent_cts(run_env, tmp_
     assert s.tasks == 3 and len(f) == len(rows)
     assert (f.groupby("id")["duration"].sum().to_numpy() == t["duration"].to_numpy()).all()
     assert report.exists()
+
+
+def test_tasks_shorter_than_one_interval_are_sampled_at_exit_and_pass_the_audit(run_env):
+    """`true` ends long before the first tick: the adapter holds it for the collector; the audit counts that sample."""
+    env = dict(run_env, NODE_ID="n1", TIME_SYNC="0", PROC_INTERVAL_MS="500",
+               PROC_PID_DIR=str(paths.pid_dir(run_env["RUN_ID"])))
+    coll = _start_collector(env)
+    try:
+        for i in range(3):
+            e = dict(env, TRACE_ID=f"short-{i}", TC_BINDING="none")
+            p = subprocess.run([sys.executable, str(TOOLS / "adapters" / "cmd_wrapper.py"), "--", "true"], env=e,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            assert p.returncode == 0, p.stderr
+    finally:
+        _stop(coll)
+    r, checks, _ = audit.parse_and_audit(paths.run_dir(run_env["RUN_ID"]), with_plots=False)
+    invs, rows = check_cts_invariants(r.out_dir)
+    assert len(invs) == 3 and len(rows) == 3  # one row each, carrying the exact total
+    xref = next(c for c in checks if c.name == "Cross-reference")
+    assert xref.verdict == audit.PASS and "3 only at exit" in xref.summary, (xref.summary, xref.details)
