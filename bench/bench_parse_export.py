@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import print_table
+
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE.parent / "tools"
 sys.path.insert(0, str(TOOLS))
@@ -102,14 +104,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, help="explicit number of process samples")
     ap.add_argument("--keep", action="store_true", help="keep the generated run folder")
     a = ap.parse_args()
-    rows = run(quick=not a.full, samples=a.samples, keep=a.keep)
-    cols = ("metric", "ours", "baseline", "ratio", "target")
-    table = [cols] + [tuple(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for i, row in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(run(quick=not a.full, samples=a.samples, keep=a.keep))
     return 0
 
 
