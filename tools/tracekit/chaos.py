@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import paths
-from .cluster import CONTROLLER, Cluster, ClusterConfig, log_tail, require_scripts, script
+from .cluster import CONTROLLER, Cluster, ClusterConfig, env_setting, log_tail, require_scripts, script
 from .errors import EXIT_FAILURE, UserError
 from .jsonl import append_line, read_jsonl
 from .profiles import PROFILES_ENV
@@ -613,46 +613,36 @@ def run_chaos(cfg: ChaosConfig) -> int:
 
 
 # --- command line ------------------------------------------------------------------------------------------------
-def _env(name: str, default, cast=str):
-    val = os.environ.get(name)
-    if val is None or val == "":
-        return default
-    try:
-        return cast(val)
-    except ValueError:
-        raise UserError(f"bad {name}={val!r}") from None
-
-
 def parse_args(argv: list[str] | None = None) -> ChaosConfig:
     """Flags; each defaults to the environment variable in brackets (``make chaos NODES=3 TOTAL=100``)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="chaos.py", description=__doc__.split("\n\n")[0] + " Every flag defaults to "
                                 "the environment variable in brackets.")
-    p.add_argument("--run-id", default=_env("CHAOS_RUN_ID", None),
+    p.add_argument("--run-id", default=env_setting("CHAOS_RUN_ID", None),
                    help="[CHAOS_RUN_ID] run id (default: a new chaos-... id; run_id.env is not touched)")
-    p.add_argument("--nodes", type=int, default=_env("NODES", 4, int), help="[NODES] emulated nodes (4)")
-    p.add_argument("--total", type=int, default=_env("TOTAL", 300, int), help="[TOTAL] synthetic tasks (300)")
-    p.add_argument("--seed", type=int, default=_env("SEED", 20250901, int),
+    p.add_argument("--nodes", type=int, default=env_setting("NODES", 4, int), help="[NODES] emulated nodes (4)")
+    p.add_argument("--total", type=int, default=env_setting("TOTAL", 300, int), help="[TOTAL] synthetic tasks (300)")
+    p.add_argument("--seed", type=int, default=env_setting("SEED", 20250901, int),
                    help="[SEED] seeds the task sequence and the fault schedule (20250901)")
-    p.add_argument("--seconds", type=float, default=_env("TASK_SECONDS", 0.2, float),
+    p.add_argument("--seconds", type=float, default=env_setting("TASK_SECONDS", 0.2, float),
                    help="[TASK_SECONDS] length of each synthetic clip, 160x120 (0.2)")
     p.add_argument("--fault-gap", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   default=[_env("FAULT_GAP_MIN", 1.0, float), _env("FAULT_GAP_MAX", 3.0, float)],
+                   default=[env_setting("FAULT_GAP_MIN", 1.0, float), env_setting("FAULT_GAP_MAX", 3.0, float)],
                    help="[FAULT_GAP_MIN FAULT_GAP_MAX] seconds between two faults (1 3)")
-    p.add_argument("--cut", type=float, default=_env("CUT_S", 2 * HEARTBEAT_TTL_S, float),
+    p.add_argument("--cut", type=float, default=env_setting("CUT_S", 2 * HEARTBEAT_TTL_S, float),
                    help=f"[CUT_S] seconds a node stays cut off, > the heartbeat TTL ({2 * HEARTBEAT_TTL_S:g})")
-    p.add_argument("--duration", type=float, default=_env("DURATION", 120.0, float),
+    p.add_argument("--duration", type=float, default=env_setting("DURATION", 120.0, float),
                    help="[DURATION] feed the tasks in batches, one per fault, over about this many seconds; "
                         "0 = all at once (120)")
-    p.add_argument("--max-attempts", type=int, default=_env("MAX_ATTEMPTS", 5, int),
+    p.add_argument("--max-attempts", type=int, default=env_setting("MAX_ATTEMPTS", 5, int),
                    help="[MAX_ATTEMPTS] scheduler --max-attempts (5)")
-    p.add_argument("--timeout", type=float, default=_env("TIMEOUT", 540.0, float),
+    p.add_argument("--timeout", type=float, default=env_setting("TIMEOUT", 540.0, float),
                    help="[TIMEOUT] seconds the tasks may take (540)")
-    p.add_argument("--faults", default=_env("FAULTS", None),
+    p.add_argument("--faults", default=env_setting("FAULTS", None),
                    help="[FAULTS] fixed comma-separated fault sequence, e.g. worker,cut (default: each kind once in "
                         "random order, then random faults until every task finished)")
-    p.add_argument("--netns", default=_env("NETNS", None), choices=["auto", "0", "1"],
+    p.add_argument("--netns", default=env_setting("NETNS", None), choices=["auto", "0", "1"],
                    help="[NETNS] auto (default): namespaces when possible; 0: plain processes (cut = SIGSTOP)")
     p.add_argument("--no-plots", action="store_true", help="skip the audit's PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -52,6 +52,17 @@ SCRIPTS = {
 }
 
 
+def env_setting(name: str, default, cast=str):
+    """A setting from the environment (as ``make VAR=...`` passes it): empty = ``default``; bad = one-line error."""
+    val = os.environ.get(name)
+    if val is None or val == "":
+        return default
+    try:
+        return cast(val)
+    except ValueError:
+        raise UserError(f"bad {name}={val!r}") from None
+
+
 def script(name: str) -> Path:
     """Path of one of :data:`SCRIPTS`."""
     return TOOLS / SCRIPTS[name]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .cluster import CONTROLLER, SCRIPTS, Cluster, ClusterConfig, log_tail, require_scripts, script
+from .cluster import CONTROLLER, SCRIPTS, Cluster, ClusterConfig, env_setting, log_tail, require_scripts, script
 from .cluster_setup import new_run_id, write_env_file
 from .errors import EXIT_FAILURE, UserError
 
@@ -266,16 +266,6 @@ def print_results(rid: str, elapsed_s: float) -> None:
 
 
 # --- command line ---
-def _env_default(name: str, default, cast=str):
-    val = os.environ.get(name)
-    if val is None or val == "":
-        return default
-    try:
-        return cast(val)
-    except ValueError:
-        raise UserError(f"bad {name}={val!r}") from None
-
-
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
     """Flags; each defaults to the environment variable of the same (upper-case) name, as make passes it."""
     p = argparse.ArgumentParser(
@@ -284,31 +274,31 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         "defaults to the environment variable in brackets, so `make demo NODES=3 TOTAL=20` works.",
     )
     p.add_argument("--run-id", default=None, help="[RUN_ID] run id (default: a new one, written to run_id.env)")
-    p.add_argument("--nodes", type=int, default=_env_default("NODES", 2, int), help="[NODES] emulated nodes (2)")
-    p.add_argument("--total", type=int, default=_env_default("TOTAL", 24, int), help="[TOTAL] tasks (24)")
-    p.add_argument("--mix", default=_env_default("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
-    p.add_argument("--seed", type=int, default=_env_default("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
-    p.add_argument("--weigher", default=_env_default("WEIGHER", ""), choices=["", "instances", "vcpu"],
+    p.add_argument("--nodes", type=int, default=env_setting("NODES", 2, int), help="[NODES] emulated nodes (2)")
+    p.add_argument("--total", type=int, default=env_setting("TOTAL", 24, int), help="[TOTAL] tasks (24)")
+    p.add_argument("--mix", default=env_setting("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
+    p.add_argument("--seed", type=int, default=env_setting("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
+    p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=["", "instances", "vcpu"],
                    help="[WEIGHER] '' = first-fit (default), instances, vcpu")
-    p.add_argument("--weigher-order", default=_env_default("WEIGHER_ORDER", "min"), choices=["min", "max"],
+    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=["min", "max"],
                    help="[WEIGHER_ORDER] (min)")
-    p.add_argument("--binding", default=_env_default("BINDING", "exclusive"), choices=["exclusive", "shared"],
+    p.add_argument("--binding", default=env_setting("BINDING", "exclusive"), choices=["exclusive", "shared"],
                    help="[BINDING] worker --cpu-binding (exclusive)")
-    p.add_argument("--ratio", type=float, default=_env_default("RATIO", 1.0, float),
+    p.add_argument("--ratio", type=float, default=env_setting("RATIO", 1.0, float),
                    help="[RATIO] worker --allocation-ratio (1.0)")
-    p.add_argument("--redis", default=_env_default("REDIS_URL", None),
+    p.add_argument("--redis", default=env_setting("REDIS_URL", None),
                    help="[REDIS_URL] use this Redis instead of a private redis-server; password via "
                    "TRACEKIT_REDIS_PASSWORD or TRACEKIT_REDIS_PASSWORD_FILE")
-    p.add_argument("--netns", default=_env_default("NETNS", None), choices=["auto", "0", "1"],
+    p.add_argument("--netns", default=env_setting("NETNS", None), choices=["auto", "0", "1"],
                    help="[NETNS] auto (default): namespaces when possible, else plain processes; 0: plain; "
                    "1: namespaces or fail")
-    p.add_argument("--interval-ms", type=int, default=_env_default("PROC_INTERVAL_MS", 200, int),
+    p.add_argument("--interval-ms", type=int, default=env_setting("PROC_INTERVAL_MS", 200, int),
                    help="[PROC_INTERVAL_MS] collector sampling interval (200)")
-    p.add_argument("--timeout", type=float, default=_env_default("TIMEOUT", 600.0, float),
+    p.add_argument("--timeout", type=float, default=env_setting("TIMEOUT", 600.0, float),
                    help="[TIMEOUT] seconds the tasks may take before the demo gives up (600)")
-    p.add_argument("--inputs", default=_env_default("INPUTS", None),
+    p.add_argument("--inputs", default=env_setting("INPUTS", None),
                    help="[INPUTS] folder for the generated inputs (default: <inputs root>/demo)")
-    p.add_argument("--run-id-file", default=_env_default("TRACEKIT_RUN_ID_FILE", str(paths.RUN_ID_FILE)),
+    p.add_argument("--run-id-file", default=env_setting("TRACEKIT_RUN_ID_FILE", str(paths.RUN_ID_FILE)),
                    help="[TRACEKIT_RUN_ID_FILE] where the run id is written (default: run_id.env at the repo root)")
     p.add_argument("--no-setup", action="store_true", help="never run make setup; fail when something is missing")
     a = p.parse_args(argv)
