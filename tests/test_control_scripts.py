@@ -366,3 +366,12 @@ def test_daemons_survive_a_redis_restart(env, tmp_path):
     finally:
         ps.close()
         srv.stop()
+
+
+def test_dispatcher_rejects_a_bad_mix_before_touching_redis(tmp_path):
+    from tracekit.redis_server import free_port
+
+    env = dict(os.environ, RUN_ID="mixcheck", PYTHONPATH=str(TOOLS),
+               TRACEKIT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    p = run_script("scheduler/dispatcher.py", "--inputs", str(tmp_path), "--mix", "nope=1", env=env)
+    assert p.returncode == 2 and "unknown profile 'nope'" in p.stderr and "Traceback" not in p.stderr

@@ -56,6 +56,7 @@ def main() -> int:
     if args.pulse_interval < 0 or args.dribble_interval < 0:
         raise UserError("intervals must be >= 0")
     run_id = paths.run_id(args.run_id)
+    dispatch.parse_mix(args.mix or dispatch.DEFAULT_MIX)  # a bad --mix fails before Redis is touched
     client, keys = connect_from_args(args)
     the_plan = dispatch.plan(run_id, args.mix, args.total, args.seed, args.inputs, args.outputs,
                              alloc=lambda n: client.incrby(keys.seq, max(n, 1)) - max(n, 1) + 1)
