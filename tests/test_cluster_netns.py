@@ -88,6 +88,19 @@ def test_loopback_of_host_is_not_reachable_from_a_node(redis_server):
 
 
 @needs_netns
+def test_a_node_sees_the_hosts_cgroups_and_its_own_hostname():
+    """Shared binding inside a node needs the host's cgroup hierarchies (`ip netns exec` would hide them)."""
+    from tracekit import binding
+
+    host_mech = binding.detect_shared_mechanism()
+    code = "import socket; from tracekit import binding; print(socket.gethostname(), binding.detect_shared_mechanism())"
+    with netns.make_network(["cg"], mode="1") as net:
+        out = subprocess.run(net.wrap("cg", [sys.executable, "-c", code]), capture_output=True, text=True,
+                             timeout=30, env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", "tools")))
+    assert out.stdout.split() == ["cg", host_mech], out.stderr[-500:]
+
+
+@needs_netns
 def test_stale_network_of_a_killed_owner_is_removed(tmp_path):
     code = ("import sys,time; sys.path.insert(0, sys.argv[1]); from tracekit import netns\n"
             "n = netns.make_network(['x1','x2'], mode='1'); print(n.state.tag, flush=True); time.sleep(60)")

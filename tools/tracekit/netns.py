@@ -44,6 +44,7 @@ STATE_DIR = Path(os.environ.get("TRACEKIT_NETNS_STATE", "/run/tracekit-netns"))
 SUBNET_PREFIX = "10.213"  # 10.213.K.0/24: private, exists only inside this machine
 NETNS_ENV = "TRACEKIT_NETNS"  # "0" forces plain processes, "1" requires namespaces, else auto
 LOOPBACK = "127.0.0.1"
+NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` binds the named namespaces (iproute2)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def namespaces_available() -> tuple[bool, str]:
         return False, f"{NETNS_ENV}=0"
     if os.geteuid() != 0:
         return False, "not root (network namespaces need CAP_NET_ADMIN)"
-    for tool in ("ip", "unshare"):
+    for tool in ("ip", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             return False, f"'{tool}' not found (apt-get install -y iproute2 util-linux)"
     probe = f"tkprobe{os.getpid()}"
@@ -77,7 +78,7 @@ def namespaces_available() -> tuple[bool, str]:
         return False, f"cannot create a network namespace: {made.stderr.strip()}"
     try:
         # the per-node hostname needs a UTS namespace too
-        uts = subprocess.run(["ip", "netns", "exec", probe, "unshare", "--uts", "--", "true"],
+        uts = subprocess.run(["nsenter", f"--net={NETNS_RUN_DIR}/{probe}", "unshare", "--uts", "--", "true"],
                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
     finally:
         _ip("netns", "del", probe, check=False)
@@ -315,10 +316,12 @@ class Network:
     def wrap(self, node: str, argv: list[str]) -> list[str]:
         """argv that runs ``argv`` inside ``node``'s namespace with hostname = node id.
 
-        Every step execs (no fork), so the returned process id is the command's own.
+        Every step execs (no fork), so the returned process id is the command's own. ``nsenter --net``, not
+        ``ip netns exec``: the latter remounts /sys in a private mount namespace, which hides the host's
+        cgroup hierarchies, so a node could not give its shared-mode tasks their own cgroups.
         """
         link = self._link(node)
-        return ["ip", "netns", "exec", link.netns, "unshare", "--uts", "--",
+        return ["nsenter", f"--net={NETNS_RUN_DIR}/{link.netns}", "unshare", "--uts", "--",
                 "sh", "-c", 'hostname "$0" && exec "$@"', node, *argv]
 
     # --- faults (used by the chaos harness) ---
