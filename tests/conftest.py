@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def run_env(tmp_path, redis_server, monkeypatch):
     full = dict(os.environ)
     full.update(env)
     return full
+
+
+def wait_for(pred, timeout: float = 15.0, step: float = 0.01):
+    """Poll ``pred`` until it returns something truthy (returned); AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(step)
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 120, check: bool = False):

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import wait_for
 from tracekit import paths
 from tracekit.errors import UserError
 from tracekit.procs import NAME_ENV, TOKEN_ENV, Supervisor, cleanup_stale_runs, marked_processes
@@ -32,14 +33,6 @@ def said(p, word: str) -> bool:
     """The process printed ``word`` on a line of its own (the log header quotes the argv, so not a substring)."""
     return word in p.log.read_text().splitlines()
 
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_log_pidfile_and_graceful_stop(sup):

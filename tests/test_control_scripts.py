@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS, run_script
+from conftest import TOOLS, run_script, wait_for
 from tracekit.jsonl import read_jsonl
 from tracekit.keys import Keys
 from tracekit.paths import dispatch_path, events_path, placements_path, worker_meta_path
@@ -69,15 +69,6 @@ def procs(env):
     yield p
     p.close()
 
-
-def wait_for(pred, timeout=15.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def dispatch(env, *args, timeout=60):

@@ -105,9 +105,9 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
     import signal
     import subprocess
     import sys
-    import time
 
     from conftest import TOOLS
+    from conftest import wait_for as wait
     from tracekit.keys import Keys
 
     k = Keys()
@@ -120,15 +120,6 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
     def start(script, *args):
         return subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(pred, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.05)
-        raise AssertionError("condition not met in time")
 
     procs = [start("scheduler/worker.py", "--node-id", "h1", "--capacity-units", "1")]
     try:
@@ -168,6 +159,7 @@ def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env
     import psutil
 
     from conftest import TOOLS
+    from conftest import wait_for as wait
     from tracekit.keys import Keys
 
     k = Keys()
@@ -180,15 +172,6 @@ def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env
     def start(script, *args):
         return subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(pred, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.05)
-        raise AssertionError("condition not met in time")
 
     procs = [start("scheduler/worker.py", "--node-id", "o1", "--capacity-units", "1")]
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS, run_script
+from conftest import TOOLS, run_script, wait_for
 from tracekit import audit, collector, cts, paths
 from tracekit.keys import Keys
 from tracekit.redis_server import RedisServer, free_port
@@ -72,15 +72,6 @@ def daemons(env):
     yield d
     d.close()
 
-
-def wait_for(pred, timeout: float = 30.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def task(tid: str, profile: str, **kw) -> str:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import TOOLS, run_script
+from conftest import TOOLS, run_script, wait_for  # noqa: F401 (re-exported)
 from tracekit import paths
 
 FFMPEG_Q = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
@@ -77,16 +76,6 @@ def stop_collector(env: dict) -> None:
     r = run_script("collect_sys.py", "stop", env=env, timeout=30)
     assert r.returncode == 0, r.stderr
 
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.01):
-    """Poll ``pred`` until it returns a truthy value (returned) or the timeout passes (None)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return None
 
 
 def sentinels(env: dict) -> dict:
