@@ -63,6 +63,16 @@ def run_env(tmp_path, redis_server, monkeypatch):
     return full
 
 
+def with_profiles(run_env: dict, tmp_path: Path, monkeypatch, profiles: dict) -> dict:
+    """``run_env`` plus a profiles file holding ``profiles`` (TRACEKIT_PROFILES set here and for subprocesses)."""
+    import json
+
+    prof = tmp_path / "profiles.json"
+    prof.write_text(json.dumps(profiles))
+    monkeypatch.setenv("TRACEKIT_PROFILES", str(prof))
+    return dict(run_env, TRACEKIT_PROFILES=str(prof))
+
+
 def wait_for(pred, timeout: float = 15.0, step: float = 0.01):
     """Poll ``pred`` until it returns something truthy (returned); AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

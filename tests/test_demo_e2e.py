@@ -58,6 +58,16 @@ def spy(rid: str, stop: threading.Event, seen: dict) -> None:
         time.sleep(0.1)
 
 
+def assert_no_namespace_left(out: str, spaces_before: set) -> None:
+    """Only this demo's namespaces count (tk<tag>-<node>, tag from its bridge tkbr<tag>): other runs may be live."""
+    tag = re.search(r"on bridge tkbr(\w+) ", out)
+    if tag:
+        assert not [s for s in netns.list_namespaces() if s.startswith(f"tk{tag.group(1)}-")]
+    else:
+        others = {lk.netns for st in netns.live_states() for lk in st.links}  # live networks of other runs
+        assert not [s for s in set(netns.list_namespaces()) - spaces_before - others if s.startswith("tk")]
+
+
 @pytest.mark.parametrize("mode", ["auto", "0"])
 def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
     rid = f"e2e{uuid.uuid4().hex[:6]}"
@@ -99,13 +109,7 @@ def test_demo_runs_whole_pipeline_and_leaves_nothing(tmp_path, mode):
 
     # nothing left behind: processes, namespaces, pidfiles
     assert run_env_procs(rid) == []
-    # only this demo's namespaces count (tk<tag>-<node>, tag from its bridge tkbr<tag>): other runs may be live
-    tag = re.search(r"on bridge tkbr(\w+) ", out)
-    if tag:
-        assert not [s for s in netns.list_namespaces() if s.startswith(f"tk{tag.group(1)}-")]
-    else:
-        others = {lk.netns for st in netns.live_states() for lk in st.links}  # live networks of other runs
-        assert not [s for s in set(netns.list_namespaces()) - spaces_before - others if s.startswith("tk")]
+    assert_no_namespace_left(out, spaces_before)
     assert not list(run.glob("*/*.pid"))
     assert (run / "controller" / "redis.log").is_file()  # kept with the run; its config (password) is deleted
     # the password reached the children by environment only: not in argv, not in any file of the run
@@ -140,11 +144,5 @@ def test_ctrl_c_mid_run_stops_everything(tmp_path):
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "demo: interrupted" in err and "Traceback" not in err
     assert run_env_procs(rid) == []
-    # only this demo's namespaces count (tk<tag>-<node>, tag from its bridge tkbr<tag>): other runs may be live
-    tag = re.search(r"on bridge tkbr(\w+) ", out)
-    if tag:
-        assert not [s for s in netns.list_namespaces() if s.startswith(f"tk{tag.group(1)}-")]
-    else:
-        others = {lk.netns for st in netns.live_states() for lk in st.links}  # live networks of other runs
-        assert not [s for s in set(netns.list_namespaces()) - spaces_before - others if s.startswith("tk")]
+    assert_no_namespace_left(out, spaces_before)
     assert not list((tmp_path / "logs" / rid).glob("*/*.pid"))

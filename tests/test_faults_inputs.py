@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS, run_script, wait_for
+from conftest import TOOLS, run_script, wait_for, with_profiles
 from tracekit import audit, collector, cts, paths
 from tracekit.keys import Keys
 from tracekit.redis_server import RedisServer, free_port
@@ -40,10 +40,7 @@ PROFILES = {
 
 @pytest.fixture
 def env(run_env, tmp_path, monkeypatch):
-    prof = tmp_path / "profiles.json"
-    prof.write_text(json.dumps(PROFILES))
-    monkeypatch.setenv("TRACEKIT_PROFILES", str(prof))
-    return dict(run_env, TRACEKIT_PROFILES=str(prof))
+    return with_profiles(run_env, tmp_path, monkeypatch, PROFILES)
 
 
 class Daemons:

@@ -141,22 +141,21 @@ def cpu_usage_us(cg: dict) -> int | None:
     return None if ns is None else ns // 1000
 
 
-def memory_kb(cg: dict) -> int | None:
-    """Current memory of the task cgroup in KiB, or None."""
+def _memory_kb(cg: dict, v2_file: str, v1_file: str) -> int | None:
     if not cg.get("memory"):
         return None
-    fname = "memory.current" if cg.get("version") == 2 else "memory.usage_in_bytes"
-    b = _read_int(Path(cg["memory"]) / fname)
+    b = _read_int(Path(cg["memory"]) / (v2_file if cg.get("version") == 2 else v1_file))
     return None if b is None else b // 1024
+
+
+def memory_kb(cg: dict) -> int | None:
+    """Current memory of the task cgroup in KiB, or None."""
+    return _memory_kb(cg, "memory.current", "memory.usage_in_bytes")
 
 
 def memory_peak_kb(cg: dict) -> int | None:
     """Peak memory of the task cgroup in KiB (v2 needs ``memory.peak``, kernel >= 5.19), or None."""
-    if not cg.get("memory"):
-        return None
-    fname = "memory.peak" if cg.get("version") == 2 else "memory.max_usage_in_bytes"
-    b = _read_int(Path(cg["memory"]) / fname)
-    return None if b is None else b // 1024
+    return _memory_kb(cg, "memory.peak", "memory.max_usage_in_bytes")
 
 
 def remove(cg: dict) -> list[str]:
