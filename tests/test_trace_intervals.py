@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
-from tracekit.intervals import TaskIntervals, assign_lanes, cut_rows, cut_task, max_overlap, round_ms
+from tracekit.intervals import (
+    TaskIntervals,
+    assign_lanes,
+    cut_rows,
+    cut_rows_columnar,
+    cut_task,
+    max_overlap,
+    round_ms,
+)
 
 
 def _contiguous(rows, start: int, end: int) -> None:
@@ -115,3 +124,45 @@ def test_batch_cutter_equals_incremental_cutter(seed):
     rows, st = cut_rows(ref.b_start, ref.b_end, ref.total_us, samples, 77)
     assert rows == [(r.ts_ms, r.dt_ms, r.cpu_us, r.rss_kb) for r in expected]
     assert st == ref.stats
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_columnar_cutter_equals_batch_cutter(seed):
+    """The parser's columnar fast path must give the reference rows and stats for every task, edge cases included
+    (samples before/after the run, several in one ms, counters going down or beyond the total, missing CPU or RSS,
+    tasks without samples or without an RSS fallback)."""
+    rng = random.Random(seed)
+    for _ in range(150):
+        tasks = []
+        for _ in range(rng.randint(1, 6)):
+            start = rng.uniform(0, 1000)
+            cutter = TaskIntervals(start, start + rng.choice([0.2, 1, rng.uniform(0, 3000)]),
+                                   rng.choice([0, rng.randint(0, 10**6)]), rng.choice([None, rng.randint(0, 5000)]))
+            t, samples = start - rng.uniform(0, 300), []
+            for _ in range(rng.randint(0, 30)):
+                t += rng.choice([0, 0.3, 1, rng.uniform(0, 400)])
+                samples.append((t, rng.choice([None, rng.randint(-100, 2 * 10**6)]),
+                                rng.choice([None, rng.randint(0, 9999)])))
+            tasks.append((cutter, samples))
+        flat = [(j, s) for j, (_, ss) in enumerate(tasks) for s in ss]
+
+        def col(f, dtype=np.int64, rows=flat):
+            return np.array([f(x) for x in rows], dtype=dtype)
+
+        def per_task(f, dtype=np.int64, ts=tasks):
+            return np.array([f(c) for c, _ in ts], dtype=dtype)
+
+        got = cut_rows_columnar(
+            col(lambda x: x[0]), col(lambda x: x[1][0], float), col(lambda x: x[1][1] or 0),
+            col(lambda x: x[1][1] is not None, bool), col(lambda x: x[1][2] or 0),
+            col(lambda x: x[1][2] is not None, bool), per_task(lambda c: c.b_start), per_task(lambda c: c.b_end),
+            per_task(lambda c: c.total_us), per_task(lambda c: c.rss_fallback_kb or 0),
+            per_task(lambda c: c.rss_fallback_kb is not None, bool))
+        for j, (c, samples) in enumerate(tasks):
+            rows, st = cut_rows(c.b_start, c.b_end, c.total_us, [s for s in samples if s[1] is not None],
+                                c.rss_fallback_kb)
+            a, b = got.first_row[j], got.first_row[j + 1]
+            assert (got.task[a:b] == j).all()
+            assert [(int(got.ts_ms[i]), int(got.dt_ms[i]), int(got.cpu_us[i]),
+                     None if got.rss_null[i] else int(got.rss_kb[i])) for i in range(a, b)] == rows
+            assert got.stats(j) == st

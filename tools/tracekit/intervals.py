@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 _floor = math.floor
 
 
@@ -143,6 +145,136 @@ def cut_rows(b_start: int, b_end: int, total_us: int, samples: Iterable[tuple[fl
     append((b_end, b_end - b_prev, total_us - cum_prev, rss_last))
     return rows, TaskStats(samples_used=used, samples_before=before, samples_after=after, samples_merged=merged,
                            non_monotonic=down, over_us=over, last_sampled_us=cum_prev, rows=used + 1)
+
+
+@dataclass
+class ColumnarCut:
+    """``cut_rows`` of many tasks at once. Rows are grouped by task (0..n-1) in time order, each task's tail last.
+
+    Row arrays: ``task``, ``ts_ms``, ``dt_ms``, ``cpu_us``, ``rss_kb`` (``rss_null`` where no RSS is known);
+    per-task arrays: ``first_row`` (n + 1 boundaries) and the ``TaskStats`` fields.
+    """
+
+    task: np.ndarray
+    ts_ms: np.ndarray
+    dt_ms: np.ndarray
+    cpu_us: np.ndarray
+    rss_kb: np.ndarray
+    rss_null: np.ndarray
+    first_row: np.ndarray
+    used: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+    merged: np.ndarray
+    down: np.ndarray
+    over_us: np.ndarray
+    last_us: np.ndarray
+
+    def stats(self, j: int) -> TaskStats:
+        """Task ``j``'s ``TaskStats``."""
+        return TaskStats(samples_used=int(self.used[j]), samples_before=int(self.before[j]),
+                         samples_after=int(self.after[j]), samples_merged=int(self.merged[j]),
+                         non_monotonic=int(self.down[j]), over_us=int(self.over_us[j]),
+                         last_sampled_us=int(self.last_us[j]), rows=int(self.used[j]) + 1)
+
+
+_SEGMENT_LIMIT = 1 << 62  # segment id x span must stay inside int64 for the segmented running maxima
+
+
+def _segmented_cummax(seg: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running maximum of non-negative ``values`` restarting at each new (sorted) ``seg`` id."""
+    if not len(values):
+        return values.copy()
+    span = int(values.max()) + 1
+    if (int(seg.max()) + 1) * span >= _SEGMENT_LIMIT:
+        raise OverflowError("values too large for a segmented running maximum")
+    base = seg.astype(np.int64) * span
+    return np.maximum.accumulate(base + values) - base
+
+
+def _starts(seg: np.ndarray) -> np.ndarray:
+    """True where a new segment begins in a sorted segment-id array."""
+    out = np.ones(len(seg), bool)
+    out[1:] = seg[1:] != seg[:-1]
+    return out
+
+
+def _shifted(a: np.ndarray, starts: np.ndarray, fill: np.ndarray | int) -> np.ndarray:
+    """Each element's predecessor within its segment; ``fill`` (scalar or per start) at segment starts."""
+    out = np.empty_like(a)
+    out[1:] = a[:-1]
+    out[starts] = fill
+    return out
+
+
+def cut_rows_columnar(task: np.ndarray, t: np.ndarray, cum: np.ndarray, has_cum: np.ndarray, rss: np.ndarray,
+                      has_rss: np.ndarray, b_start: np.ndarray, b_end: np.ndarray, total_us: np.ndarray,
+                      rss_fb: np.ndarray, has_fb: np.ndarray) -> ColumnarCut:
+    """``cut_rows`` for n tasks in array form (same rows and stats, without a Python loop per sample).
+
+    Samples: ``task`` (sorted, 0..n-1; each task's samples in time order), ``t`` controller ms, cumulative CPU
+    ``cum`` µs where ``has_cum`` (samples without one are ignored, as ``cut_rows`` never sees them) and RSS ``rss`` KB
+    where ``has_rss``. Tasks: ``b_start``/``b_end``/``total_us`` as ``TaskIntervals`` computes them, RSS fallback
+    ``rss_fb`` where ``has_fb``. Raises OverflowError for values beyond int64 arithmetic (callers fall back).
+    """
+    n = len(b_start)
+    ok = np.flatnonzero(has_cum)
+    task, t, cum, rss, has_rss = task[ok], t[ok], cum[ok], rss[ok], has_rss[ok]
+    b = np.floor(t + 0.5).astype(np.int64)  # round_ms
+    bs = b_start[task]
+    before = b <= bs
+    after = ~before & (b >= b_end[task])
+    inwin = np.flatnonzero(~before & ~after)
+    w_task, w_rel = task[inwin], b[inwin] - bs[inwin]  # >= 1
+    # a boundary is kept when it is later than every earlier in-window boundary of its task (else merged)
+    prev = _shifted(_segmented_cummax(w_task, w_rel), _starts(w_task), 0)
+    kept = w_rel > prev
+    k = inwin[kept]
+    kt, kb, v = task[k], b[k], cum[k]
+    tot = total_us[kt]
+    # clamped cumulative CPU: min(running max of max(0, v), total); min(v, total) first keeps the span small
+    c = np.minimum(_segmented_cummax(kt, np.clip(v, 0, tot)), tot)
+    first = _starts(kt)
+    c_prev = _shifted(c, first, 0)
+    b_prev = _shifted(kb, first, b_start[kt[first]])
+    down = v < c_prev
+    over = np.zeros(n, np.int64)
+    big = np.flatnonzero(v > tot)
+    np.maximum.at(over, kt[big], v[big] - tot[big])
+    # RSS at each kept row: the last one seen in the task so far, else the fallback
+    pos = np.arange(len(k))
+    seg_first = np.maximum.accumulate(np.where(first, pos, 0))
+    last_rss = np.maximum.accumulate(np.where(has_rss[k], pos, -1))
+    seen = last_rss >= seg_first
+    k_rss = np.where(seen, rss[k][np.maximum(last_rss, 0)], rss_fb[kt])
+    k_null = ~seen & ~has_fb[kt]
+    used = np.bincount(kt, minlength=n)
+    # tails: one per task, after its kept rows
+    last = np.cumsum(used) - 1
+    has_rows = used > 0
+    li = np.where(has_rows, last, 0)
+    c_last = np.where(has_rows, c[li] if len(c) else 0, 0)
+    b_last = np.where(has_rows, kb[li] if len(kb) else 0, b_start)
+    t_rss = np.where(has_rows, k_rss[li] if len(k_rss) else 0, rss_fb)
+    t_null = np.where(has_rows, k_null[li] if len(k_null) else False, ~has_fb)
+    first_row = np.concatenate(([0], np.cumsum(used + 1)))
+    out = np.empty(len(kt) + n, np.int64)
+    kpos = first_row[kt] + (pos - seg_first)
+    tpos = first_row[1:] - 1
+    rows_task, ts, dt, cpu, rss_out = (out.copy() for _ in range(5))
+    rss_null = np.empty(len(out), bool)
+    for arr, kv, tv in ((rows_task, kt, np.arange(n)), (ts, kb, b_end), (dt, kb - b_prev, b_end - b_last),
+                        (cpu, c - c_prev, total_us - c_last), (rss_out, k_rss, t_rss), (rss_null, k_null, t_null)):
+        arr[kpos] = kv
+        arr[tpos] = tv
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(task[mask], minlength=n)
+
+    return ColumnarCut(task=rows_task, ts_ms=ts, dt_ms=dt, cpu_us=cpu, rss_kb=rss_out, rss_null=rss_null,
+                       first_row=first_row, used=used, before=count(before), after=count(after),
+                       merged=np.bincount(w_task[~kept], minlength=n), down=np.bincount(kt[down], minlength=n),
+                       over_us=over, last_us=c_last)
 
 
 def cut_task(start: float, end: float, total_us: int, samples: Iterable[tuple[float, int, int | None]],
