@@ -295,3 +295,41 @@ def test_synthlogs_cli_writes_a_parsable_run(tmp_path, capsys):
     r = cts.parse_run(tmp_path / "s")
     check_cts_invariants(r.out_dir)
     assert r.bad.count > 0 and r.samples_read > 2000
+
+
+@pytest.mark.parametrize("spec", [
+    dict(nodes=3, tasks=40, clock_offsets_ms=(0.0, 250.5, -1234.25), failed=2, fenced=1, rejects=2, no_sample_tasks=2),
+    dict(nodes=2, tasks=60, cgroup=True, seed=7, task_ms=(10, 5000), interval_ms=50),
+    dict(nodes=2, tasks=30, malformed=True),
+])
+def test_columnar_and_streaming_readers_write_identical_files(tmp_path, spec, monkeypatch):
+    """The columnar fast path (DuckDB + numpy) must write what the streaming reference writes, byte for byte,
+    including the samples it hands to the reference's matching (orphans, a clock step back, a sample without
+    starttime); a file it cannot read exactly (malformed lines) is left to the streaming reader, which says so."""
+    from tracekit import cts_columnar
+
+    if not cts_columnar.available():
+        pytest.skip("duckdb is not installed")
+    truth = synthlogs.generate(tmp_path / "run", SynthSpec(**spec))
+    if not spec.get("malformed"):
+        with open(truth.run_dir / "node01" / "samples.jsonl", "a") as fh:
+            fh.write(json.dumps({"ts": 1.0e12, "mono": 1.0, "procs": [[4, 4, "x", 1, 1, None, None]]}) + "\n")
+            fh.write(json.dumps({"ts": 1.9e12, "mono": 2.0, "procs": [[5, 5, "ghost", 1, 1, None, None],
+                                                                      [5, None, None, 1, 2, 3, 4]]}) + "\n")
+    results = {}
+    for columnar in (True, False):
+        monkeypatch.setattr(cts, "COLUMNAR", columnar)
+        r = cts.parse_run(truth.run_dir, tmp_path / str(columnar))
+        results[columnar] = (r, audit.render(r, audit.run_checks(r)).replace(str(tmp_path / str(columnar)), "X"))
+    for name in ("invocations.jsonl", "proc_metrics.jsonl", "nodes.json"):
+        assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes(), name
+    assert results[True][1] == results[False][1]
+    fast, ref = results[True][0], results[False][0]
+    assert (fast.samples_read, fast.orphan_samples, fast.untracked_samples) == \
+        (ref.samples_read, ref.orphan_samples, ref.untracked_samples)
+    assert ref.reader_notes == []
+    if spec.get("malformed"):
+        assert len(fast.reader_notes) == spec["nodes"] and "streaming reader used" in fast.reader_notes[0]
+    else:
+        assert fast.reader_notes == [] and fast.orphan_samples == 1 and fast.untracked_samples == 1
+        assert fast.non_monotonic_ticks["node01"] == 1

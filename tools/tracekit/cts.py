@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths, schema
+from . import cts_columnar, paths, schema
 from .errors import UserError
 from .intervals import TaskIntervals, TaskStats, cut_rows, round_ms
 from .jsonl import BadLines, dumps
@@ -41,6 +41,7 @@ INVOCATIONS = "invocations.jsonl"
 PROC_METRICS = "proc_metrics.jsonl"
 NODES = "nodes.json"
 _ROW_VARS = ("ts_ms", "dt_ms", "cpu_ms", "rss_kb")  # the per-row parts of a proc_metrics line
+COLUMNAR = True  # cut well-formed samples files with cts_columnar (tests switch it off to compare)
 WINDOW_SLACK_MS = 1000  # a sample belongs to a task by pid alone only within its run window +- this
 
 
@@ -219,6 +220,10 @@ class Task:
     trace_id: str = ""
     stats: TaskStats | None = None
 
+    def reset(self) -> None:
+        """Forget what a cut attempt gathered (before the node is cut again from the start)."""
+        self.raw, self.late, self.samples, self.trace_mismatch, self.done, self.stats = [], 0, 0, 0, False, None
+
 
 @dataclass
 class ParseResult:
@@ -247,6 +252,7 @@ class ParseResult:
     ticks_read: int = 0
     rows_written: int = 0
     missing_samples_file: list[str] = field(default_factory=list)
+    reader_notes: list[str] = field(default_factory=list)  # nodes the columnar reader left to the streaming one
     dispatch: list[dict] = field(default_factory=list)
     placements: list[dict] = field(default_factory=list)
     util_bin_ms: int = 1000
@@ -281,6 +287,11 @@ def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
         else:
             parts.append(f'"{f}":' + _json_value(inv.get(f)).replace("%", "%%"))
     return "{" + ",".join(parts) + "}\n"
+
+
+def row_template_parts(inv: dict) -> list[str]:
+    """The constant text of this task's proc_metrics lines around the ``_VAR_ORDER`` values (``%%`` undone)."""
+    return [p.replace("%%", "%") for p in _row_template(inv).split("%s")]
 
 
 _CPU_SLOT = "%d.%03d"  # cpu_ms as exact µs with 3 decimals, in one printf step (cpu_us // 1000, cpu_us % 1000)
@@ -473,9 +484,10 @@ class _Parser:
         r.util_bin_ms = utilisation_bin_ms(hi - lo)
         r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
         nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
+        workers = min(len(r.nodes), os.cpu_count() or 1)
+        threads = max(1, (os.cpu_count() or 1) // max(workers, 1))  # DuckDB threads per node being cut
         jobs = [(r.run_dir, r.out_dir, node, self.tasks.get(node.node_id, []), r.util_bin_ms, r.util_t0, nbins,
-                 scratch_dir / f"{k}.rows") for k, node in enumerate(r.nodes)]
-        workers = min(len(jobs), os.cpu_count() or 1)
+                 threads, scratch_dir / f"{k}.rows") for k, node in enumerate(r.nodes)]
         results = None
         pending = [meanwhile] if meanwhile else []
         if workers > 1:
@@ -530,6 +542,7 @@ class _Parser:
                      "non_monotonic_ticks", "util"):
             getattr(r, name).update(getattr(part, name))
         r.missing_samples_file += part.missing_samples_file
+        r.reader_notes += part.reader_notes
         r.orphan_examples = (r.orphan_examples + part.orphan_examples)[:10]
         for tid, c in part.orphan_by_trace.items():
             r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + c
@@ -706,7 +719,7 @@ class _Parser:
         if len(cands) > 1:  # same (pid, starttime) twice on one node (reboot): pick by time window
             task = next((c for c in cands if c.cutter.b_start - WINDOW_SLACK_MS <= t_ctrl
                          <= c.cutter.b_end + WINDOW_SLACK_MS), cands[0])
-        if task.done:
+        if task.done or t_ctrl >= task.end:  # (the same: a task is cut at the first tick at or after its end)
             task.late += 1
         else:
             task.raw.append((t_ctrl, p))
@@ -860,17 +873,38 @@ def _cut_forked_job(k: int) -> tuple[ParseResult, dict]:
 
 
 def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
-                  nbins: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
+                  nbins: int, threads: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
     """Pass 1 for one node (a separate process when nodes run in parallel): rows into its own scratch file."""
-    p = _Parser(run_dir, out_dir, progress)
-    p.r.util_bin_ms, p.r.util_t0 = bin_ms, t0
-    util = p.r.util.setdefault(node.node_id, [0.0] * nbins)
     for t in tasks:
         t.template = _row_template(t.inv, _CPU_SLOT)
-    index: dict[tuple, tuple[int, int]] = {}
+    samples = run_dir / node.node_id / "samples.jsonl"
     with open(scratch_path, "wb") as scratch, _no_cyclic_gc():
+        if samples.exists() and COLUMNAR and cts_columnar.available():
+            p, util, index = _node_parser(run_dir, out_dir, node, bin_ms, t0, nbins, progress)
+            try:
+                cts_columnar.cut_node(p, node, tasks, samples, scratch, index, util, threads=threads)
+                return p.r, index
+            except cts_columnar.Unsupported as why:  # the reference reads it (and reports its bad lines)
+                fallback = f"{samples}: streaming reader used ({why})"
+            scratch.seek(0)
+            scratch.truncate()
+            for t in tasks:
+                t.reset()
+        else:
+            fallback = None
+        p, util, index = _node_parser(run_dir, out_dir, node, bin_ms, t0, nbins, progress)
         p._cut_node(node, tasks, scratch, index, util)
+        if fallback:
+            p.r.reader_notes.append(fallback)
     return p.r, index
+
+
+def _node_parser(run_dir: Path, out_dir: Path, node: NodeInfo, bin_ms: int, t0: int, nbins: int,
+                 progress: bool) -> tuple[_Parser, list[float], dict]:
+    """A fresh parser for one node's cut: its result, utilisation bins and block index."""
+    p = _Parser(run_dir, out_dir, progress)
+    p.r.util_bin_ms, p.r.util_t0 = bin_ms, t0
+    return p, p.r.util.setdefault(node.node_id, [0.0] * nbins), {}
 
 
 def _copy_blocks(invocations: list[dict], index: dict, final_tmp: Path) -> None:

@@ -32,11 +32,6 @@ MEMORY_LIMIT = "1GB"
 _NUM_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE', 'HUGEINT')"
 
 
-def _template_parts(template: str) -> list[str]:
-    """Split a Python row template at its ``%s`` slots (undoing ``%%``): the constant parts around the values."""
-    return [p.replace("%%", "%") for p in template.split("%s")]
-
-
 def prescan(parser, node, out_path: Path) -> tuple[Path | None, list[int], int]:
     """Validate a node's samples file line by line (file:line bad lines into ``parser.r.bad``).
 
@@ -114,7 +109,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
     """Pass 1 + 2 of the parse in DuckDB: write ``final_path`` (proc_metrics) and fill ``parser.r``."""
     import duckdb
 
-    from .cts import _row_template, task_key
+    from .cts import row_template_parts, task_key
 
     r = parser.r
     order = {task_key(i["node_id"], i["trace_id"], i["attempt"]): k for k, i in enumerate(r.invocations)}
@@ -136,7 +131,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
             key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
             idx = order[key]
             tasks_by_idx[idx] = (key, t)
-            parts = _template_parts(_row_template(t.inv))
+            parts = row_template_parts(t.inv)
             vals = dict(idx=idx, node_id=node.node_id, pid=t.inv["pid"], starttime=t.inv["starttime"],
                         trace_id=t.inv["trace_id"], b_start=t.cutter.b_start, b_end=t.cutter.b_end,
                         total_us=t.cutter.total_us, use_cg=t.use_cg, rss_fb=t.cutter.rss_fallback_kb,

@@ -1,0 +1,356 @@
+"""Columnar fast path of the CTS cut for one node: the same rows as the streaming reference, far fewer µs per sample.
+
+DuckDB reads the node's ``samples.jsonl`` into arrow columns in batches of ticks (every JSON value kept as its
+text, so types can be checked), numpy matches samples to tasks by ``(pid, starttime)`` and cuts them
+(``intervals.cut_rows_columnar``), pyarrow formats the proc_metrics lines. The result is byte-identical to the
+streaming reference (``cts._Parser._cut_node``), which stays in charge of everything unusual: a file with a
+malformed, truncated or blank line, a value of an unexpected JSON type, an escaped trace_id or a number beyond
+2^53 raises ``Unsupported`` and the node is re-read by the reference (which reports such lines with file:line).
+Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without starttime,
+orphans, untracked processes) go through the reference's own ``_match`` and ``_flush``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import schema
+from .intervals import ColumnarCut, cut_rows_columnar
+
+BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
+FORMAT_ROWS = 1 << 20  # proc_metrics lines formatted per pyarrow call (string offsets stay far below 2 GiB)
+_EXACT = float(1 << 53)  # beyond this a JSON number is not exact in float64: leave it to the reference
+_PID_BITS = 22  # Linux pid_max <= 2^22; (pid, starttime) packs into one int64 key below 2^63
+_ST_LIMIT = 1 << 40
+_F = {name: k for k, name in enumerate(schema.SAMPLE_PROC_FIELDS)}
+
+
+class Unsupported(Exception):
+    """The file holds something only the streaming reference reads exactly; the message says what."""
+
+
+def available() -> bool:
+    """True when DuckDB (the columnar reader) is installed."""
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in the file, a last line without newline included (DuckDB must have read exactly these)."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def _batches(path: Path, threads: int):
+    """The file's ticks as arrow batches of (ts, procs), every value as its JSON text."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": threads})
+    src = "'" + str(path).replace("'", "''") + "'"
+    try:
+        rel = con.sql(f"SELECT ts, procs FROM read_json({src}, format='newline_delimited', "
+                      "columns={'ts': 'JSON', 'procs': 'JSON[][]'})")
+        reader = rel.to_arrow_reader if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch  # duckdb < 1.4
+        yield from reader(BATCH_TICKS)
+    except duckdb.Error as exc:
+        raise Unsupported(f"DuckDB could not read it ({str(exc).splitlines()[0][:160]})") from None
+    finally:
+        con.close()
+
+
+def _numbers(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """JSON number texts -> (float64 values with 0 for null, present mask); anything else is Unsupported."""
+    try:
+        vals = pc.cast(arr, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise Unsupported(f"a {what} value is not a JSON number") from None
+    present = ~np.asarray(vals.is_null(), dtype=bool)
+    out = np.asarray(vals.fill_null(0.0))
+    if not (np.abs(out) < _EXACT).all():  # also false for NaN / inf
+        raise Unsupported(f"a {what} value is not a finite number below 2^53")
+    return out, present
+
+
+def _ints(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """JSON integer texts -> (int64 values with 0 for null, present mask)."""
+    try:
+        vals = pc.cast(arr, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise Unsupported(f"a {what} value is not a JSON integer") from None
+    return np.asarray(vals.fill_null(0)), ~np.asarray(vals.is_null(), dtype=bool)
+
+
+def _strings(arr: pa.Array, what: str) -> pa.Array:
+    """JSON string texts without escapes -> their values (nulls stay null)."""
+    if arr.null_count < len(arr):
+        quoted = pc.and_(pc.starts_with(arr, '"'), pc.ends_with(arr, '"'))
+        if not pc.all(quoted.fill_null(True)).as_py() or pc.any(pc.match_substring(arr, "\\")).as_py():
+            raise Unsupported(f"a {what} value is not a plain JSON string")
+    return pc.utf8_slice_codeunits(arr, 1, -1)
+
+
+class _Samples:
+    """One batch's samples (accepted ticks only) as columns."""
+
+    def __init__(self, batch: pa.RecordBatch, off: float, last_t: float) -> None:
+        ts_txt, procs = batch.column(0), batch.column(1)
+        if ts_txt.null_count or procs.null_count:
+            raise Unsupported("a tick without ts or procs list")
+        ts, _ = _numbers(ts_txt, "ts")
+        self.tick_t = ts + off
+        run = np.maximum.accumulate(np.concatenate(([last_t], self.tick_t)))
+        accepted = self.tick_t >= run[:-1]  # a tick below an earlier one: the node's clock stepped back
+        self.last_t, self.ticks, self.nonmono = float(run[-1]), int(accepted.sum()), int((~accepted).sum())
+        entries = procs.flatten()
+        lengths = np.asarray(pc.list_value_length(entries).fill_null(-1))
+        if (lengths != len(_F)).any():
+            raise Unsupported(f"a sample entry is not a list of {len(_F)} values")
+        tick = np.repeat(np.arange(len(ts)), np.asarray(pc.list_value_length(procs)))
+        keep = accepted[tick]
+        sel = np.flatnonzero(keep)
+        if len(sel) < len(tick):
+            entries = entries.take(pa.array(sel))
+        self.tick = tick[sel]
+        self.t = self.tick_t[self.tick]
+
+        def field(name: str) -> pa.Array:
+            return pc.list_element(entries, _F[name])
+
+        self.pid, pid_ok = _ints(field("pid"), "pid")
+        if not pid_ok.all():
+            raise Unsupported("a sample without pid")
+        self.st, self.has_st = _ints(field("starttime"), "starttime")
+        self.tid = _strings(field("trace_id"), "trace_id")
+        self.ticks_v, self.has_ticks = _numbers(field("cpu_ticks"), "cpu_ticks")
+        self.rss_v, self.has_rss = _numbers(field("rss_pages"), "rss_pages")
+        self.cgu_v, self.has_cgu = _numbers(field("cg_cpu_us"), "cg_cpu_us")
+        self.cgk_v, self.has_cgk = _numbers(field("cg_mem_kb"), "cg_mem_kb")
+
+    def keys(self) -> np.ndarray:
+        """Packed (pid, starttime) per sample; -1 where it cannot name a fast task."""
+        ok = self.has_st & (self.pid >= 0) & (self.pid < (1 << _PID_BITS)) & (self.st >= 0) & (self.st < _ST_LIMIT)
+        return np.where(ok, (self.st << _PID_BITS) | self.pid, -1)
+
+    def raw_entry(self, i: int) -> list:
+        """Sample ``i`` as the reference's raw list (for ``_match``)."""
+        def num(v: np.ndarray, has: np.ndarray):
+            return float(v[i]) if has[i] else None
+
+        return [int(self.pid[i]), int(self.st[i]) if self.has_st[i] else None, self.tid[i].as_py(),
+                num(self.ticks_v, self.has_ticks), num(self.rss_v, self.has_rss), num(self.cgu_v, self.has_cgu),
+                num(self.cgk_v, self.has_cgk)]
+
+
+class _FastTasks:
+    """The node's tasks whose ``(pid, starttime)`` names exactly one task, as arrays (index = fast id)."""
+
+    def __init__(self, tasks: list, by_proc: dict) -> None:
+        from .cts import row_template_parts
+
+        self.tasks = [t for t in tasks if len(by_proc[(t.inv["pid"], t.inv["starttime"])]) == 1
+                      and isinstance(t.inv["starttime"], int) and 0 <= t.inv["pid"] < (1 << _PID_BITS)
+                      and 0 <= t.inv["starttime"] < _ST_LIMIT]
+        ts = self.tasks
+        keys = np.array([(t.inv["starttime"] << _PID_BITS) | t.inv["pid"] for t in ts], dtype=np.int64)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.end = np.array([t.end for t in ts], dtype=float)
+        self.b_start = np.array([t.cutter.b_start for t in ts], dtype=np.int64)
+        self.b_end = np.array([t.cutter.b_end for t in ts], dtype=np.int64)
+        self.total = np.array([t.cutter.total_us for t in ts], dtype=np.int64)
+        fb = [t.cutter.rss_fallback_kb for t in ts]
+        self.rss_fb = np.array([x or 0 for x in fb], dtype=np.int64)
+        self.has_fb = np.array([x is not None for x in fb], dtype=bool)
+        self.use_cg = np.array([t.use_cg for t in ts], dtype=bool)
+        self.tid = pa.array([t.trace_id for t in ts], type=pa.string())
+        parts = [row_template_parts(t.inv) for t in ts]
+        # a part equal for every task is one scalar in the join; the others are per-task arrays
+        self.parts = [parts[0][k] if len({q[k] for q in parts}) == 1 else pa.array([q[k] for q in parts])
+                      for k in range(len(parts[0]))] if parts else []
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Fast id per packed key, -1 when none."""
+        if not len(self.keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, self.order[pos], -1)
+
+
+def _format(fast: _FastTasks, ids: np.ndarray, cut: ColumnarCut, a: int, b: int) -> pa.StringArray:
+    """proc_metrics lines of rows ``a:b`` of ``cut`` (``ids``: fast id of each cut task)."""
+    from .cts import _VAR_ORDER
+
+    def text(x: np.ndarray) -> pa.Array:
+        return pc.cast(pa.array(x), pa.string())
+
+    cpu = cut.cpu_us[a:b]
+    values = {"ts_ms": [text(cut.ts_ms[a:b])], "dt_ms": [text(cut.dt_ms[a:b])],
+              "cpu_ms": [text(cpu // 1000), ".", pc.utf8_lpad(text(cpu % 1000), 3, "0")],
+              "rss_kb": [pc.cast(pa.array(cut.rss_kb[a:b], mask=cut.rss_null[a:b]), pa.string()).fill_null("null")]}
+    rows_fast = pa.array(ids[cut.task[a:b]])
+    pieces: list = []
+    for k, part in enumerate(fast.parts):
+        pieces.append(part if isinstance(part, str) else part.take(rows_fast))
+        if k < len(_VAR_ORDER):
+            pieces += values[_VAR_ORDER[k]]
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def cut_node(p, node, tasks: list, path: Path, scratch, index: dict, util: list[float], threads: int = 1) -> None:
+    """Cut one node's samples file (``p``: the node's ``cts._Parser``; same effects as ``p._cut_node``)."""
+    r = p.r
+    by_proc: dict[tuple, list] = {}
+    for t in tasks:
+        by_proc.setdefault((t.inv["pid"], t.inv["starttime"]), []).append(t)
+    fast = _FastTasks(tasks, by_proc)
+    fast_ids = {id(t) for t in fast.tasks}
+    slow = [t for t in tasks if id(t) not in fast_ids]
+    heap = [(t.end, i) for i, t in enumerate(slow)]
+    heapq.heapify(heap)
+    us_per_tick = 1_000_000 / node.clk_tck
+    kb_per_page = node.page_size / 1024
+    n = len(fast.tasks)
+    late = np.zeros(n, np.int64)
+    seen = np.zeros(n, np.int64)
+    mismatch = np.zeros(n, np.int64)
+    is_cut = np.zeros(n, bool)
+    pending: list[tuple[np.ndarray, ...]] = []
+    expected = _count_lines(path)
+    lines = 0
+    last_t = float("-inf")
+    nonmono = nsamples = nticks = 0
+    from tqdm import tqdm
+
+    with tqdm(total=expected, unit="tick", unit_scale=True, leave=False, mininterval=0.5,
+              desc=f"parse {node.node_id}", disable=not p.progress) as bar:
+        for batch in (_batches(path, threads) if expected else ()):
+            s = _Samples(batch, node.offset_ms, last_t)
+            last_t = s.last_t
+            nonmono += s.nonmono
+            nticks += s.ticks
+            nsamples += len(s.t)
+            fid = fast.lookup(s.keys())
+            for i in np.flatnonzero(fid < 0):  # what the arrays cannot place: the reference's matching
+                p._match(by_proc, s.raw_entry(i), float(s.t[i]), path, lines + 1 + int(s.tick[i]))
+            lines += batch.num_rows
+            bar.update(batch.num_rows)
+            m = np.flatnonzero(fid >= 0)
+            f, t = fid[m], s.t[m]
+            is_late = t >= fast.end[f]
+            late += np.bincount(f[is_late], minlength=n)
+            on = ~is_late
+            m, f, t = m[on], f[on], t[on]
+            seen += np.bincount(f, minlength=n)
+            differs = np.asarray(pc.not_equal(s.tid.take(pa.array(m)), fast.tid.take(pa.array(f))).fill_null(True))
+            mismatch += np.bincount(f[differs], minlength=n)
+            use_cg = fast.use_cg[f] & s.has_cgu[m]
+            has_cum = use_cg | s.has_ticks[m]
+            cum = np.where(use_cg, np.trunc(s.cgu_v[m]), np.trunc(s.ticks_v[m] * us_per_tick)).astype(np.int64)
+            has_rss = s.has_rss[m] | s.has_cgk[m]
+            rss = np.where(s.has_rss[m], np.trunc(s.rss_v[m] * kb_per_page), np.trunc(s.cgk_v[m])).astype(np.int64)
+            pending.append((f, t, cum, has_cum, rss, has_rss))
+            done = ~is_cut & (fast.end <= last_t)
+            if done.any():
+                pending = _cut_done(p, fast, np.flatnonzero(done), pending, scratch, index, util, seen, mismatch)
+                is_cut |= done
+            while heap and heap[0][0] <= last_t:
+                p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
+    if lines != expected:
+        raise Unsupported(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
+    if (~is_cut).any():
+        _cut_done(p, fast, np.flatnonzero(~is_cut), pending, scratch, index, util, seen, mismatch)
+    while heap:
+        p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
+    for t in slow:
+        if t.late:
+            t.stats.samples_after += t.late
+    for k, t in enumerate(fast.tasks):
+        t.late = int(late[k])
+        t.stats.samples_after += t.late
+    r.samples_read += nsamples
+    r.ticks_read += nticks
+    r.non_monotonic_ticks[node.node_id] = nonmono
+
+
+def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, scratch, index: dict, util: list[float],
+              seen: np.ndarray, mismatch: np.ndarray) -> list:
+    """Cut the finished fast tasks ``ids`` from the pending samples; returns the samples still pending."""
+    from .cts import task_key
+
+    cols = [np.concatenate(c) for c in zip(*pending)] if pending else [np.zeros(0, np.int64)] * 6
+    f = cols[0]
+    local = np.full(len(fast.tasks), -1, np.int64)
+    local[ids] = np.arange(len(ids))
+    j = local[f]
+    mine = j >= 0
+    rest = [c[~mine] for c in cols]
+    order = np.argsort(j[mine], kind="stable")
+    t, cum, has_cum, rss, has_rss = (c[mine][order] for c in cols[1:])
+    try:
+        cut = cut_rows_columnar(j[mine][order], t, cum, has_cum.astype(bool), rss, has_rss.astype(bool),
+                                fast.b_start[ids], fast.b_end[ids], fast.total[ids], fast.rss_fb[ids],
+                                fast.has_fb[ids])
+    except OverflowError as exc:
+        raise Unsupported(str(exc)) from None
+    _add_util(p, util, cut)
+    base = scratch.tell()
+    starts = np.zeros(len(ids) + 1, np.int64)  # byte offset of each task's block in what is written now
+    written = 0
+    task_lo = 0
+    while task_lo < len(ids):
+        task_hi = int(np.searchsorted(cut.first_row, cut.first_row[task_lo] + FORMAT_ROWS, side="right")) - 1
+        task_hi = min(max(task_hi, task_lo + 1), len(ids))
+        a, b = int(cut.first_row[task_lo]), int(cut.first_row[task_hi])
+        lines = _format(fast, ids, cut, a, b)
+        offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+        data = memoryview(lines.buffers()[2])[offs[0]:offs[-1]]
+        scratch.write(data)
+        starts[task_lo + 1:task_hi + 1] = written + offs[cut.first_row[task_lo + 1:task_hi + 1] - a] - offs[0]
+        written += len(data)
+        task_lo = task_hi
+    cpu_sum = np.add.reduceat(cut.cpu_us, cut.first_row[:-1]) if len(cut.cpu_us) else np.zeros(0, np.int64)
+    r = p.r
+    for k, fi in enumerate(ids.tolist()):
+        task = fast.tasks[fi]
+        task.done = True
+        task.samples = int(seen[fi])
+        task.trace_mismatch = int(mismatch[fi])
+        task.stats = st = cut.stats(k)
+        key = task_key(task.inv["node_id"], task.inv["trace_id"], task.inv["attempt"])
+        index[key] = (base + int(starts[k]), int(starts[k + 1] - starts[k]))
+        r.stats[key] = st
+        r.task_samples[key] = task.samples
+        r.rows_per_task[key] = st.rows
+        r.exact_us[key] = task.cutter.total_us
+        r.cpu_rows_us[key] = int(cpu_sum[k])
+        r.cpu_source[key] = "cgroup" if task.use_cg else "ticks"
+        r.trace_mismatch += task.trace_mismatch
+        r.rows_written += st.rows
+    return [rest] if len(rest[0]) else []
+
+
+def _add_util(p, util: list[float], cut: ColumnarCut) -> None:
+    """CPU of the cut rows into the utilisation bins (rows crossing a bin edge through the reference's split)."""
+    w, t0, nb = p.r.util_bin_ms, p.r.util_t0, len(util)
+    a = cut.ts_ms - cut.dt_ms
+    i, j = (a - t0) // w, (cut.ts_ms - t0) // w
+    same = (i == j) | (cut.dt_ms <= 0)
+    inside = same & (j >= 0) & (j < nb)
+    sums = np.bincount(j[inside], weights=cut.cpu_us[inside] / 1000, minlength=nb)
+    for k in np.flatnonzero(sums):
+        util[k] += float(sums[k])
+    for k in np.flatnonzero(~same):
+        p._util_add(util, int(cut.ts_ms[k]), int(cut.dt_ms[k]), int(cut.cpu_us[k]))
+
