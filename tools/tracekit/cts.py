@@ -24,8 +24,9 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from . import cts_columnar, paths, schema
+from . import paths, schema
 from .errors import UserError
 from .intervals import TaskIntervals, TaskStats, cut_rows, round_ms
 from .jsonl import BadLines, dumps
@@ -73,6 +74,17 @@ def submission_ms(inv: dict) -> int | None:
 def task_key(node_id: str | None, trace_id: str | None, attempt: int | None) -> tuple:
     """Identity of one executed attempt (an invocation row) in CTS."""
     return (node_id, trace_id, attempt)
+
+
+class Block(NamedTuple):
+    """Where pass 1 left one task's proc_metrics lines: ``nbytes`` of text at byte ``offset`` of a text scratch
+    file, or, when ``rows`` >= 0, ``rows`` binary rows from row ``offset`` of a columnar scratch file that pass 2
+    formats (``cts_columnar.write_rows``) into ``nbytes`` of text."""
+
+    path: Path
+    offset: int
+    nbytes: int
+    rows: int = -1
 
 
 @dataclass
@@ -290,8 +302,18 @@ def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
 
 
 def row_template_parts(inv: dict) -> list[str]:
-    """The constant text of this task's proc_metrics lines around the ``_VAR_ORDER`` values (``%%`` undone)."""
-    return [p.replace("%%", "%") for p in _row_template(inv).split("%s")]
+    """The constant text of this task's proc_metrics lines around the ``_VAR_ORDER`` values (what
+    ``_row_template`` holds between its slots, without printf escaping)."""
+    parts, cur = [], "{"
+    for k, f in enumerate(schema.PROC_METRIC_FIELDS):
+        cur += ("," if k else "") + f'"{f}":'
+        if f in _ROW_VARS:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += _json_value(inv.get(f))
+    parts.append(cur + "}\n")
+    return parts
 
 
 _CPU_SLOT = "%d.%03d"  # cpu_ms as exact µs with 3 decimals, in one printf step (cpu_us // 1000, cpu_us % 1000)
@@ -470,12 +492,12 @@ class _Parser:
         return Task(inv, start, end, use_cg, cutter, "", trace_id=inv["trace_id"])
 
     # ---- samples -----------------------------------------------------------------------------------------------
-    def cut_samples(self, scratch_dir: Path, meanwhile=None) -> dict[tuple, tuple[Path, int, int]]:
+    def cut_samples(self, scratch_dir: Path, meanwhile=None) -> dict[tuple, Block]:
         """Stream every node's samples (nodes in parallel processes when there are several cores).
 
         ``meanwhile`` (optional, called exactly once) is work for this process while the node workers run (the
-        cut needs only the executed tasks, not the controller's files). Returns task_key -> (scratch file,
-        offset, length) of the task's block of rows.
+        cut needs only the executed tasks, not the controller's files). Returns task_key -> the ``Block`` of the
+        task's rows.
         """
         r = self.r
         spans = [(t.start, t.end) for ts in self.tasks.values() for t in ts]
@@ -499,10 +521,10 @@ class _Parser:
             pending.pop()()
         if results is None:
             results = [_cut_one_node(*job, progress=self.progress) for job in jobs]
-        index: dict[tuple, tuple[Path, int, int]] = {}
-        for job, (part, idx) in zip(jobs, results):
+        index: dict[tuple, Block] = {}
+        for part, idx in results:
             self._merge(part)
-            index.update({k: (job[-1], off, ln) for k, (off, ln) in idx.items()})
+            index.update(idx)
         return index
 
     def _cut_parallel(self, jobs: list, workers: int, pending: list) -> list:
@@ -557,6 +579,8 @@ class _Parser:
         raw = t.raw
         t.raw = []
         t.done = True
+        if not t.template:
+            t.template = _row_template(t.inv, _CPU_SLOT)
         t.samples += len(raw)
         if _FAST_ORDER:
             data, st, mismatch, cpu_sum = _cut_block(t, raw, us_per_tick, kb_per_page, util, r.util_bin_ms,
@@ -566,7 +590,7 @@ class _Parser:
         t.trace_mismatch += mismatch
         t.stats = st
         key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
-        index[key] = (scratch.tell(), len(data))
+        index[key] = Block(Path(scratch.name), scratch.tell(), len(data))
         scratch.write(data)
         r.stats[key] = st
         r.task_samples[key] = t.samples
@@ -875,23 +899,24 @@ def _cut_forked_job(k: int) -> tuple[ParseResult, dict]:
 def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task], bin_ms: int, t0: int,
                   nbins: int, threads: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
     """Pass 1 for one node (a separate process when nodes run in parallel): rows into its own scratch file."""
-    for t in tasks:
-        t.template = _row_template(t.inv, _CPU_SLOT)
     samples = run_dir / node.node_id / "samples.jsonl"
     with open(scratch_path, "wb") as scratch, _no_cyclic_gc():
-        if samples.exists() and COLUMNAR and cts_columnar.available():
-            p, util, index = _node_parser(run_dir, out_dir, node, bin_ms, t0, nbins, progress)
-            try:
-                cts_columnar.cut_node(p, node, tasks, samples, scratch, index, util, threads=threads)
-                return p.r, index
-            except cts_columnar.Unsupported as why:  # the reference reads it (and reports its bad lines)
-                fallback = f"{samples}: streaming reader used ({why})"
-            scratch.seek(0)
-            scratch.truncate()
-            for t in tasks:
-                t.reset()
-        else:
-            fallback = None
+        fallback = None
+        if samples.exists() and COLUMNAR:
+            from . import cts_columnar
+
+            if cts_columnar.available():
+                p, util, index = _node_parser(run_dir, out_dir, node, bin_ms, t0, nbins, progress)
+                try:
+                    with open(scratch_path.with_suffix(".cols"), "wb") as cols:
+                        cts_columnar.cut_node(p, node, tasks, samples, scratch, cols, index, util, threads)
+                    return p.r, index
+                except cts_columnar.Unsupported as why:  # the reference reads it (and reports its bad lines)
+                    fallback = f"{samples}: streaming reader used ({why})"
+                scratch.seek(0)
+                scratch.truncate()
+                for t in tasks:
+                    t.reset()
         p, util, index = _node_parser(run_dir, out_dir, node, bin_ms, t0, nbins, progress)
         p._cut_node(node, tasks, scratch, index, util)
         if fallback:
@@ -907,22 +932,70 @@ def _node_parser(run_dir: Path, out_dir: Path, node: NodeInfo, bin_ms: int, t0: 
     return p, p.r.util.setdefault(node.node_id, [0.0] * nbins), {}
 
 
-def _copy_blocks(invocations: list[dict], index: dict, final_tmp: Path) -> None:
-    """Pass 2 of the Python engine: copy each task's block of rows from its scratch file, in the final order.
+def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Path) -> None:
+    """Pass 2: put each task's block of rows in its place in the final file, in the invocation order.
 
-    Every block's place in the final file is known from the block lengths, so the file is filled in contiguous
-    ranges by one thread per core; the kernel copies (``os.copy_file_range``, which releases the GIL), with
-    ``pread``/``pwrite`` where it cannot.
+    Every block's place is known from the block lengths. Text blocks are copied by the kernel
+    (``os.copy_file_range``, which releases the GIL; ``pread``/``pwrite`` where it cannot) in contiguous ranges by
+    one thread per core; binary row blocks are formatted and written in place by one process per scratch file.
     """
-    plan: list[tuple[Path, int, int, int]] = []  # (scratch file, offset there, length, offset in the final file)
+    text: list[tuple[Path, int, int, int]] = []  # (scratch file, offset there, length, offset in the final file)
+    rows: dict[Path, list] = {}  # columnar scratch file -> (first row, rows, length, offset in the final file, inv)
     size = 0
     for inv in invocations:
-        loc = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
-        if loc is not None and loc[2] > 0:
-            plan.append((loc[0], loc[1], loc[2], size))
-            size += loc[2]
+        blk = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
+        if blk is None or blk.nbytes <= 0:
+            continue
+        if blk.rows < 0:
+            text.append((blk.path, blk.offset, blk.nbytes, size))
+        else:
+            rows.setdefault(blk.path, []).append((blk.offset, blk.rows, blk.nbytes, size, inv))
+        size += blk.nbytes
     with open(final_tmp, "wb") as fh:
         fh.truncate(size)
+    jobs = [(path, blocks, final_tmp) for path, blocks in rows.items()]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    pool = _fork_pool(workers) if workers > 1 else None
+    global _ASSEMBLE_JOBS
+    _ASSEMBLE_JOBS = jobs  # set before the first submit forks the workers
+    with pool or contextlib.nullcontext():
+        try:
+            futs = [pool.submit(_write_rows_job, k) for k in range(len(jobs))] if pool else []
+            _copy_text(text, size, final_tmp)
+            if not pool:
+                for k in range(len(jobs)):
+                    _write_rows_job(k)
+            for f in futs:
+                f.result()
+        finally:
+            _ASSEMBLE_JOBS = None
+
+
+_ASSEMBLE_JOBS: list | None = None  # the pass-2 jobs of _assemble, inherited by forked workers
+
+
+def _write_rows_job(k: int) -> None:
+    from . import cts_columnar
+
+    assert _ASSEMBLE_JOBS is not None
+    cts_columnar.write_rows(*_ASSEMBLE_JOBS[k])
+
+
+def _fork_pool(workers: int):
+    """A process pool whose workers are forked (they inherit the jobs), or None where that is not possible."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    except (OSError, NotImplementedError, ImportError):
+        return None
+
+
+def _copy_text(plan: list[tuple[Path, int, int, int]], size: int, final_tmp: Path) -> None:
+    """Copy text blocks ``(src, src offset, length, dst offset)`` into the final file, one thread per range."""
     parts = min(os.cpu_count() or 1, 4) if size > 64 << 20 else 1
     starts = [b[3] for b in plan]
     bounds = [0] + [bisect.bisect_left(starts, size * k // parts) for k in range(1, parts)] + [len(plan)]
@@ -1029,7 +1102,7 @@ def _parse_run(run_dir: Path, out: Path, progress: bool, engine: str) -> ParseRe
 
             cts_sql.cut_all(p, scratch_dir, final_tmp)
         else:  # the controller's files are read while the node workers cut (the cut does not need them)
-            _copy_blocks(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations), final_tmp)
+            _assemble(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations), final_tmp)
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)

@@ -8,11 +8,16 @@ malformed, truncated or blank line, a value of an unexpected JSON type, an escap
 2^53 raises ``Unsupported`` and the node is re-read by the reference (which reports such lines with file:line).
 Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without starttime,
 orphans, untracked processes) go through the reference's own ``_match`` and ``_flush``.
+
+Two passes, like the reference: pass 1 (``cut_node``) writes each task's rows as binary columns (``ROW_DTYPE``, a
+fifth of the text's size) with the exact byte length its text will have; once every block's place in the final
+file is known, pass 2 (``write_rows``) formats the rows and writes each block straight to its place.
 """
 
 from __future__ import annotations
 
 import heapq
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema
+from .cts import _VAR_ORDER, row_template_parts, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
@@ -157,8 +163,6 @@ class _FastTasks:
     """The node's tasks whose ``(pid, starttime)`` names exactly one task, as arrays (index = fast id)."""
 
     def __init__(self, tasks: list, by_proc: dict) -> None:
-        from .cts import row_template_parts
-
         self.tasks = [t for t in tasks if len(by_proc[(t.inv["pid"], t.inv["starttime"])]) == 1
                       and isinstance(t.inv["starttime"], int) and 0 <= t.inv["pid"] < (1 << _PID_BITS)
                       and 0 <= t.inv["starttime"] < _ST_LIMIT]
@@ -175,10 +179,7 @@ class _FastTasks:
         self.has_fb = np.array([x is not None for x in fb], dtype=bool)
         self.use_cg = np.array([t.use_cg for t in ts], dtype=bool)
         self.tid = pa.array([t.trace_id for t in ts], type=pa.string())
-        parts = [row_template_parts(t.inv) for t in ts]
-        # a part equal for every task is one scalar in the join; the others are per-task arrays
-        self.parts = [parts[0][k] if len({q[k] for q in parts}) == 1 else pa.array([q[k] for q in parts])
-                      for k in range(len(parts[0]))] if parts else []
+        self.const_bytes = np.array([_const_bytes(row_template_parts(t.inv)) for t in ts], dtype=np.int64)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Fast id per packed key, -1 when none."""
@@ -188,28 +189,91 @@ class _FastTasks:
         return np.where(self.keys[pos] == keys, self.order[pos], -1)
 
 
-def _format(fast: _FastTasks, ids: np.ndarray, cut: ColumnarCut, a: int, b: int) -> pa.StringArray:
-    """proc_metrics lines of rows ``a:b`` of ``cut`` (``ids``: fast id of each cut task)."""
-    from .cts import _VAR_ORDER
+ROW_DTYPE = np.dtype([("ts_ms", "<i8"), ("dt_ms", "<i8"), ("cpu_us", "<i8"), ("rss_kb", "<i8"), ("rss_null", "?")])
+_POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
+
+def _const_bytes(parts: list[str]) -> int:
+    """Bytes of a task's line besides the digits of its values: the constant parts, "." and 3 decimals of cpu_ms."""
+    return sum(len(p.encode()) for p in parts) + 4
+
+
+def _digits(x: np.ndarray) -> np.ndarray:
+    """Characters of each integer's decimal text (a minus sign included)."""
+    return np.searchsorted(_POW10, np.abs(x), side="right") + 1 + (x < 0)
+
+
+def _text_bytes(cut: ColumnarCut, const_bytes: np.ndarray) -> np.ndarray:
+    """Exact length of each cut task's proc_metrics text (what ``_format`` will write for it)."""
+    per_row = (const_bytes[cut.task] + _digits(cut.ts_ms) + _digits(cut.dt_ms) + _digits(cut.cpu_us // 1000)
+               + np.where(cut.rss_null, 4, _digits(cut.rss_kb)))
+    return np.add.reduceat(per_row, cut.first_row[:-1]) if len(per_row) else np.zeros(0, np.int64)
+
+
+def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArray:
+    """proc_metrics lines of binary ``rows``; ``parts[k]`` is a constant part, or per-task parts taken by
+    ``row_task``."""
     def text(x: np.ndarray) -> pa.Array:
         return pc.cast(pa.array(x), pa.string())
 
-    cpu = cut.cpu_us[a:b]
-    values = {"ts_ms": [text(cut.ts_ms[a:b])], "dt_ms": [text(cut.dt_ms[a:b])],
+    cpu = rows["cpu_us"]
+    values = {"ts_ms": [text(rows["ts_ms"])], "dt_ms": [text(rows["dt_ms"])],
               "cpu_ms": [text(cpu // 1000), ".", pc.utf8_lpad(text(cpu % 1000), 3, "0")],
-              "rss_kb": [pc.cast(pa.array(cut.rss_kb[a:b], mask=cut.rss_null[a:b]), pa.string()).fill_null("null")]}
-    rows_fast = pa.array(ids[cut.task[a:b]])
+              "rss_kb": [pc.cast(pa.array(rows["rss_kb"], mask=rows["rss_null"]), pa.string()).fill_null("null")]}
+    take = pa.array(row_task)
     pieces: list = []
-    for k, part in enumerate(fast.parts):
-        pieces.append(part if isinstance(part, str) else part.take(rows_fast))
+    for k, part in enumerate(parts):
+        pieces.append(part if isinstance(part, str) else part.take(take))
         if k < len(_VAR_ORDER):
             pieces += values[_VAR_ORDER[k]]
     return pc.binary_join_element_wise(*pieces, "")
 
 
-def cut_node(p, node, tasks: list, path: Path, scratch, index: dict, util: list[float], threads: int = 1) -> None:
-    """Cut one node's samples file (``p``: the node's ``cts._Parser``; same effects as ``p._cut_node``)."""
+def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict]], final_path: Path) -> None:
+    """Pass 2 for one columnar scratch file: format each block ``(row offset, rows, text bytes, offset in the
+    final file, invocation)`` and write it to its place in the (pre-sized) final file."""
+    blocks = sorted(blocks, key=lambda b: b[0])
+    rows = np.memmap(cols_path, dtype=ROW_DTYPE, mode="r") if blocks else None
+    fd = os.open(final_path, os.O_WRONLY)
+    try:
+        lo = 0
+        while lo < len(blocks):
+            hi, nrows = lo, 0
+            while hi < len(blocks) and (hi == lo or nrows + blocks[hi][1] <= FORMAT_ROWS):
+                nrows += blocks[hi][1]
+                hi += 1
+            chunk = blocks[lo:hi]
+            first = chunk[0][0]
+            sel = rows[first:chunk[-1][0] + chunk[-1][1]]
+            counts = np.array([b[1] for b in chunk], dtype=np.int64)
+            starts = np.array([b[0] for b in chunk], dtype=np.int64) - first
+            if len(sel) != counts.sum() or (starts != np.concatenate(([0], np.cumsum(counts)[:-1]))).any():
+                raise RuntimeError(f"{cols_path}: row blocks are not contiguous (internal error)")
+            per_task = [row_template_parts(b[4]) for b in chunk]
+            parts = [per_task[0][k] if all(p[k] == per_task[0][k] for p in per_task)
+                     else pa.array([p[k] for p in per_task]) for k in range(len(per_task[0]))]
+            lines = _format(np.asarray(sel), np.repeat(np.arange(len(chunk)), counts), parts)
+            offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+            data = memoryview(lines.buffers()[2])
+            bounds = offs[np.concatenate(([0], np.cumsum(counts)))]
+            for (_, _, nbytes, dst, _), a, b in zip(chunk, bounds[:-1], bounds[1:]):
+                if b - a != nbytes:
+                    raise RuntimeError(f"{cols_path}: a block is {b - a} bytes, {nbytes} expected (internal error)")
+                view = data[a:b]
+                while view:
+                    n = os.pwrite(fd, view, dst)
+                    view, dst = view[n:], dst + n
+            lo = hi
+    finally:
+        os.close(fd)
+
+
+def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util: list[float],
+             threads: int = 1) -> None:
+    """Pass 1 for one node's samples file (``p``: the node's ``cts._Parser``; the effects of ``p._cut_node``).
+
+    Tasks the arrays cut get ``index[key] = Block(cols file, first row, text bytes, rows)``; the rest go through
+    the reference's ``_flush`` (text into ``scratch``)."""
     r = p.r
     by_proc: dict[tuple, list] = {}
     for t in tasks:
@@ -263,14 +327,14 @@ def cut_node(p, node, tasks: list, path: Path, scratch, index: dict, util: list[
             pending.append((f, t, cum, has_cum, rss, has_rss))
             done = ~is_cut & (fast.end <= last_t)
             if done.any():
-                pending = _cut_done(p, fast, np.flatnonzero(done), pending, scratch, index, util, seen, mismatch)
+                pending = _cut_done(p, fast, np.flatnonzero(done), pending, cols, index, util, seen, mismatch)
                 is_cut |= done
             while heap and heap[0][0] <= last_t:
                 p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
     if lines != expected:
         raise Unsupported(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
     if (~is_cut).any():
-        _cut_done(p, fast, np.flatnonzero(~is_cut), pending, scratch, index, util, seen, mismatch)
+        _cut_done(p, fast, np.flatnonzero(~is_cut), pending, cols, index, util, seen, mismatch)
     while heap:
         p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
     for t in slow:
@@ -284,20 +348,20 @@ def cut_node(p, node, tasks: list, path: Path, scratch, index: dict, util: list[
     r.non_monotonic_ticks[node.node_id] = nonmono
 
 
-def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, scratch, index: dict, util: list[float],
+def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, cols, index: dict, util: list[float],
               seen: np.ndarray, mismatch: np.ndarray) -> list:
-    """Cut the finished fast tasks ``ids`` from the pending samples; returns the samples still pending."""
-    from .cts import task_key
+    """Cut the finished fast tasks ``ids`` from the pending samples into ``cols``; returns the samples still
+    pending."""
+    from .cts import Block
 
-    cols = [np.concatenate(c) for c in zip(*pending)] if pending else [np.zeros(0, np.int64)] * 6
-    f = cols[0]
+    data = [np.concatenate(c) for c in zip(*pending)] if pending else [np.zeros(0, np.int64)] * 6
     local = np.full(len(fast.tasks), -1, np.int64)
     local[ids] = np.arange(len(ids))
-    j = local[f]
+    j = local[data[0]]
     mine = j >= 0
-    rest = [c[~mine] for c in cols]
+    rest = [c[~mine] for c in data]
     order = np.argsort(j[mine], kind="stable")
-    t, cum, has_cum, rss, has_rss = (c[mine][order] for c in cols[1:])
+    t, cum, has_cum, rss, has_rss = (c[mine][order] for c in data[1:])
     try:
         cut = cut_rows_columnar(j[mine][order], t, cum, has_cum.astype(bool), rss, has_rss.astype(bool),
                                 fast.b_start[ids], fast.b_end[ids], fast.total[ids], fast.rss_fb[ids],
@@ -305,22 +369,14 @@ def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, scratch, inde
     except OverflowError as exc:
         raise Unsupported(str(exc)) from None
     _add_util(p, util, cut)
-    base = scratch.tell()
-    starts = np.zeros(len(ids) + 1, np.int64)  # byte offset of each task's block in what is written now
-    written = 0
-    task_lo = 0
-    while task_lo < len(ids):
-        task_hi = int(np.searchsorted(cut.first_row, cut.first_row[task_lo] + FORMAT_ROWS, side="right")) - 1
-        task_hi = min(max(task_hi, task_lo + 1), len(ids))
-        a, b = int(cut.first_row[task_lo]), int(cut.first_row[task_hi])
-        lines = _format(fast, ids, cut, a, b)
-        offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-        data = memoryview(lines.buffers()[2])[offs[0]:offs[-1]]
-        scratch.write(data)
-        starts[task_lo + 1:task_hi + 1] = written + offs[cut.first_row[task_lo + 1:task_hi + 1] - a] - offs[0]
-        written += len(data)
-        task_lo = task_hi
+    rec = np.empty(len(cut.task), ROW_DTYPE)
+    for name in ROW_DTYPE.names:
+        rec[name] = getattr(cut, name)
+    first_row = cols.tell() // ROW_DTYPE.itemsize
+    cols.write(rec.view(np.uint8).data)
+    nbytes = _text_bytes(cut, fast.const_bytes[ids])
     cpu_sum = np.add.reduceat(cut.cpu_us, cut.first_row[:-1]) if len(cut.cpu_us) else np.zeros(0, np.int64)
+    path = Path(cols.name)
     r = p.r
     for k, fi in enumerate(ids.tolist()):
         task = fast.tasks[fi]
@@ -329,7 +385,7 @@ def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, scratch, inde
         task.trace_mismatch = int(mismatch[fi])
         task.stats = st = cut.stats(k)
         key = task_key(task.inv["node_id"], task.inv["trace_id"], task.inv["attempt"])
-        index[key] = (base + int(starts[k]), int(starts[k + 1] - starts[k]))
+        index[key] = Block(path, first_row + int(cut.first_row[k]), int(nbytes[k]), st.rows)
         r.stats[key] = st
         r.task_samples[key] = task.samples
         r.rows_per_task[key] = st.rows
