@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -216,3 +217,34 @@ def test_parser_output_takes_the_streaming_path(parsed, tmp_path, monkeypatch):
     monkeypatch.setattr(opendc, "_fragment_rows", no_fallback)
     s = opendc.export(truth.run_dir, tmp_path / "od", include_failed=True)
     assert s.tasks == 15 and s.fragments == len(pq.read_table(tmp_path / "od" / "fragments.parquet"))
+
+
+def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_path):
+    """The parser's binary row cache is only a faster way to the same fragments: it is used when it mirrors the CTS
+    files, and ignored (proc_metrics.jsonl read instead) when they changed or a node was parsed without it."""
+    from tracekit import cts_columnar
+
+    if not cts_columnar.available():
+        pytest.skip("duckdb is not installed")
+    truth = parsed(nodes=2, tasks=25, failed=2, fenced=1, cgroup=True)
+    cts_dir = truth.run_dir / "CTS"
+    assert (cts_dir / cts_columnar.ROWS_CACHE).exists()
+    s = opendc.export(truth.run_dir, tmp_path / "cached", include_failed=True)
+    assert any("row cache" in n for n in s.notes)
+    pm = cts_dir / "proc_metrics.jsonl"
+    text, mtime = pm.read_bytes(), pm.stat().st_mtime_ns
+    pm.write_bytes(text)
+    os.utime(pm, ns=(mtime, mtime))
+    assert cts_columnar.read_rows_cache(cts_dir) is not None, "same file, same stamp"
+    digit = text.index(b'"cpu_ms":') + len(b'"cpu_ms":')
+    pm.write_bytes(text[:digit] + (b"1" if text[digit:digit + 1] != b"1" else b"2") + text[digit + 1:])
+    os.utime(pm, ns=(mtime, mtime))  # an edit of the same size within the same mtime tick: the CRC sees it
+    assert cts_columnar.read_rows_cache(cts_dir) is None
+    pm.write_bytes(text)
+    s = opendc.export(truth.run_dir, tmp_path / "json", include_failed=True)
+    assert not any("row cache" in n for n in s.notes)
+    for name in ("tasks.parquet", "fragments.parquet"):
+        assert pq.read_table(tmp_path / "cached" / name).equals(pq.read_table(tmp_path / "json" / name)), name
+    bad = synthlogs.generate(tmp_path / "bad", SynthSpec(tasks=8, malformed=True))
+    audit.parse_and_audit(bad.run_dir, with_plots=False)
+    assert not (bad.run_dir / "CTS" / cts_columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"

@@ -95,11 +95,19 @@ def test_rerun_is_byte_identical(synth):
     truth = synth(tasks=15, failed=1, fenced=1, rejects=1)
     audit.parse_and_audit(truth.run_dir)
     out = truth.run_dir / "CTS"
-    first = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+
+    first = files()
     audit.parse_and_audit(truth.run_dir)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert files() == first
     assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
                           "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
+    from tracekit import cts_columnar
+
+    hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
+    assert hidden <= {cts_columnar.ROWS_CACHE, cts_columnar.ROWS_CACHE_META}, "only the export's row cache"
 
 
 def test_malformed_and_truncated_lines_are_counted_with_file_and_line(synth):

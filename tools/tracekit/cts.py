@@ -932,16 +932,19 @@ def _node_parser(run_dir: Path, out_dir: Path, node: NodeInfo, bin_ms: int, t0: 
     return p, p.r.util.setdefault(node.node_id, [0.0] * nbins), {}
 
 
-def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Path) -> None:
+def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Path) -> list[list] | None:
     """Pass 2: put each task's block of rows in its place in the final file, in the invocation order.
 
     Every block's place is known from the block lengths. Text blocks are copied by the kernel
     (``os.copy_file_range``, which releases the GIL; ``pread``/``pwrite`` where it cannot) in contiguous ranges by
     one thread per core; binary row blocks are formatted and written in place by one process per scratch file.
+    When every block is binary they also fill the row cache (``cts_columnar.ROWS_CACHE``) next to the final file,
+    and the cache's block list is returned (else None).
     """
     text: list[tuple[Path, int, int, int]] = []  # (scratch file, offset there, length, offset in the final file)
-    rows: dict[Path, list] = {}  # columnar scratch file -> (first row, rows, length, offset in the final file, inv)
-    size = 0
+    rows: dict[Path, list] = {}  # columnar scratch file -> (first row, rows, length, final offset, inv, final row)
+    cached: list[list] = []
+    size = nrows = 0
     for inv in invocations:
         blk = index.get(task_key(inv["node_id"], inv["trace_id"], inv["attempt"]))
         if blk is None or blk.nbytes <= 0:
@@ -949,11 +952,19 @@ def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Pat
         if blk.rows < 0:
             text.append((blk.path, blk.offset, blk.nbytes, size))
         else:
-            rows.setdefault(blk.path, []).append((blk.offset, blk.rows, blk.nbytes, size, inv))
+            rows.setdefault(blk.path, []).append((blk.offset, blk.rows, blk.nbytes, size, inv, nrows))
+            cached.append([inv["node_id"], inv["trace_id"], inv["attempt"], nrows, blk.rows])
+            nrows += blk.rows
         size += blk.nbytes
     with open(final_tmp, "wb") as fh:
         fh.truncate(size)
-    jobs = [(path, blocks, final_tmp) for path, blocks in rows.items()]
+    cache = None
+    if rows and not text:
+        from . import cts_columnar
+
+        path = final_tmp.with_name(cts_columnar.ROWS_CACHE + ".tmp")
+        cache = (path, cts_columnar.create_rows_cache(path, nrows))
+    jobs = [(path, blocks, final_tmp, cache) for path, blocks in rows.items()]
     workers = min(len(jobs), os.cpu_count() or 1)
     pool = _fork_pool(workers) if workers > 1 else None
     global _ASSEMBLE_JOBS
@@ -969,6 +980,7 @@ def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Pat
                 f.result()
         finally:
             _ASSEMBLE_JOBS = None
+    return cached if cache else None
 
 
 _ASSEMBLE_JOBS: list | None = None  # the pass-2 jobs of _assemble, inherited by forked workers
@@ -1092,6 +1104,10 @@ def _parse_run(run_dir: Path, out: Path, progress: bool, engine: str) -> ParseRe
     if engine == "duckdb":
         finish_invocations()
     out.mkdir(parents=True, exist_ok=True)
+    from . import cts_columnar
+
+    cts_columnar.drop_rows_cache(out)  # a re-parse never leaves the previous run's cache behind
+    cached = None
     scratch_dir = out / ".parse-scratch"
     shutil.rmtree(scratch_dir, ignore_errors=True)
     scratch_dir.mkdir()
@@ -1102,11 +1118,15 @@ def _parse_run(run_dir: Path, out: Path, progress: bool, engine: str) -> ParseRe
 
             cts_sql.cut_all(p, scratch_dir, final_tmp)
         else:  # the controller's files are read while the node workers cut (the cut does not need them)
-            _assemble(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations), final_tmp)
+            cached = _assemble(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations),
+                               final_tmp)
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
         final_tmp.unlink(missing_ok=True)
     _atomic_write(out / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in p.r.invocations))
     _atomic_write(out / NODES, json.dumps([n.row() for n in p.r.nodes], indent=1, ensure_ascii=False) + "\n")
+    if cached is not None:  # the row cache mirrors these two files exactly: the export may read it instead
+        os.replace(out / (cts_columnar.ROWS_CACHE + ".tmp"), out / cts_columnar.ROWS_CACHE)
+        cts_columnar.write_rows_cache_meta(out, cached, [out / PROC_METRICS, out / INVOCATIONS])
     return p.r

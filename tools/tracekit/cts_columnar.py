@@ -229,12 +229,15 @@ def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArr
     return pc.binary_join_element_wise(*pieces, "")
 
 
-def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict]], final_path: Path) -> None:
+def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int]], final_path: Path,
+               cache: tuple[Path, int] | None = None) -> None:
     """Pass 2 for one columnar scratch file: format each block ``(row offset, rows, text bytes, offset in the
-    final file, invocation)`` and write it to its place in the (pre-sized) final file."""
+    final file, invocation, row in the final file)`` and write it to its place in the (pre-sized) final file, and
+    its binary rows to their place in the row cache ``(path, byte offset of row 0)`` when there is one."""
     blocks = sorted(blocks, key=lambda b: b[0])
     rows = np.memmap(cols_path, dtype=ROW_DTYPE, mode="r") if blocks else None
     fd = os.open(final_path, os.O_WRONLY)
+    cache_fd = os.open(cache[0], os.O_WRONLY) if cache else -1
     try:
         lo = 0
         while lo < len(blocks):
@@ -256,16 +259,86 @@ def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict]], f
             offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
             data = memoryview(lines.buffers()[2])
             bounds = offs[np.concatenate(([0], np.cumsum(counts)))]
-            for (_, _, nbytes, dst, _), a, b in zip(chunk, bounds[:-1], bounds[1:]):
+            binary = memoryview(np.ascontiguousarray(sel).view(np.uint8))
+            row = 0
+            for (_, count, nbytes, dst, _, dst_row), a, b in zip(chunk, bounds[:-1], bounds[1:]):
                 if b - a != nbytes:
                     raise RuntimeError(f"{cols_path}: a block is {b - a} bytes, {nbytes} expected (internal error)")
-                view = data[a:b]
-                while view:
-                    n = os.pwrite(fd, view, dst)
-                    view, dst = view[n:], dst + n
+                _pwrite_all(fd, data[a:b], dst)
+                if cache:
+                    size = ROW_DTYPE.itemsize
+                    _pwrite_all(cache_fd, binary[row * size:(row + count) * size], cache[1] + dst_row * size)
+                row += count
             lo = hi
     finally:
         os.close(fd)
+        if cache:
+            os.close(cache_fd)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+ROWS_CACHE, ROWS_CACHE_META = ".proc_metrics.rows.npy", ".proc_metrics.rows.json"
+
+
+def create_rows_cache(path: Path, nrows: int) -> int:
+    """A .npy file of ``nrows`` ``ROW_DTYPE`` rows (filled by ``write_rows``); returns the byte offset of row 0."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=ROW_DTYPE, shape=(nrows,))
+    offset = arr.offset
+    del arr
+    return offset
+
+
+def _stamp(path: Path) -> list[int]:
+    """Size, mtime, inode and a CRC of both ends: an edit (even within one mtime tick) changes it."""
+    import zlib
+
+    st = path.stat()
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+        fh.seek(max(0, st.st_size - (1 << 16)))
+        crc = zlib.crc32(fh.read(1 << 16), zlib.crc32(head))
+    return [st.st_size, st.st_mtime_ns, st.st_ino, crc]
+
+
+def write_rows_cache_meta(cts_dir: Path, blocks: list[list], files: list[Path]) -> None:
+    """Finish the row cache: which rows belong to which task (``[node_id, trace_id, attempt, first row, rows]``
+    in file order) and the size/mtime/inode of the CTS files it mirrors (a changed file invalidates it)."""
+    import orjson
+
+    meta = {"version": 1, "files": {f.name: _stamp(f) for f in files}, "blocks": blocks}
+    tmp = cts_dir / (ROWS_CACHE_META + ".tmp")
+    tmp.write_bytes(orjson.dumps(meta))
+    os.replace(tmp, cts_dir / ROWS_CACHE_META)
+
+
+def drop_rows_cache(cts_dir: Path) -> None:
+    for name in (ROWS_CACHE, ROWS_CACHE_META, ROWS_CACHE + ".tmp", ROWS_CACHE_META + ".tmp"):
+        (cts_dir / name).unlink(missing_ok=True)
+
+
+def read_rows_cache(cts_dir: Path) -> tuple[np.ndarray, dict[tuple, tuple[int, int]]] | None:
+    """The row cache of a CTS folder when it still mirrors its files: (rows memory-mapped, task key -> (first row,
+    rows)); None when absent or stale (then proc_metrics.jsonl is the source)."""
+    import orjson
+
+    try:
+        meta = orjson.loads((cts_dir / ROWS_CACHE_META).read_bytes())
+        if meta.get("version") != 1 or any(_stamp(cts_dir / name) != stamp for name, stamp in meta["files"].items()):
+            return None
+        rows = np.load(cts_dir / ROWS_CACHE, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if rows.dtype != ROW_DTYPE:
+        return None
+    index = {(b[0], b[1], b[2]): (b[3], b[4]) for b in meta["blocks"]}
+    if sum(n for _, n in index.values()) != len(rows):
+        return None
+    return rows, index
 
 
 def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util: list[float],

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from . import cts
+from . import cts, cts_columnar
 from .errors import UserError
 from .jsonl import BadLines, read_jsonl
 
@@ -176,9 +176,16 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
 
     frag_tmp = out / (FRAGMENTS + ".tmp")
     pm = cts_dir / cts.PROC_METRICS
+    cache = cts_columnar.read_rows_cache(cts_dir)
     try:
+        if cache is not None:  # the parser's binary copy of these very rows (it checks it still mirrors the files)
+            agg = _write_fragments(_progress(_cached_rows(*cache, tasks), progress), frag_tmp, n, task_mhz,
+                                   cpu_count, pm)
+            summary.notes.append(f"fragments read from the parser's row cache ({cts_columnar.ROWS_CACHE})")
         try:  # fast path: proc_metrics as the parser wrote it (grouped by task in task order), read in file order
-            agg = _write_fragments(_progress(_grouped_rows(pm, tasks), progress), frag_tmp, n, task_mhz, cpu_count, pm)
+            if cache is None:
+                agg = _write_fragments(_progress(_grouped_rows(pm, tasks), progress), frag_tmp, n, task_mhz,
+                                       cpu_count, pm)
         except _NotGrouped:  # hand-edited / concatenated CTS: let DuckDB join and order the rows
             agg = _write_fragments(_progress(_fragment_rows(pm, tasks, out), progress), frag_tmp, n, task_mhz,
                                    cpu_count, pm)
@@ -261,6 +268,28 @@ def _write_fragments(batches, frag_tmp: Path, n: int, task_mhz: np.ndarray, cpu_
                 [pa.array(ids, pa.int32()), pa.array(dt, pa.int64()), pa.array(usage, pa.float64())],
                 schema=FRAGMENT_SCHEMA))
     return dur_sum, rows, peak, cpu_sum, over
+
+
+def _cached_rows(rows: np.ndarray, index: dict[tuple, tuple[int, int]], tasks: list[dict],
+                 batch_rows: int = 1 << 20):
+    """Batches (id, ts_ms, dt_ms, cpu_ms, rss_kb) of the exported tasks from the parser's row cache."""
+    first = np.zeros(len(tasks), np.int64)
+    count = np.zeros(len(tasks), np.int64)
+    for k, t in enumerate(tasks):
+        first[k], count[k] = index.get((t["node_id"], t["trace_id"], t["attempt"]), (0, 0))
+    lo = 0
+    while lo < len(tasks):
+        hi = min(max(int(np.searchsorted(np.cumsum(count[lo:]), batch_rows, side="right")) + lo, lo + 1),
+                 len(tasks))
+        c = count[lo:hi]
+        ends = np.cumsum(c)
+        take = np.repeat(first[lo:hi] - (ends - c), c) + np.arange(int(ends[-1]) if len(ends) else 0)
+        sel = rows[take]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(np.repeat(np.arange(lo, hi, dtype=np.int32), c)), pa.array(sel["ts_ms"]),
+             pa.array(sel["dt_ms"]), pa.array(sel["cpu_us"] / 1000), pa.array(sel["rss_kb"], mask=sel["rss_null"])],
+            names=["id", "ts_ms", "dt_ms", "cpu_ms", "rss_kb"])
+        lo = hi
 
 
 def _grouped_rows(path: Path, tasks: list[dict], batch_rows: int = 1 << 20):
