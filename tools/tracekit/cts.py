@@ -29,12 +29,7 @@ from typing import NamedTuple
 from . import paths, schema
 from .errors import UserError
 from .intervals import TaskIntervals, TaskStats, cut_rows, round_ms
-from .jsonl import BadLines, dumps
-
-try:  # optional: a faster JSON parser for the samples stream; same results as json.loads
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover
-    _loads = json.loads
+from .jsonl import BadLines, dumps, fast_loads, read_jsonl
 
 NOT_NODE_DIRS = {"CTS", "opendc", "pids", paths.CONTROLLER_DIR}
 RAW_NODE_FILES = ("events.jsonl", "samples.jsonl", "node.json", "worker.json")
@@ -144,32 +139,6 @@ def _read_json(path: Path, bad: BadLines) -> dict:
         bad.add(f"{path}:1", "not a JSON object")
         return {}
     return obj
-
-
-def read_objects(path: Path, bad: BadLines) -> Iterator[tuple[int, dict]]:
-    """``jsonl.read_jsonl`` with orjson: the same objects, bad lines and ``file:line`` reports, faster.
-
-    A line orjson refuses is retried with ``json.loads`` (which also takes NaN/Infinity, 1e400, lone surrogates, a
-    BOM), so what counts as malformed is exactly what ``read_jsonl`` says. (Only integers beyond 64 bits differ:
-    orjson reads them as floats; no field of these files holds one.)
-    """
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                obj = _loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
-                    bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
-                    continue
-            if type(obj) is not dict:
-                bad.add(f"{path}:{lineno}", "not a JSON object")
-                continue
-            yield lineno, obj
 
 
 def load_node(run_dir: Path, node_id: str, bad: BadLines) -> NodeInfo:
@@ -396,7 +365,7 @@ class _Parser:
             if not path.exists():
                 continue
             node_tasks: list[Task] = []
-            for lineno, ev in read_objects(path, r.bad):
+            for lineno, ev in read_jsonl(path, r.bad):
                 where = f"{path}:{lineno}"
                 kind = ev.get("kind")
                 if kind == "exec":
@@ -427,7 +396,7 @@ class _Parser:
             self.tasks[node.node_id] = node_tasks
         cfile = r.run_dir / paths.CONTROLLER_DIR / "events.jsonl"
         if cfile.exists():
-            for lineno, ev in read_objects(cfile, r.bad):
+            for lineno, ev in read_jsonl(cfile, r.bad):
                 if ev.get("kind") in ("failed", "reject"):
                     r.invocations.append(_reject_invocation(ev, 0.0))
                 elif ev.get("kind") == "fenced":
@@ -443,8 +412,8 @@ class _Parser:
         r = self.r
         dpath = r.run_dir / paths.dispatch_path("_").name
         ppath = r.run_dir / paths.placements_path("_").name
-        r.dispatch = [d for _, d in read_objects(dpath, r.bad)] if dpath.exists() else []
-        r.placements = [p for _, p in read_objects(ppath, r.bad)] if ppath.exists() else []
+        r.dispatch = [d for _, d in read_jsonl(dpath, r.bad)] if dpath.exists() else []
+        r.placements = [p for _, p in read_jsonl(ppath, r.bad)] if ppath.exists() else []
         by_tid = {d.get("trace_id"): d for d in r.dispatch}
         placed = {(p.get("trace_id"), p.get("attempt")): p for p in r.placements}
         for inv in r.invocations:
@@ -659,7 +628,7 @@ class _Parser:
             from tqdm import tqdm
 
             bad = r.bad
-            loads = _loads
+            loads = fast_loads
             fast_get = fast.get
             heappop = heapq.heappop
             numt = _NUMT
@@ -766,7 +735,7 @@ class _Parser:
                     bar.update(pos - last)
                     last = pos
                 try:
-                    obj = _loads(raw)
+                    obj = fast_loads(raw)
                 except (ValueError, UnicodeDecodeError) as exc:
                     if not raw.strip():
                         continue  # blank line

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:  # optional: a faster parser with the same results (see read_jsonl)
+    from orjson import loads as fast_loads
+except ImportError:  # pragma: no cover
+    fast_loads = json.loads
+
 
 def dumps(obj: dict) -> str:
     """One compact JSON line (no newline)."""
@@ -40,19 +45,27 @@ class BadLines:
 
 
 def read_jsonl(path: str | os.PathLike, bad: BadLines | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each valid JSON-object line; record the others in ``bad``."""
+    """Yield ``(line_number, object)`` for each valid JSON-object line; record the others in ``bad``.
+
+    orjson parses (fast); a line it refuses is retried with ``json.loads`` (which also takes NaN/Infinity, 1e400,
+    lone surrogates, a BOM), so what counts as malformed is exactly what the standard library says. (Only integers
+    beyond 64 bits differ: orjson reads them as floats; no field of our files holds one.)
+    """
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
             try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                if bad is not None:
-                    kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
-                    bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
-                continue
-            if not isinstance(obj, dict):
+                obj = fast_loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    if bad is not None:
+                        kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
+                        bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
+                    continue
+            if type(obj) is not dict:
                 if bad is not None:
                     bad.add(f"{path}:{lineno}", "not a JSON object")
                 continue
