@@ -6,6 +6,7 @@ re-reads the samples). ``run_checks`` is pure over that object; ``write_report``
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -374,10 +375,34 @@ def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool
     from .cts import parse_run
 
     r = parse_run(run_dir, out_dir, progress=progress, engine=engine)
-    checks = run_checks(r)
     figs = None
-    if with_plots:
-        from .plots import write_plots
+    if not with_plots:
+        return r, (checks := run_checks(r)), write_report(r, checks, figs)
+    from .plots import write_plots
 
-        figs = write_plots(r)
+    child = _fork(lambda: write_plots(r))  # the plots draw on the other core while the checks run
+    checks = run_checks(r)
+    if child is None or os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
+        figs = write_plots(r)  # no fork here, or it failed: draw here (so an error surfaces as usual)
+    else:
+        figs = write_plots(r, draw=False)
     return r, checks, write_report(r, checks, figs)
+
+
+def _fork(work) -> int | None:
+    """Run ``work()`` in a forked child; its pid (exit status 0 = done), or None where forking is not possible."""
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # silent: the parent re-runs a failure and reports it
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid

@@ -901,14 +901,15 @@ def _node_parser(run_dir: Path, out_dir: Path, node: NodeInfo, bin_ms: int, t0: 
     return p, p.r.util.setdefault(node.node_id, [0.0] * nbins), {}
 
 
-def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Path) -> list[list] | None:
+def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Path,
+              meanwhile=None) -> list[list] | None:
     """Pass 2: put each task's block of rows in its place in the final file, in the invocation order.
 
     Every block's place is known from the block lengths. Text blocks are copied by the kernel
     (``os.copy_file_range``, which releases the GIL; ``pread``/``pwrite`` where it cannot) in contiguous ranges by
     one thread per core; binary row blocks are formatted and written in place by one process per scratch file.
     When every block is binary they also fill the row cache (``cts_columnar.ROWS_CACHE``) next to the final file,
-    and the cache's block list is returned (else None).
+    and the cache's block list is returned (else None). ``meanwhile`` (optional) runs here while they work.
     """
     text: list[tuple[Path, int, int, int]] = []  # (scratch file, offset there, length, offset in the final file)
     rows: dict[Path, list] = {}  # columnar scratch file -> (first row, rows, length, final offset, inv, final row)
@@ -941,6 +942,8 @@ def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Pat
     with pool or contextlib.nullcontext():
         try:
             futs = [pool.submit(_write_rows_job, k) for k in range(len(jobs))] if pool else []
+            if meanwhile:
+                meanwhile()
             _copy_text(text, size, final_tmp)
             if not pool:
                 for k in range(len(jobs)):
@@ -1023,6 +1026,12 @@ def _copy_range(blocks: list[tuple[Path, int, int, int]], final_tmp: Path) -> No
             os.close(fd)
 
 
+def _write_small_files(r: ParseResult, out: Path) -> None:
+    """invocations.jsonl and nodes.json (final once the invocations are merged and sorted)."""
+    _atomic_write(out / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in r.invocations))
+    _atomic_write(out / NODES, json.dumps([n.row() for n in r.nodes], indent=1, ensure_ascii=False) + "\n")
+
+
 def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -1087,14 +1096,14 @@ def _parse_run(run_dir: Path, out: Path, progress: bool, engine: str) -> ParseRe
 
             cts_sql.cut_all(p, scratch_dir, final_tmp)
         else:  # the controller's files are read while the node workers cut (the cut does not need them)
-            cached = _assemble(p.r.invocations, p.cut_samples(scratch_dir, meanwhile=finish_invocations),
-                               final_tmp)
+            index = p.cut_samples(scratch_dir, meanwhile=finish_invocations)
+            cached = _assemble(p.r.invocations, index, final_tmp, meanwhile=lambda: _write_small_files(p.r, out))
         os.replace(final_tmp, out / PROC_METRICS)
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
         final_tmp.unlink(missing_ok=True)
-    _atomic_write(out / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in p.r.invocations))
-    _atomic_write(out / NODES, json.dumps([n.row() for n in p.r.nodes], indent=1, ensure_ascii=False) + "\n")
+    if engine == "duckdb":
+        _write_small_files(p.r, out)
     if cached is not None:  # the row cache mirrors these two files exactly: the export may read it instead
         os.replace(out / (cts_columnar.ROWS_CACHE + ".tmp"), out / cts_columnar.ROWS_CACHE)
         cts_columnar.write_rows_cache_meta(out, cached, [out / PROC_METRICS, out / INVOCATIONS])

@@ -29,7 +29,7 @@ from .cts import _VAR_ORDER, row_template_parts, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
-FORMAT_ROWS = 1 << 20  # proc_metrics lines formatted per pyarrow call (string offsets stay far below 2 GiB)
+FORMAT_ROWS = 1 << 18  # proc_metrics lines formatted per pyarrow call (~40 MB of text: bounds the memory)
 _EXACT = float(1 << 53)  # beyond this a JSON number is not exact in float64: leave it to the reference
 _PID_BITS = 22  # Linux pid_max <= 2^22; (pid, starttime) packs into one int64 key below 2^63
 _ST_LIMIT = 1 << 40
@@ -235,7 +235,6 @@ def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int
     final file, invocation, row in the final file)`` and write it to its place in the (pre-sized) final file, and
     its binary rows to their place in the row cache ``(path, byte offset of row 0)`` when there is one."""
     blocks = sorted(blocks, key=lambda b: b[0])
-    rows = np.memmap(cols_path, dtype=ROW_DTYPE, mode="r") if blocks else None
     fd = os.open(final_path, os.O_WRONLY)
     cache_fd = os.open(cache[0], os.O_WRONLY) if cache else -1
     try:
@@ -247,7 +246,8 @@ def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int
                 hi += 1
             chunk = blocks[lo:hi]
             first = chunk[0][0]
-            sel = rows[first:chunk[-1][0] + chunk[-1][1]]
+            sel = np.fromfile(cols_path, dtype=ROW_DTYPE, count=chunk[-1][0] + chunk[-1][1] - first,
+                              offset=first * ROW_DTYPE.itemsize)
             counts = np.array([b[1] for b in chunk], dtype=np.int64)
             starts = np.array([b[0] for b in chunk], dtype=np.int64) - first
             if len(sel) != counts.sum() or (starts != np.concatenate(([0], np.cumsum(counts)[:-1]))).any():
@@ -255,11 +255,11 @@ def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int
             per_task = [row_template_parts(b[4]) for b in chunk]
             parts = [per_task[0][k] if all(p[k] == per_task[0][k] for p in per_task)
                      else pa.array([p[k] for p in per_task]) for k in range(len(per_task[0]))]
-            lines = _format(np.asarray(sel), np.repeat(np.arange(len(chunk)), counts), parts)
+            lines = _format(sel, np.repeat(np.arange(len(chunk)), counts), parts)
             offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
             data = memoryview(lines.buffers()[2])
             bounds = offs[np.concatenate(([0], np.cumsum(counts)))]
-            binary = memoryview(np.ascontiguousarray(sel).view(np.uint8))
+            binary = memoryview(sel.view(np.uint8))
             row = 0
             for (_, count, nbytes, dst, _, dst_row), a, b in zip(chunk, bounds[:-1], bounds[1:]):
                 if b - a != nbytes:

@@ -118,11 +118,14 @@ def queue_wait(r: ParseResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(r: ParseResult) -> dict[str, str]:
-    """Write the three PNGs next to the CTS files; returns {title: file name} for the report."""
+def write_plots(r: ParseResult, draw: bool = True) -> dict[str, str]:
+    """Write the three PNGs next to the CTS files; returns {title: file name} for the report (only that when
+    ``draw`` is False)."""
     out = {"Gantt chart of tasks per node (colour = profile)": GANTT,
            "CPU utilisation per node over time": UTIL,
            "Queue-wait distribution": WAIT}
+    if not draw:
+        return out
     gantt(r, r.out_dir / GANTT)
     utilisation(r, r.out_dir / UTIL)
     queue_wait(r, r.out_dir / WAIT)
