@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_script
@@ -341,3 +342,25 @@ def test_columnar_and_streaming_readers_write_identical_files(tmp_path, spec, mo
     else:
         assert fast.reader_notes == [] and fast.orphan_samples == 1 and fast.untracked_samples == 1
         assert fast.non_monotonic_ticks["node01"] == 1
+
+
+def test_gantt_of_a_big_node_is_drawn_as_an_image_with_every_profile(synth, tmp_path, monkeypatch):
+    """Beyond RASTER_OVER tasks a node's lanes are an image: still one colour per profile, no bar objects."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    from tracekit import plots
+
+    truth = synth(nodes=2, tasks=40)
+    r = cts.parse_run(truth.run_dir)
+    monkeypatch.setattr(plots, "RASTER_OVER", 5)
+    drawn = []
+    monkeypatch.setattr(plots, "_gantt_bars", lambda *a, **k: drawn.append("bars"))
+    plots.gantt(r, tmp_path / "g.png")
+    assert drawn == [], "every node above RASTER_OVER is an image"
+    img = mpimg.imread(tmp_path / "g.png")[..., :3]
+    profiles = sorted({str(i["profile"]) for i in r.invocations if i["pid"] is not None})
+    cmap = plt.get_cmap("tab10")
+    for k, p in enumerate(profiles):
+        want = np.array(cmap(k % 10)[:3])
+        assert (np.abs(img - want).max(axis=-1) < 0.02).sum() > 50, f"profile {p} not visible"

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import schema
+from . import duck, schema
 from .cts import _VAR_ORDER, row_template_parts, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
@@ -63,7 +63,7 @@ def _batches(path: Path, threads: int):
     """The file's ticks as arrow batches of (ts, procs), every value as its JSON text."""
     import duckdb
 
-    con = duckdb.connect(config={"threads": threads})
+    con = duck.connect(threads=threads)
     src = "'" + str(path).replace("'", "''") + "'"
     try:
         rel = con.sql(f"SELECT ts, procs FROM read_json({src}, format='newline_delimited', "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import schema
+from . import duck, schema
 from .cts import WINDOW_SLACK_MS
 from .intervals import TaskStats
 
@@ -107,8 +107,6 @@ def _line_of(rn: int, excluded: list[int]) -> int:
 
 def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
     """Pass 1 + 2 of the parse in DuckDB: write ``final_path`` (proc_metrics) and fill ``parser.r``."""
-    import duckdb
-
     from .cts import row_template_parts, task_key
 
     r = parser.r
@@ -150,8 +148,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
                           "kb_per_page": [n.page_size / 1024 for n in r.nodes]})
 
     spill = scratch_dir / "duckdb-spill"
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill),
-                                 "preserve_insertion_order": True})
+    con = duck.connect(memory_limit=MEMORY_LIMIT, temp_directory=str(spill), preserve_insertion_order=True)
     try:
         # sources: the node's file when DuckDB and a line count agree it is clean, else the Python pre-scan
         # (bad lines with file:line, the same messages as the Python engine) and a sanitised copy

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from . import cts, cts_columnar
+from . import cts, cts_columnar, duck
 from .errors import UserError
 from .jsonl import BadLines, read_jsonl
 
@@ -304,7 +304,7 @@ def _grouped_rows(path: Path, tasks: list[dict], batch_rows: int = 1 << 20):
     lookup = {(str(t["node_id"]), str(t["trace_id"]), int(t["attempt"] or 0)): k for k, t in enumerate(tasks)}
     cols = ", ".join(f"'{f.name}': '{_DUCK_TYPES[f.type]}'" for f in PM_READ_SCHEMA)
     src = str(path).replace("'", "''")
-    con = duckdb.connect(config={"preserve_insertion_order": True})
+    con = duck.connect(preserve_insertion_order=True)
     last_key, last_id, last_ts = None, -1, None
     try:
         rel = con.sql(f"SELECT * FROM read_json('{src}', format='newline_delimited', columns={{{cols}}})")
@@ -376,7 +376,7 @@ def _fragment_rows(path: Path, tasks: list[dict], out: Path, batch_rows: int = 1
              f"FROM read_json('{src}', format='newline_delimited', columns={{{cols}}}) p "
              "JOIN task_keys t ON p.node_id = t.node_id AND p.trace_id = t.trace_id AND p.attempt = t.attempt "
              "ORDER BY t.id, p.ts_ms")
-    con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": str(spill)})
+    con = duck.connect(memory_limit="1GB", temp_directory=str(spill))
     try:
         con.register("task_keys", keys)
         rel = con.sql(query)

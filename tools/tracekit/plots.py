@@ -28,34 +28,44 @@ def _t0(r: ParseResult) -> int:
     return min(starts + enq) if (starts or enq) else 0
 
 
+RASTER_OVER = 3000  # tasks on one node beyond which its lanes are drawn as an image (bars below a pixel wide)
+RASTER_PX = 1600
+
+
 def gantt(r: ParseResult, path: Path) -> None:
-    """Tasks per node, one lane per concurrently running task, coloured by profile; failed/fenced hatched."""
+    """Tasks per node, one lane per concurrently running task, coloured by profile; failed/fenced hatched.
+
+    A node with more than ``RASTER_OVER`` tasks is drawn as an image of its lanes (one pixel column per
+    1/``RASTER_PX`` of the run, coloured by the profile running there): the same picture, drawn in a fraction of
+    the time, since such bars are narrower than a pixel anyway (its failed/fenced tasks are not hatched).
+    """
     runs = [i for i in r.invocations if _ran(i)]
     t0 = _t0(r)
     profiles = sorted({str(i.get("profile")) for i in runs})
     cmap = plt.get_cmap("tab10")
     colour = {p: cmap(k % 10) for k, p in enumerate(profiles)}
     nodes = [n.node_id for n in r.nodes]
+    by_node: dict[str, list[dict]] = {n: [] for n in nodes}
+    for i in runs:
+        by_node.setdefault(i["node_id"], []).append(i)
+    lanes_of = {n: assign_lanes([(i["ts_start"], i["ts_end"]) for i in by_node[n]]) for n in nodes}
+    lanes_total = sum((max(lanes_of[n]) if lanes_of[n] else 0) + 1 for n in nodes)
+    span_s = max([(i["ts_end"] - t0) / 1000 for i in runs] or [1.0])
     y, yticks, ylabels = 0.0, [], []
-    lanes_total = sum(max(assign_lanes([(i["ts_start"], i["ts_end"]) for i in runs if i["node_id"] == n]) or [0]) + 1
-                      for n in nodes)
     fig, ax = plt.subplots(figsize=(12, max(2.5, 0.35 * lanes_total + 0.6 * len(nodes) + 1.5)))
     for n in nodes:
-        mine = [i for i in runs if i["node_id"] == n]
-        lanes = assign_lanes([(i["ts_start"], i["ts_end"]) for i in mine])
+        mine, lanes = by_node[n], lanes_of[n]
         nl = (max(lanes) + 1) if lanes else 1
-        groups: dict[tuple, list[tuple[float, float]]] = {}
-        for inv, lane in zip(mine, lanes):  # one collection per (lane, profile, status): fast for 100k tasks
-            groups.setdefault((lane, str(inv.get("profile")), inv.get("status")), []).append(
-                ((inv["ts_start"] - t0) / 1000, (inv["ts_end"] - inv["ts_start"]) / 1000))
-        for (lane, prof, status), xr in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
-            ax.broken_barh(xr, (y + lane - 0.4, 0.8), facecolors=colour[prof], edgecolor="black",
-                           linewidth=0.4 if len(mine) < 2000 else 0.0, hatch=STATUS_HATCH.get(status))
+        if len(mine) > RASTER_OVER:
+            _gantt_image(ax, mine, lanes, nl, y, t0, span_s, profiles, colour)
+        else:
+            _gantt_bars(ax, mine, lanes, y, t0, colour)
         yticks.append(y + (nl - 1) / 2)
         ylabels.append(f"{n}\n({nl} lane{'s' if nl > 1 else ''})")
         y += nl + 0.6
+    ax.set_ylim(y - 1.0, -0.6)  # inverted: the first lane on top
+    ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     ax.set_yticks(yticks, ylabels)
-    ax.invert_yaxis()
     ax.set_xlabel("time since first enqueue / start (s)")
     ax.set_title(f"Tasks per node — {r.run_dir.name} ({len(runs)} executions)")
     handles = [Patch(facecolor=colour[p], edgecolor="black", label=p) for p in profiles]
@@ -67,6 +77,32 @@ def gantt(r: ParseResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _gantt_bars(ax, mine: list[dict], lanes: list[int], y: float, t0: int, colour: dict) -> None:
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for inv, lane in zip(mine, lanes):  # one collection per (lane, profile, status)
+        groups.setdefault((lane, str(inv.get("profile")), inv.get("status")), []).append(
+            ((inv["ts_start"] - t0) / 1000, (inv["ts_end"] - inv["ts_start"]) / 1000))
+    for (lane, prof, status), xr in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+        ax.broken_barh(xr, (y + lane - 0.4, 0.8), facecolors=colour[prof], edgecolor="black",
+                       linewidth=0.4 if len(mine) < 2000 else 0.0, hatch=STATUS_HATCH.get(status))
+
+
+def _gantt_image(ax, mine: list[dict], lanes: list[int], nl: int, y: float, t0: int, span_s: float,
+                 profiles: list[str], colour: dict) -> None:
+    from matplotlib.colors import ListedColormap
+
+    index = {p: k + 1 for k, p in enumerate(profiles)}
+    img = np.zeros((nl, RASTER_PX), dtype=np.int16)
+    scale = RASTER_PX / span_s
+    for inv, lane in zip(mine, lanes):  # a task covers at least the pixel it starts in
+        a = int((inv["ts_start"] - t0) / 1000 * scale)
+        b = max(a + 1, int(np.ceil((inv["ts_end"] - t0) / 1000 * scale)))
+        img[lane, max(a, 0):b] = index[str(inv.get("profile"))]
+    cmap = ListedColormap([(1, 1, 1, 0)] + [colour[p] for p in profiles])
+    ax.imshow(img, cmap=cmap, vmin=0, vmax=len(profiles), aspect="auto", interpolation="nearest",
+              extent=(0, span_s, y + nl - 0.5, y - 0.5))
 
 
 def utilisation(r: ParseResult, path: Path) -> None:
