@@ -3,9 +3,11 @@
 
 Synthetic raw logs (``tracekit.synthlogs``, exact raw formats) of N process samples are parsed by
 ``tools/parse_cts.py`` and exported by ``tools/export_opendc.py``, each in its own process so wall time and peak
-RSS are measured per step (``wait4``). The baseline, in the same invocation, is DuckDB reading the CTS
-``proc_metrics.jsonl`` the parse wrote and writing it to parquet. Quick mode: ~300 k samples (< 60 s);
-full mode (``--full``): 10 M samples (issue 4 §5: within 2 GB, target <= 1.5x DuckDB).
+RSS are measured per step (``wait4``). The export runs twice: as a user runs it after ``make parse`` (it reads the
+parser's binary row cache) and from ``proc_metrics.jsonl`` alone (cache removed: the like-for-like comparison).
+The baseline, in the same invocation, is DuckDB reading the CTS ``proc_metrics.jsonl`` the parse wrote and
+writing it to parquet. Quick mode: ~300 k samples (< 60 s); full mode (``--full``): 10 M samples (issue 4 §5:
+within 2 GB, target <= 1.5x DuckDB).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 TOOLS = HERE.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 
+from tracekit import cts_columnar  # noqa: E402
 from tracekit.synthlogs import SynthSpec, generate  # noqa: E402
 
 SAMPLES_PER_TASK = 100  # task_ms (5-15 s) / interval (100 ms)
@@ -68,19 +71,24 @@ def run(quick: bool, samples: int | None = None, keep: bool = False) -> list[dic
         env = dict(os.environ, PYTHONPATH=str(TOOLS))
         parse_s, parse_mb = _timed([sys.executable, str(TOOLS / "parse_cts.py"), "--input", str(run_dir),
                                     "--quiet"], env)
-        export_s, export_mb = _timed([sys.executable, str(TOOLS / "export_opendc.py"), "--input", str(run_dir),
-                                      "--output", str(tmp / "opendc"), "--quiet"], env)
-        pm = run_dir / "CTS" / "proc_metrics.jsonl"
+        export = [sys.executable, str(TOOLS / "export_opendc.py"), "--input", str(run_dir), "--quiet", "--output"]
+        export_s, export_mb = _timed([*export, str(tmp / "opendc")], env)
+        cts_dir = run_dir / "CTS"
+        cts_columnar.drop_rows_cache(cts_dir)
+        json_s, json_mb = _timed([*export, str(tmp / "opendc-json")], env)
+        pm = cts_dir / "proc_metrics.jsonl"
         duck_s, duck_mb = _timed([sys.executable, "-c", DUCKDB_SCRIPT, str(pm), str(tmp / "duck.parquet")], env)
         print(f"proc_metrics.jsonl: {pm.stat().st_size / 1e6:.0f} MB; parse {parse_s:.2f} s / {parse_mb:.0f} MB, "
-              f"export {export_s:.2f} s / {export_mb:.0f} MB, duckdb {duck_s:.2f} s / {duck_mb:.0f} MB",
-              file=sys.stderr)
+              f"export {export_s:.2f} s / {export_mb:.0f} MB (from JSONL {json_s:.2f} s / {json_mb:.0f} MB), "
+              f"duckdb {duck_s:.2f} s / {duck_mb:.0f} MB", file=sys.stderr)
         if keep:
             print(f"kept {tmp}", file=sys.stderr)
         size = f"{truth.samples / 1e6:.2f}M samples"
         rows = [
             {"bench": "parse_export", "metric": f"export s, proc_metrics.jsonl -> parquet ({size})",
-             "ours": export_s, "baseline": duck_s, "ratio": export_s / duck_s, "target": "<= 1.5 (vs DuckDB)"},
+             "ours": json_s, "baseline": duck_s, "ratio": json_s / duck_s, "target": "<= 1.5 (vs DuckDB)"},
+            {"bench": "parse_export", "metric": f"export s after parse (row cache) ({size})",
+             "ours": export_s, "baseline": duck_s, "ratio": export_s / duck_s, "target": "info"},
             {"bench": "parse_export", "metric": f"parse+export s, raw logs -> CTS+audit -> parquet ({size})",
              "ours": parse_s + export_s, "baseline": duck_s, "ratio": (parse_s + export_s) / duck_s,
              "target": "<= 1.5 (vs DuckDB)"},
@@ -89,8 +97,8 @@ def run(quick: bool, samples: int | None = None, keep: bool = False) -> list[dic
              "target": f"info: {parse_s * 1e6 * (os.cpu_count() or 1) / max(truth.samples, 1):.2f} core-us/sample"},
             {"bench": "parse_export", "metric": f"parse peak RSS MB ({size})", "ours": parse_mb,
              "baseline": duck_mb, "ratio": parse_mb / duck_mb, "target": "ours < 2048 MB"},
-            {"bench": "parse_export", "metric": f"export peak RSS MB ({size})", "ours": export_mb,
-             "baseline": duck_mb, "ratio": export_mb / duck_mb, "target": "ours < 2048 MB"},
+            {"bench": "parse_export", "metric": f"export peak RSS MB ({size})", "ours": max(export_mb, json_mb),
+             "baseline": duck_mb, "ratio": max(export_mb, json_mb) / duck_mb, "target": "ours < 2048 MB"},
         ]
         return rows
     finally:

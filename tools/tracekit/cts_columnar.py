@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -321,16 +322,30 @@ def drop_rows_cache(cts_dir: Path) -> None:
         (cts_dir / name).unlink(missing_ok=True)
 
 
-def read_rows_cache(cts_dir: Path) -> tuple[np.ndarray, dict[tuple, tuple[int, int]]] | None:
-    """The row cache of a CTS folder when it still mirrors its files: (rows memory-mapped, task key -> (first row,
-    rows)); None when absent or stale (then proc_metrics.jsonl is the source)."""
+@dataclass
+class RowsCache:
+    """A fresh row cache: ``rows`` binary rows from byte ``offset`` of ``path``; task key -> (first row, rows)."""
+
+    path: Path
+    offset: int
+    rows: int
+    index: dict[tuple, tuple[int, int]]
+
+    def read(self, first: int, count: int) -> np.ndarray:
+        """Rows ``first`` .. ``first + count`` (read, not mapped: memory stays bounded by what is asked)."""
+        return np.fromfile(self.path, dtype=ROW_DTYPE, count=count, offset=self.offset + first * ROW_DTYPE.itemsize)
+
+
+def read_rows_cache(cts_dir: Path) -> RowsCache | None:
+    """The row cache of a CTS folder when it still mirrors its files; None when absent or stale (then
+    proc_metrics.jsonl is the source)."""
     import orjson
 
     try:
         meta = orjson.loads((cts_dir / ROWS_CACHE_META).read_bytes())
         if meta.get("version") != 1 or any(_stamp(cts_dir / name) != stamp for name, stamp in meta["files"].items()):
             return None
-        rows = np.load(cts_dir / ROWS_CACHE, mmap_mode="r")
+        rows = np.load(cts_dir / ROWS_CACHE, mmap_mode="r")  # header only: the rows are read on demand
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if rows.dtype != ROW_DTYPE:
@@ -338,7 +353,7 @@ def read_rows_cache(cts_dir: Path) -> tuple[np.ndarray, dict[tuple, tuple[int, i
     index = {(b[0], b[1], b[2]): (b[3], b[4]) for b in meta["blocks"]}
     if sum(n for _, n in index.values()) != len(rows):
         return None
-    return rows, index
+    return RowsCache(cts_dir / ROWS_CACHE, rows.offset, len(rows), index)
 
 
 def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util: list[float],

@@ -179,7 +179,7 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     cache = cts_columnar.read_rows_cache(cts_dir)
     try:
         if cache is not None:  # the parser's binary copy of these very rows (it checks it still mirrors the files)
-            agg = _write_fragments(_progress(_cached_rows(*cache, tasks), progress), frag_tmp, n, task_mhz,
+            agg = _write_fragments(_progress(_cached_rows(cache, tasks), progress), frag_tmp, n, task_mhz,
                                    cpu_count, pm)
             summary.notes.append(f"fragments read from the parser's row cache ({cts_columnar.ROWS_CACHE})")
         try:  # fast path: proc_metrics as the parser wrote it (grouped by task in task order), read in file order
@@ -270,21 +270,23 @@ def _write_fragments(batches, frag_tmp: Path, n: int, task_mhz: np.ndarray, cpu_
     return dur_sum, rows, peak, cpu_sum, over
 
 
-def _cached_rows(rows: np.ndarray, index: dict[tuple, tuple[int, int]], tasks: list[dict],
-                 batch_rows: int = 1 << 20):
+def _cached_rows(cache: cts_columnar.RowsCache, tasks: list[dict], batch_rows: int = 1 << 20):
     """Batches (id, ts_ms, dt_ms, cpu_ms, rss_kb) of the exported tasks from the parser's row cache."""
     first = np.zeros(len(tasks), np.int64)
     count = np.zeros(len(tasks), np.int64)
     for k, t in enumerate(tasks):
-        first[k], count[k] = index.get((t["node_id"], t["trace_id"], t["attempt"]), (0, 0))
+        first[k], count[k] = cache.index.get((t["node_id"], t["trace_id"], t["attempt"]), (0, 0))
     lo = 0
     while lo < len(tasks):
         hi = min(max(int(np.searchsorted(np.cumsum(count[lo:]), batch_rows, side="right")) + lo, lo + 1),
                  len(tasks))
         c = count[lo:hi]
         ends = np.cumsum(c)
-        take = np.repeat(first[lo:hi] - (ends - c), c) + np.arange(int(ends[-1]) if len(ends) else 0)
-        sel = rows[take]
+        wanted = np.repeat(first[lo:hi] - (ends - c), c) + np.arange(int(ends[-1]))
+        base = int(wanted.min()) if len(wanted) else 0
+        # the exported tasks' rows lie in one span (file order = task order), with the left-out tasks' rows
+        span = cache.read(base, int(wanted.max()) + 1 - base) if len(wanted) else cache.read(0, 0)
+        sel = span[wanted - base]
         yield pa.RecordBatch.from_arrays(
             [pa.array(np.repeat(np.arange(lo, hi, dtype=np.int32), c)), pa.array(sel["ts_ms"]),
              pa.array(sel["dt_ms"]), pa.array(sel["cpu_us"] / 1000), pa.array(sel["rss_kb"], mask=sel["rss_null"])],
