@@ -364,3 +364,18 @@ def test_gantt_of_a_big_node_is_drawn_as_an_image_with_every_profile(synth, tmp_
     for k, p in enumerate(profiles):
         want = np.array(cmap(k % 10)[:3])
         assert (np.abs(img - want).max(axis=-1) < 0.02).sum() > 50, f"profile {p} not visible"
+
+
+def test_columnar_line_parts_equal_the_reference_template():
+    """The columnar path builds every task's constant line text at once; it must equal the reference's, escapes,
+    unicode, nulls, booleans and printf-looking text included."""
+    from tracekit.cts_columnar import const_parts
+
+    invs = [dict(pid=5, node_id="n1", trace_id='tr"q\\', attempt=1, starttime=None),
+            dict(pid=7, node_id="n1", trace_id="é%s\t", attempt=None, starttime=12),
+            dict(pid=8, node_id="n1", trace_id="abc", attempt=2, starttime=3),
+            dict(pid=True, node_id="n2", trace_id=None, attempt=2.5, starttime=3)]
+    for sub in (invs, invs[2:3], invs[2:], [invs[2], dict(invs[2], pid=9)]):
+        parts = const_parts(sub)
+        for j, inv in enumerate(sub):
+            assert [p if isinstance(p, str) else p[j].as_py() for p in parts] == cts.row_template_parts(inv)

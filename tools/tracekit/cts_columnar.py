@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import duck, schema
-from .cts import _VAR_ORDER, row_template_parts, task_key
+from .cts import _VAR_ORDER, _json_value, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
@@ -180,7 +180,7 @@ class _FastTasks:
         self.has_fb = np.array([x is not None for x in fb], dtype=bool)
         self.use_cg = np.array([t.use_cg for t in ts], dtype=bool)
         self.tid = pa.array([t.trace_id for t in ts], type=pa.string())
-        self.const_bytes = np.array([_const_bytes(row_template_parts(t.inv)) for t in ts], dtype=np.int64)
+        self.const_bytes = _const_bytes(const_parts([t.inv for t in ts]), len(ts))
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Fast id per packed key, -1 when none."""
@@ -194,9 +194,50 @@ ROW_DTYPE = np.dtype([("ts_ms", "<i8"), ("dt_ms", "<i8"), ("cpu_us", "<i8"), ("r
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
-def _const_bytes(parts: list[str]) -> int:
-    """Bytes of a task's line besides the digits of its values: the constant parts, "." and 3 decimals of cpu_ms."""
-    return sum(len(p.encode()) for p in parts) + 4
+def _json_texts(values: list) -> str | pa.Array:
+    """JSON text of each value (``cts._json_value``) as a string array, or one str when they are all equal."""
+    if values and all(v == values[0] and type(v) is type(values[0]) for v in values):
+        return _json_value(values[0])
+    kinds = {type(v) for v in values} - {type(None)}
+    arr = None
+    if kinds == {int}:
+        arr = pc.cast(pa.array(values, pa.int64()), pa.string())
+    elif kinds == {str}:
+        arr = pa.array(values, pa.string())
+        plain = pc.and_(pc.ascii_is_printable(arr), pc.invert(pc.match_substring_regex(arr, r'["\\]')))
+        arr = pc.binary_join_element_wise('"', arr, '"', "") if pc.all(plain.fill_null(True)).as_py() else None
+    if arr is None:  # anything else (escapes, mixed types): the reference formatting, value by value
+        return pa.array([_json_value(v) for v in values], pa.string())
+    return arr.fill_null("null")
+
+
+def const_parts(invs: list[dict]) -> list[str | pa.Array]:
+    """``cts.row_template_parts`` of many tasks at once: per part a str (the same for all) or one string each."""
+    parts: list[str | pa.Array] = []
+    pieces: list[str | pa.Array] = ["{"]
+    for k, f in enumerate(schema.PROC_METRIC_FIELDS):
+        pieces.append(("," if k else "") + f'"{f}":')
+        if f in _VAR_ORDER:
+            parts.append(_join(pieces))
+            pieces = []
+        else:
+            pieces.append(_json_texts([inv.get(f) for inv in invs]))
+    parts.append(_join([*pieces, "}\n"]))
+    return parts
+
+
+def _join(pieces: list[str | pa.Array]) -> str | pa.Array:
+    if all(isinstance(p, str) for p in pieces):
+        return "".join(pieces)
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _const_bytes(parts: list[str | pa.Array], n: int) -> np.ndarray:
+    """Bytes of each task's line besides the digits of its values: the constant parts, "." and 3 decimals."""
+    out = np.full(n, 4, dtype=np.int64)
+    for p in parts:
+        out += len(p.encode()) if isinstance(p, str) else np.asarray(pc.binary_length(p), dtype=np.int64)
+    return out
 
 
 def _digits(x: np.ndarray) -> np.ndarray:
@@ -253,9 +294,7 @@ def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int
             starts = np.array([b[0] for b in chunk], dtype=np.int64) - first
             if len(sel) != counts.sum() or (starts != np.concatenate(([0], np.cumsum(counts)[:-1]))).any():
                 raise RuntimeError(f"{cols_path}: row blocks are not contiguous (internal error)")
-            per_task = [row_template_parts(b[4]) for b in chunk]
-            parts = [per_task[0][k] if all(p[k] == per_task[0][k] for p in per_task)
-                     else pa.array([p[k] for p in per_task]) for k in range(len(per_task[0]))]
+            parts = const_parts([b[4] for b in chunk])
             lines = _format(sel, np.repeat(np.arange(len(chunk)), counts), parts)
             offs = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
             data = memoryview(lines.buffers()[2])
