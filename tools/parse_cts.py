@@ -29,8 +29,8 @@ def main() -> int:
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--engine", choices=("python", "duckdb"), default="python",
-                    help="python: streaming parser (default); duckdb: independent SQL implementation writing "
-                         "identical files (a cross-check)")
+                    help="python: columnar reader, streaming reader as reference and fallback (default); duckdb: "
+                         "independent SQL implementation writing identical files (a cross-check)")
     a = ap.parse_args()
     if a.input:
         run_dir = Path(a.input)

@@ -1,9 +1,11 @@
 """Raw logs of a run -> CTS (DESIGN.md §8): ``invocations.jsonl``, ``proc_metrics.jsonl``, ``nodes.json``.
 
-Streaming: events are small (one line per task) and are read whole; samples are streamed node by node, keeping
-state only for the processes of the node's tasks, and each task's raw samples are buffered only while it runs. When
-the task ends they are cut into rows (``_cut_block``) and its block of rows goes to a scratch file; a second pass
-copies the blocks in the final task order, so memory never holds all samples. Processes are keyed by
+Events are small (one line per task) and are read whole. Samples are cut node by node (nodes in parallel processes)
+in two passes: pass 1 reads a node's samples and cuts each task into rows when it ends, keeping only the samples of
+running tasks in memory; pass 2 puts every task's block of rows in its place in the final file. Pass 1 has two
+readers giving the same bytes: ``cts_columnar`` (DuckDB + numpy, binary rows formatted in pass 2) for every
+well-formed file, and the streaming reference here (``_Parser._cut_node``: orjson line by line, text blocks copied
+in pass 2), which takes over any file the columnar reader cannot read exactly. Processes are keyed by
 (node_id, pid, starttime); node timestamps get the node's clock offset; CPU ticks and pages are converted with the
 collecting host's CLK_TCK and page size.
 
@@ -1043,8 +1045,9 @@ ENGINES = ("python", "duckdb")
 
 
 def check_engine(engine: str) -> str:
-    """``python``: the streaming engine (default, the reference); ``duckdb``: an independent SQL implementation of
-    the same cut that writes byte-identical files (a cross-check; on 2 cores it is slower and uses more memory)."""
+    """``python``: the columnar reader with the streaming one as reference and fallback (default); ``duckdb``: an
+    independent SQL implementation of the same cut that writes byte-identical files (a cross-check; on 2 cores it
+    is slower and uses more memory)."""
     if engine not in ENGINES:
         raise UserError(f"unknown parse engine {engine!r} (use {', '.join(ENGINES)})")
     if engine == "duckdb":
@@ -1059,7 +1062,7 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
               engine: str = "python") -> ParseResult:
     """Parse (and merge) every node of ``run_dir`` into CTS files under ``out_dir`` (default ``run_dir/CTS``).
 
-    ``engine``: ``python`` streams samples through ``intervals.TaskIntervals`` (nodes in parallel processes);
+    ``engine``: ``python`` cuts with ``cts_columnar`` or the streaming reader (nodes in parallel processes);
     ``duckdb`` does the same cut in SQL (``cts_sql``); both write identical files (see ``check_engine``).
     """
     with _no_cyclic_gc():
