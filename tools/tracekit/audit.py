@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cts import ParseResult, task_key
+from .cts import ParseResult, no_cyclic_gc, parse_run, task_key
 from .intervals import max_overlap
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -85,12 +85,12 @@ def check_nodes(r: ParseResult) -> Check:
 
 def check_fields(r: ParseResult) -> Check:
     """Field completeness of invocations."""
-    ran = [i for i in r.invocations if _ran(i)]
-    miss_req: Counter = Counter()
-    miss_exp: Counter = Counter()
-    for inv in ran:
-        miss_req.update(f for f in REQUIRED_RAN if inv.get(f) is None)
-        miss_exp.update(f for f in EXPECTED_RAN if inv.get(f) is None)
+    ran = r.executed()
+    fields = (*REQUIRED_RAN, *EXPECTED_RAN)
+    columns = zip(*[[inv.get(f) for f in fields] for inv in ran]) if ran else [() for _ in fields]
+    missing = {f: n for f, col in zip(fields, columns) if (n := col.count(None))}
+    miss_req = Counter({f: n for f, n in missing.items() if f in REQUIRED_RAN})
+    miss_exp = Counter({f: n for f, n in missing.items() if f in EXPECTED_RAN})
     not_ran = [i for i in r.invocations if not _ran(i)]
     no_reason = sum(1 for i in not_ran if not i.get("error"))
     details = [f"required field `{f}` missing in {c} executed invocation(s)" for f, c in sorted(miss_req.items())]
@@ -114,11 +114,8 @@ def check_temporal(r: ParseResult) -> Check:
     within: Counter = Counter()
     worst: dict = {}
     examples = []
-    checked = 0
-    for inv in r.invocations:
-        if not _ran(inv):
-            continue
-        checked += 1
+    checked = len(r.executed())
+    for inv in r.executed():
         for a, b in pairs:
             if inv.get(a) is None or inv.get(b) is None:
                 continue
@@ -155,9 +152,7 @@ def check_xref(r: ParseResult) -> Check:
                 for n in r.nodes}
     without_short, without_long = [], []
     at_exit_only = 0
-    for inv in r.invocations:
-        if not _ran(inv):
-            continue
+    for inv in r.executed():
         key = task_key(inv["node_id"], inv["trace_id"], inv["attempt"])
         if r.task_samples.get(key, 0) == 0:
             st = r.stats.get(key)
@@ -191,7 +186,7 @@ def check_xref(r: ParseResult) -> Check:
                        "PROC_MATCH); ignored — set PROC_PID_DIR to sample traced tasks only")
     if r.trace_mismatch:
         details.append(f"{r.trace_mismatch} sample(s) whose trace_id differs from their process's exec event")
-    ran = sum(1 for i in r.invocations if _ran(i))
+    ran = len(r.executed())
     verdict = (FAIL if (without_long or unknown or r.trace_mismatch)
                else WARN if (without_short or r.untracked_samples or killed) else PASS)
     if at_exit_only:
@@ -238,8 +233,8 @@ def check_cpu(r: ParseResult) -> Check:
 def check_capacity(r: ParseResult) -> Check:
     """Sum of cpu_units of overlapping tasks never above the node's capacity."""
     spans = defaultdict(list)
-    for inv in r.invocations:
-        if _ran(inv) and inv.get("cpu_units") is not None:
+    for inv in r.executed():
+        if inv.get("cpu_units") is not None:
             spans[inv["node_id"]].append((inv["ts_start"], inv["ts_end"], inv["cpu_units"]))
     details, verdicts = [], []
     for n in r.nodes:
@@ -372,8 +367,12 @@ def overall(checks: list[Check]) -> str:
 def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool = True,
                     progress: bool = False, engine: str = "python") -> tuple[ParseResult, list[Check], Path]:
     """The whole ``make parse``: raw logs -> CTS files, plots, ``audit_report.md``."""
-    from .cts import parse_run
+    with no_cyclic_gc():  # the checks and plots walk the run's long-lived containers too
+        return _parse_and_audit(run_dir, out_dir, with_plots, progress, engine)
 
+
+def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool, progress: bool,
+                     engine: str) -> tuple[ParseResult, list[Check], Path]:
     r = parse_run(run_dir, out_dir, progress=progress, engine=engine)
     figs = None
     if not with_plots:

@@ -113,7 +113,7 @@ class NodeInfo:
 
 
 @contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
     """Pause Python's cyclic garbage collector (restored after).
 
     The parse builds millions of containers that live long (invocations, tasks, buffered samples) and makes no
@@ -241,6 +241,15 @@ class ParseResult:
     util_bin_ms: int = 1000
     util_t0: int = 0
     util: dict[str, list[float]] = field(default_factory=dict)  # node -> CPU ms per bin
+
+    _executed: list[dict] | None = field(default=None, repr=False, compare=False)
+
+    def executed(self) -> list[dict]:
+        """The invocations that ran (pid, ts_start and ts_end known), in invocation order; computed once."""
+        if self._executed is None:
+            self._executed = [i for i in self.invocations if i.get("pid") is not None
+                              and i.get("ts_start") is not None and i.get("ts_end") is not None]
+        return self._executed
 
     def files(self) -> dict[str, Path]:
         return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
@@ -871,7 +880,7 @@ def _cut_one_node(run_dir: Path, out_dir: Path, node: NodeInfo, tasks: list[Task
                   nbins: int, threads: int, scratch_path: Path, progress: bool = False) -> tuple[ParseResult, dict]:
     """Pass 1 for one node (a separate process when nodes run in parallel): rows into its own scratch file."""
     samples = run_dir / node.node_id / "samples.jsonl"
-    with open(scratch_path, "wb") as scratch, _no_cyclic_gc():
+    with open(scratch_path, "wb") as scratch, no_cyclic_gc():
         fallback = None
         if samples.exists() and COLUMNAR:
             from . import cts_columnar
@@ -1065,7 +1074,7 @@ def parse_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: 
     ``engine``: ``python`` cuts with ``cts_columnar`` or the streaming reader (nodes in parallel processes);
     ``duckdb`` does the same cut in SQL (``cts_sql``); both write identical files (see ``check_engine``).
     """
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         return _parse_run(Path(run_dir), Path(out_dir) if out_dir else Path(run_dir) / "CTS", progress, engine)
 
 
