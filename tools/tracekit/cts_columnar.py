@@ -61,20 +61,54 @@ def _count_lines(path: Path) -> int:
 
 
 def _batches(path: Path, threads: int):
-    """The file's ticks as arrow batches of (ts, procs), every value as its JSON text."""
+    """The file's lines as arrow batches of (ts, procs), every value as its JSON text (nulls where unreadable)."""
     import duckdb
 
     con = duck.connect(threads=threads)
     src = "'" + str(path).replace("'", "''") + "'"
     try:
-        rel = con.sql(f"SELECT ts, procs FROM read_json({src}, format='newline_delimited', "
-                      "columns={'ts': 'JSON', 'procs': 'JSON[][]'})")
+        rel = con.sql(f"SELECT ts, procs FROM read_json({src}, format='newline_delimited', ignore_errors=true, "
+                      "columns={'ts': 'JSON', 'procs': 'JSON[][]'})")  # an unreadable line: a row of nulls
         reader = rel.to_arrow_reader if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch  # duckdb < 1.4
         yield from reader(BATCH_TICKS)
     except duckdb.Error as exc:
         raise Unsupported(f"DuckDB could not read it ({str(exc).splitlines()[0][:160]})") from None
     finally:
         con.close()
+
+
+def _raw_lines(path: Path, numbers: list[int]):
+    """(line number, bytes) of the given lines of a file, in file order."""
+    wanted = set(numbers)
+    if not wanted:
+        return
+    last = max(wanted)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno in wanted:
+                yield lineno, raw
+            if lineno >= last:
+                return
+
+
+def _bad_line(raw: bytes) -> str | None:
+    """What the streaming reader reports for a samples line: its reason, "" for a blank line (skipped silently),
+    None for a valid tick. (The same rules as ``cts._Parser._cut_node``.)"""
+    from .cts import _NUMT
+    from .jsonl import fast_loads
+
+    try:
+        tick = fast_loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if not raw.strip():
+            return ""
+        kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
+        return f"{kind} ({exc.__class__.__name__})"
+    if type(tick) is not dict:
+        return "not a JSON object"
+    if type(tick.get("ts")) not in _NUMT or type(tick.get("procs")) is not list:
+        return "sample tick without numeric ts / procs list"
+    return None
 
 
 def _numbers(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,18 +147,24 @@ class _Samples:
 
     def __init__(self, batch: pa.RecordBatch, off: float, last_t: float) -> None:
         ts_txt, procs = batch.column(0), batch.column(1)
-        if ts_txt.null_count or procs.null_count:
-            raise Unsupported("a tick without ts or procs list")
+        # a line DuckDB could not read (null, null) or a tick without numeric ts / procs list: the streaming
+        # reader's rules decide what it is (see _bad_line); it is no tick here
+        usable = np.asarray(pc.and_(procs.is_valid(), pc.match_substring_regex(ts_txt, r"^-?[0-9]")).fill_null(False),
+                            dtype=bool)
+        self.bad_rows = np.flatnonzero(~usable)
+        if len(self.bad_rows):
+            ts_txt = pc.if_else(pa.array(usable), ts_txt, "0")
         ts, _ = _numbers(ts_txt, "ts")
-        self.tick_t = ts + off
+        self.tick_t = np.where(usable, ts + off, -np.inf)
         run = np.maximum.accumulate(np.concatenate(([last_t], self.tick_t)))
-        accepted = self.tick_t >= run[:-1]  # a tick below an earlier one: the node's clock stepped back
-        self.last_t, self.ticks, self.nonmono = float(run[-1]), int(accepted.sum()), int((~accepted).sum())
+        accepted = usable & (self.tick_t >= run[:-1])  # a tick below an earlier one: the node's clock stepped back
+        self.last_t, self.ticks = float(run[-1]), int(accepted.sum())
+        self.nonmono = int((usable & ~accepted).sum())
         entries = procs.flatten()
         lengths = np.asarray(pc.list_value_length(entries).fill_null(-1))
         if (lengths != len(_F)).any():
             raise Unsupported(f"a sample entry is not a list of {len(_F)} values")
-        tick = np.repeat(np.arange(len(ts)), np.asarray(pc.list_value_length(procs)))
+        tick = np.repeat(np.arange(len(ts)), np.asarray(pc.list_value_length(procs).fill_null(0)))
         keep = accepted[tick]
         sel = np.flatnonzero(keep)
         if len(sel) < len(tick):
@@ -423,6 +463,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     expected = _count_lines(path) if p.progress else None
     lines = 0
     matched_by_reference = False
+    bad_lines: list[int] = []  # line numbers (if no line is blank) of the lines that are no tick here
     last_t = float("-inf")
     nonmono = nsamples = nticks = 0
     from tqdm import tqdm
@@ -431,6 +472,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
               desc=f"parse {node.node_id}", disable=not p.progress) as bar:
         for batch in (_batches(path, threads) if path.stat().st_size else ()):
             s = _Samples(batch, node.offset_ms, last_t)
+            bad_lines += (lines + 1 + s.bad_rows).tolist()
             last_t = s.last_t
             nonmono += s.nonmono
             nticks += s.ticks
@@ -462,10 +504,16 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
                 is_cut |= done
             while heap and heap[0][0] <= last_t:
                 p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
-    if matched_by_reference and expected is None:
+    if (matched_by_reference or bad_lines) and expected is None:
         expected = _count_lines(path)
     if expected is not None and lines != expected:
         raise Unsupported(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
+    for lineno, raw in _raw_lines(path, bad_lines):
+        why = _bad_line(raw)
+        if why is None:
+            raise Unsupported(f"line {lineno} is a tick DuckDB could not read")
+        if why:
+            r.bad.add(f"{path}:{lineno}", why)
     if (~is_cut).any():
         _cut_done(p, fast, np.flatnonzero(~is_cut), pending, cols, index, util, seen, mismatch)
     while heap:
