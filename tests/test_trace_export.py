@@ -219,7 +219,7 @@ def test_parser_output_takes_the_streaming_path(parsed, tmp_path, monkeypatch):
     assert s.tasks == 15 and s.fragments == len(pq.read_table(tmp_path / "od" / "fragments.parquet"))
 
 
-def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_path):
+def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_path, monkeypatch):
     """The parser's binary row cache is only a faster way to the same fragments: it is used when it mirrors the CTS
     files, and ignored (proc_metrics.jsonl read instead) when they changed or a node was parsed without it."""
     from tracekit import cts_columnar
@@ -245,6 +245,7 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
     assert not any("row cache" in n for n in s.notes)
     for name in ("tasks.parquet", "fragments.parquet"):
         assert pq.read_table(tmp_path / "cached" / name).equals(pq.read_table(tmp_path / "json" / name)), name
-    bad = synthlogs.generate(tmp_path / "bad", SynthSpec(tasks=8, malformed=True))
-    audit.parse_and_audit(bad.run_dir, with_plots=False)
-    assert not (bad.run_dir / "CTS" / cts_columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"
+    streamed = synthlogs.generate(tmp_path / "streamed", SynthSpec(tasks=8))
+    monkeypatch.setattr(cts, "COLUMNAR", False)
+    audit.parse_and_audit(streamed.run_dir, with_plots=False)
+    assert not (streamed.run_dir / "CTS" / cts_columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"
