@@ -165,4 +165,4 @@ def test_columnar_cutter_equals_batch_cutter(seed):
             assert (got.task[a:b] == j).all()
             assert [(int(got.ts_ms[i]), int(got.dt_ms[i]), int(got.cpu_us[i]),
                      None if got.rss_null[i] else int(got.rss_kb[i])) for i in range(a, b)] == rows
-            assert got.stats(j) == st
+            assert got.task_stats()[j] == st

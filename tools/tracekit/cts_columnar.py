@@ -521,9 +521,9 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     for t in slow:
         if t.late:
             t.stats.samples_after += t.late
-    for k, t in enumerate(fast.tasks):
-        t.late = int(late[k])
-        t.stats.samples_after += t.late
+    for t, n in zip(fast.tasks, late.tolist()):
+        if n:
+            t.stats.samples_after += n
     r.samples_read += nsamples
     r.ticks_read += nticks
     r.non_monotonic_ticks[node.node_id] = nonmono
@@ -559,22 +559,22 @@ def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, cols, index: 
     cpu_sum = np.add.reduceat(cut.cpu_us, cut.first_row[:-1]) if len(cut.cpu_us) else np.zeros(0, np.int64)
     path = Path(cols.name)
     r = p.r
-    for k, fi in enumerate(ids.tolist()):
-        task = fast.tasks[fi]
-        task.done = True
-        task.samples = int(seen[fi])
-        task.trace_mismatch = int(mismatch[fi])
-        task.stats = st = cut.stats(k)
-        key = task_key(task.inv["node_id"], task.inv["trace_id"], task.inv["attempt"])
-        index[key] = Block(path, first_row + int(cut.first_row[k]), int(nbytes[k]), st.rows)
-        r.stats[key] = st
-        r.task_samples[key] = task.samples
-        r.rows_per_task[key] = st.rows
-        r.exact_us[key] = task.cutter.total_us
-        r.cpu_rows_us[key] = int(cpu_sum[k])
-        r.cpu_source[key] = "cgroup" if task.use_cg else "ticks"
-        r.trace_mismatch += task.trace_mismatch
-        r.rows_written += st.rows
+    tasks = [fast.tasks[fi] for fi in ids.tolist()]
+    keys = [task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"]) for t in tasks]
+    rows = (cut.used + 1).tolist()
+    stats = cut.task_stats()
+    for t, st in zip(tasks, stats):
+        t.stats = st
+    starts = (first_row + cut.first_row[:-1]).tolist()
+    index.update(zip(keys, (Block(path, a, b, n) for a, b, n in zip(starts, nbytes.tolist(), rows))))
+    r.stats.update(zip(keys, stats))
+    r.task_samples.update(zip(keys, seen[ids].tolist()))
+    r.rows_per_task.update(zip(keys, rows))
+    r.exact_us.update(zip(keys, fast.total[ids].tolist()))
+    r.cpu_rows_us.update(zip(keys, cpu_sum.tolist()))
+    r.cpu_source.update(zip(keys, np.where(fast.use_cg[ids], "cgroup", "ticks").tolist()))
+    r.trace_mismatch += int(mismatch[ids].sum())
+    r.rows_written += int(cut.used.sum()) + len(ids)
     return [rest] if len(rest[0]) else []
 
 

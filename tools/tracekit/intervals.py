@@ -170,12 +170,11 @@ class ColumnarCut:
     over_us: np.ndarray
     last_us: np.ndarray
 
-    def stats(self, j: int) -> TaskStats:
-        """Task ``j``'s ``TaskStats``."""
-        return TaskStats(samples_used=int(self.used[j]), samples_before=int(self.before[j]),
-                         samples_after=int(self.after[j]), samples_merged=int(self.merged[j]),
-                         non_monotonic=int(self.down[j]), over_us=int(self.over_us[j]),
-                         last_sampled_us=int(self.last_us[j]), rows=int(self.used[j]) + 1)
+    def task_stats(self) -> list[TaskStats]:
+        """Every task's ``TaskStats``, in task order."""
+        return [TaskStats(*v) for v in zip(self.used.tolist(), self.before.tolist(), self.after.tolist(),
+                                           self.merged.tolist(), self.down.tolist(), self.over_us.tolist(),
+                                           self.last_us.tolist(), (self.used + 1).tolist())]
 
 
 _SEGMENT_LIMIT = 1 << 62  # segment id x span must stay inside int64 for the segmented running maxima
