@@ -149,12 +149,16 @@ class _Samples:
         ts_txt, procs = batch.column(0), batch.column(1)
         # a line DuckDB could not read (null, null) or a tick without numeric ts / procs list: the streaming
         # reader's rules decide what it is (see _bad_line); it is no tick here
-        usable = np.asarray(pc.and_(procs.is_valid(), pc.match_substring_regex(ts_txt, r"^-?[0-9]")).fill_null(False),
-                            dtype=bool)
+        try:  # the usual case: every line a tick
+            if ts_txt.null_count or procs.null_count:
+                raise Unsupported("a line without ts or procs")
+            ts, _ = _numbers(ts_txt, "ts")
+            usable = np.ones(len(ts), dtype=bool)
+        except Unsupported:
+            usable = np.asarray(pc.and_(procs.is_valid(), pc.match_substring_regex(ts_txt, r"^-?[0-9]"))
+                                .fill_null(False), dtype=bool)
+            ts, _ = _numbers(pc.if_else(pa.array(usable), ts_txt, "0"), "ts")
         self.bad_rows = np.flatnonzero(~usable)
-        if len(self.bad_rows):
-            ts_txt = pc.if_else(pa.array(usable), ts_txt, "0")
-        ts, _ = _numbers(ts_txt, "ts")
         self.tick_t = np.where(usable, ts + off, -np.inf)
         run = np.maximum.accumulate(np.concatenate(([last_t], self.tick_t)))
         accepted = usable & (self.tick_t >= run[:-1])  # a tick below an earlier one: the node's clock stepped back
