@@ -286,7 +286,8 @@ def _cached_rows(cache: cts_columnar.RowsCache, tasks: list[dict], batch_rows: i
         base = int(wanted.min()) if len(wanted) else 0
         # the exported tasks' rows lie in one span (file order = task order), with the left-out tasks' rows
         span = cache.read(base, int(wanted.max()) + 1 - base) if len(wanted) else cache.read(0, 0)
-        sel = span[wanted - base]
+        contiguous = len(span) == len(wanted) and bool((np.diff(wanted) == 1).all())  # nothing left out between
+        sel = span if contiguous else span[wanted - base]
         yield pa.RecordBatch.from_arrays(
             [pa.array(np.repeat(np.arange(lo, hi, dtype=np.int32), c)), pa.array(sel["ts_ms"]),
              pa.array(sel["dt_ms"]), pa.array(sel["cpu_us"] / 1000), pa.array(sel["rss_kb"], mask=sel["rss_null"])],
