@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -510,7 +511,6 @@ class _Parser:
     def _cut_parallel(self, jobs: list, workers: int, pending: list) -> list:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
 
         from tqdm import tqdm
 
@@ -961,6 +961,8 @@ def _assemble(invocations: list[dict], index: dict[tuple, Block], final_tmp: Pat
                     _write_rows_job(k)
             for f in futs:
                 f.result()
+        except BrokenProcessPool:
+            raise UserError("a parse worker process died (out of memory?): re-run, or free memory") from None
         finally:
             _ASSEMBLE_JOBS = None
     return cached if cache else None

@@ -3,11 +3,12 @@
 DuckDB reads the node's ``samples.jsonl`` into arrow columns in batches of ticks (every JSON value kept as its
 text, so types can be checked), numpy matches samples to tasks by ``(pid, starttime)`` and cuts them
 (``intervals.cut_rows_columnar``), pyarrow formats the proc_metrics lines. The result is byte-identical to the
-streaming reference (``cts._Parser._cut_node``), which stays in charge of everything unusual: a file with a
-malformed, truncated or blank line, a value of an unexpected JSON type, an escaped trace_id or a number beyond
-2^53 raises ``Unsupported`` and the node is re-read by the reference (which reports such lines with file:line).
-Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without starttime,
-orphans, untracked processes) go through the reference's own ``_match`` and ``_flush``.
+streaming reference (``cts._Parser._cut_node``). Lines DuckDB cannot read (garbage, a truncated last line) come
+back as nulls and are judged and reported by the reference's rules (``_bad_line``). Whatever else only the
+reference reads exactly (a tick with a bad entry, a value of an unexpected JSON type, an escaped trace_id, a number
+beyond 2^53, a blank line when a line number must be reported) raises ``Unsupported`` and the node is re-read by
+the reference. Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without
+starttime, orphans, untracked processes) go through the reference's own ``_match`` and ``_flush``.
 
 Two passes, like the reference: pass 1 (``cut_node``) writes each task's rows as binary columns (``ROW_DTYPE``, a
 fifth of the text's size) with the exact byte length its text will have; once every block's place in the final
