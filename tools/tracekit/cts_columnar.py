@@ -92,6 +92,16 @@ def _raw_lines(path: Path, numbers: list[int]):
                 return
 
 
+def _report_bad_lines(bad, path: Path, numbers: list[int]) -> None:
+    """Report the lines that were no tick here the way the streaming reader does (``bad``: a ``BadLines``)."""
+    for lineno, raw in _raw_lines(path, numbers):
+        why = _bad_line(raw)
+        if why is None:
+            raise Unsupported(f"line {lineno} is a tick DuckDB could not read")
+        if why:
+            bad.add(f"{path}:{lineno}", why)
+
+
 def _bad_line(raw: bytes) -> str | None:
     """What the streaming reader reports for a samples line: its reason, "" for a blank line (skipped silently),
     None for a valid tick. (The same rules as ``cts._Parser._cut_node``.)"""
@@ -189,6 +199,18 @@ class _Samples:
         self.rss_v, self.has_rss = _numbers(field("rss_pages"), "rss_pages")
         self.cgu_v, self.has_cgu = _numbers(field("cg_cpu_us"), "cg_cpu_us")
         self.cgk_v, self.has_cgk = _numbers(field("cg_mem_kb"), "cg_mem_kb")
+
+    def cpu_and_rss(self, m: np.ndarray, use_cg: np.ndarray, us_per_tick: float,
+                    kb_per_page: float) -> tuple[np.ndarray, ...]:
+        """Cumulative CPU (µs) and RSS (KB) of samples ``m`` with their presence masks, from the sources the
+        reference prefers (``cts._cut_block``): the cgroup's µs when the task has its own cgroup, else ticks; pages,
+        else the cgroup's memory. ``use_cg``: whether each sample's task ran in its own cgroup."""
+        use_cg = use_cg & self.has_cgu[m]
+        has_cum = use_cg | self.has_ticks[m]
+        cum = np.where(use_cg, np.trunc(self.cgu_v[m]), np.trunc(self.ticks_v[m] * us_per_tick)).astype(np.int64)
+        has_rss = self.has_rss[m] | self.has_cgk[m]
+        rss = np.where(self.has_rss[m], np.trunc(self.rss_v[m] * kb_per_page), np.trunc(self.cgk_v[m]))
+        return cum, has_cum, rss.astype(np.int64), has_rss
 
     def keys(self) -> np.ndarray:
         """Packed (pid, starttime) per sample; -1 where it cannot name a fast task."""
@@ -497,12 +519,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
             seen += np.bincount(f, minlength=n)
             differs = np.asarray(pc.not_equal(s.tid.take(pa.array(m)), fast.tid.take(pa.array(f))).fill_null(True))
             mismatch += np.bincount(f[differs], minlength=n)
-            use_cg = fast.use_cg[f] & s.has_cgu[m]
-            has_cum = use_cg | s.has_ticks[m]
-            cum = np.where(use_cg, np.trunc(s.cgu_v[m]), np.trunc(s.ticks_v[m] * us_per_tick)).astype(np.int64)
-            has_rss = s.has_rss[m] | s.has_cgk[m]
-            rss = np.where(s.has_rss[m], np.trunc(s.rss_v[m] * kb_per_page), np.trunc(s.cgk_v[m])).astype(np.int64)
-            pending.append((f, t, cum, has_cum, rss, has_rss))
+            pending.append((f, t, *s.cpu_and_rss(m, fast.use_cg[f], us_per_tick, kb_per_page)))
             done = ~is_cut & (fast.end <= last_t)
             if done.any():
                 pending = _cut_done(p, fast, np.flatnonzero(done), pending, cols, index, util, seen, mismatch)
@@ -513,12 +530,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
         expected = _count_lines(path)
     if expected is not None and lines != expected:
         raise Unsupported(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
-    for lineno, raw in _raw_lines(path, bad_lines):
-        why = _bad_line(raw)
-        if why is None:
-            raise Unsupported(f"line {lineno} is a tick DuckDB could not read")
-        if why:
-            r.bad.add(f"{path}:{lineno}", why)
+    _report_bad_lines(r.bad, path, bad_lines)
     if (~is_cut).any():
         _cut_done(p, fast, np.flatnonzero(~is_cut), pending, cols, index, util, seen, mismatch)
     while heap:
@@ -526,9 +538,9 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     for t in slow:
         if t.late:
             t.stats.samples_after += t.late
-    for t, n in zip(fast.tasks, late.tolist()):
-        if n:
-            t.stats.samples_after += n
+    for t, count in zip(fast.tasks, late.tolist()):
+        if count:
+            t.stats.samples_after += count
     r.samples_read += nsamples
     r.ticks_read += nticks
     r.non_monotonic_ticks[node.node_id] = nonmono
