@@ -257,6 +257,7 @@ class _FastTasks:
         return np.where(self.keys[pos] == keys, self.order[pos], -1)
 
 
+_DECIMALS = pa.array([f".{k:03d}" for k in range(1000)])  # the µs part of cpu_ms, by table (faster than padding)
 ROW_DTYPE = np.dtype([("ts_ms", "<i8"), ("dt_ms", "<i8"), ("cpu_us", "<i8"), ("rss_kb", "<i8"), ("rss_null", "?")])
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
@@ -327,7 +328,7 @@ def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArr
 
     cpu = rows["cpu_us"]
     values = {"ts_ms": [text(rows["ts_ms"])], "dt_ms": [text(rows["dt_ms"])],
-              "cpu_ms": [text(cpu // 1000), ".", pc.utf8_lpad(text(cpu % 1000), 3, "0")],
+              "cpu_ms": [text(cpu // 1000), _DECIMALS.take(pa.array(cpu % 1000))],
               "rss_kb": [pc.cast(pa.array(rows["rss_kb"], mask=rows["rss_null"]), pa.string()).fill_null("null")]}
     take = pa.array(row_task)
     pieces: list = []
