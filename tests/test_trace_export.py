@@ -186,6 +186,11 @@ def test_perfetto_timeline_slices_and_cpu_counters(parsed, tmp_path):
         pts = sorted((e["ts"], e["args"]["cores"]) for e in ev if e["ph"] == "C" and e["pid"] == pid)
         total += sum((b[0] - a[0]) / 1000 * a[1] for a, b in zip(pts, pts[1:]))
     assert total == pytest.approx(sum(i["cpu_ms"] for i in invs if i["pid"] is not None), rel=1e-3)
+    from tracekit import cts_columnar  # the same timeline from proc_metrics.jsonl as from the parser's row cache
+
+    cts_columnar.drop_rows_cache(truth.run_dir / "CTS")
+    perfetto.export_timeline(truth.run_dir, tmp_path / "from-json.json")
+    assert (tmp_path / "from-json.json").read_bytes() == out.read_bytes()
 
 
 def test_cpu_step_downsampling_keeps_the_integral():
@@ -197,6 +202,24 @@ def test_cpu_step_downsampling_keeps_the_integral():
     assert t.size == 100
     integral = float(np.sum(lv[:-1] * np.diff(t)) + lv[-1] * (e.max() - t[-1]))
     assert integral == pytest.approx(float(np.sum((e - s) * r)), rel=1e-6)
+
+
+def test_cpu_counter_bins_equal_the_averaged_step_function():
+    """Past its row budget a node's counter is binned as the rows stream by: the same averages as cpu_step over
+    the whole set (rows crossing many bins, rows inside one, rows ending on the last edge)."""
+    rng = np.random.default_rng(2)
+    s = np.sort(rng.uniform(0, 1e5, 5000))
+    e = s + rng.choice([0.5, 20.0, 3000.0], 5000)
+    r = rng.uniform(0, 2, 5000)
+    want_t, want = perfetto.cpu_step(s, e, r, max_points=300)
+    acc = perfetto.NodeCpu(s.min(), e.max(), 300, keep_rows=0)
+    for k in range(0, 5000, 700):  # in batches, as they are read
+        acc.add(s[k:k + 700], e[k:k + 700], r[k:k + 700])
+    t, level = acc.result()
+    assert np.allclose(t, want_t) and np.allclose(level, want, rtol=1e-9, atol=1e-9)
+    small = perfetto.NodeCpu(s.min(), e.max(), 300)
+    small.add(s[:50], e[:50], r[:50])  # few rows: the exact step function
+    assert np.array_equal(small.result()[0], perfetto.cpu_step(s[:50], e[:50], r[:50], 300)[0])
 
 
 def test_order_key_is_shared_by_parse_and_export():

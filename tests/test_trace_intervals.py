@@ -101,6 +101,22 @@ def test_assign_lanes_never_overlaps_and_uses_the_fewest_lanes():
     assert max(lanes) + 1 == max_overlap([(s, e, 1) for s, e in spans])[0] == 4
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_assign_lanes_equals_the_first_free_lane_rule(seed):
+    """The heap-based lanes equal the plain rule (each span, by start, takes the first lane free at its start)."""
+    rng = random.Random(seed)
+    spans = [(s, s + rng.choice([0, 1, rng.randint(0, 50)])) for s in (rng.randint(0, 200) for _ in range(400))]
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1], i))
+    lane_end: list[int] = []
+    want = [0] * len(spans)
+    for i in order:
+        s, e = spans[i]
+        k = next((k for k, le in enumerate(lane_end) if le <= s), len(lane_end))
+        lane_end[k:k + 1] = [e]
+        want[i] = k
+    assert assign_lanes(spans) == want
+
+
 def test_max_overlap_half_open_and_weighted():
     assert max_overlap([(0, 10, 2), (10, 20, 2)]) == (2, 0)
     assert max_overlap([(0, 10, 2), (5, 20, 3), (6, 7, 1)]) == (6, 6)

@@ -431,11 +431,13 @@ def drop_rows_cache(cts_dir: Path) -> None:
 
 @dataclass
 class RowsCache:
-    """A fresh row cache: ``rows`` binary rows from byte ``offset`` of ``path``; task key -> (first row, rows)."""
+    """A fresh row cache: ``rows`` binary rows from byte ``offset`` of ``path``; ``blocks`` ``[node_id, trace_id,
+    attempt, first row, rows]`` in file order; ``index``: task key -> (first row, rows)."""
 
     path: Path
     offset: int
     rows: int
+    blocks: list[list]
     index: dict[tuple, tuple[int, int]]
 
     def read(self, first: int, count: int) -> np.ndarray:
@@ -460,7 +462,7 @@ def read_rows_cache(cts_dir: Path) -> RowsCache | None:
     index = {(b[0], b[1], b[2]): (b[3], b[4]) for b in meta["blocks"]}
     if sum(n for _, n in index.values()) != len(rows):
         return None
-    return RowsCache(cts_dir / ROWS_CACHE, rows.offset, len(rows), index)
+    return RowsCache(cts_dir / ROWS_CACHE, rows.offset, len(rows), meta["blocks"], index)
 
 
 def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util: list[float],

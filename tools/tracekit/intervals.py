@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -286,20 +287,26 @@ def cut_task(start: float, end: float, total_us: int, samples: Iterable[tuple[fl
 
 
 def assign_lanes(spans: Sequence[tuple[float, float]]) -> list[int]:
-    """Lane index per span so spans in one lane never overlap (greedy by start: the fewest lanes)."""
+    """Lane index per span so spans in one lane never overlap (greedy by start: the fewest lanes).
+
+    Each span, in start order, takes the lowest-numbered lane that is free at its start (ended at or before it), else
+    a new lane. Heaps of free and busy lanes make it O(n log n) even with thousands of lanes (a deep queue).
+    """
     order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1], i))
-    lane_end: list[float] = []
+    busy: list[tuple[float, int]] = []  # (end, lane)
+    free: list[int] = []
     lanes = [0] * len(spans)
+    count = 0
     for i in order:
         s, e = spans[i]
-        for k, le in enumerate(lane_end):
-            if le <= s:
-                lanes[i] = k
-                lane_end[k] = e
-                break
+        while busy and busy[0][0] <= s:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            lane = heapq.heappop(free)
         else:
-            lanes[i] = len(lane_end)
-            lane_end.append(e)
+            lane, count = count, count + 1
+        lanes[i] = lane
+        heapq.heappush(busy, (e, lane))
     return lanes
 
 

@@ -43,6 +43,76 @@ def cpu_step(starts: np.ndarray, ends: np.ndarray, rates: np.ndarray, max_points
     return edges[:-1], avg
 
 
+class NodeCpu:
+    """One node's CPU counter, fed rows ``[a, b)`` with rates in batches: the exact step function (``cpu_step``) while
+    the rows are few, else the average level in ``max_points`` equal bins over ``[lo, hi]`` (the node's first start
+    and last end), which is what ``cpu_step`` gives for many rows, accumulated without keeping the rows."""
+
+    def __init__(self, lo: float, hi: float, max_points: int, keep_rows: int | None = None) -> None:
+        self.max_points = max_points
+        self.edges = np.linspace(float(lo), float(max(hi, lo + 1)), max_points + 1)
+        self.area = np.zeros(max_points)  # integral of the level (cores x ms) over each bin
+        self.through = np.zeros(max_points + 1)  # difference array of rates over bins a row covers whole
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = []
+        self.kept = 0
+        self.keep_rows = 4 * max_points if keep_rows is None else keep_rows
+
+    def add(self, a: np.ndarray, b: np.ndarray, rate: np.ndarray) -> None:
+        if self.rows is not None:
+            self.rows.append((a, b, rate))
+            self.kept += len(a)
+            if self.kept > self.keep_rows:
+                self.rows = None  # too many for the exact step function: the bins carry on alone
+        e, nb = self.edges, self.max_points
+        i = np.clip(np.searchsorted(e, a, side="right") - 1, 0, nb - 1)
+        j = np.clip(np.searchsorted(e, b, side="right") - 1, 0, nb - 1)
+        one = i == j
+        self.area += np.bincount(i[one], weights=rate[one] * (b[one] - a[one]), minlength=nb)
+        i, j, a, b, r = i[~one], j[~one], a[~one], b[~one], rate[~one]
+        self.area += np.bincount(i, weights=r * (e[i + 1] - a), minlength=nb)  # the first, partial bin
+        self.area += np.bincount(j, weights=r * (b - e[j]), minlength=nb)  # the last, partial bin
+        np.add.at(self.through, i + 1, r)
+        np.add.at(self.through, j, -r)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, level after each time)."""
+        if self.rows is not None:
+            if not self.rows:
+                return np.zeros(0), np.zeros(0)
+            return cpu_step(*(np.concatenate([c[k] for c in self.rows]) for k in range(3)), self.max_points)
+        width = np.diff(self.edges)
+        return self.edges[:-1], (self.area + np.cumsum(self.through[:-1]) * width) / width
+
+
+def _cpu_rows(cts_dir: Path, nodes: list[str]):
+    """(node, start ms, end ms, CPU rate in cores) batches of every proc_metrics row."""
+    from .cts_columnar import read_rows_cache
+
+    cache = read_rows_cache(cts_dir)
+    if cache is not None:  # the parser's binary copy: no JSON to read
+        node_of_row = np.repeat(np.array([b[0] for b in cache.blocks], dtype=object),
+                                [b[4] for b in cache.blocks]) if cache.blocks else np.zeros(0, dtype=object)
+        for lo in range(0, cache.rows, 1 << 20):
+            rows = cache.read(lo, min(1 << 20, cache.rows - lo))
+            owner = node_of_row[lo:lo + len(rows)]
+            for n in nodes:
+                mine = rows[owner == n]
+                if len(mine):
+                    yield n, *_spans(mine["ts_ms"], mine["dt_ms"], mine["cpu_us"] / 1000)
+        return
+    for batch in iter_proc_metrics(cts_dir / cts.PROC_METRICS, _PM_COLS):
+        tbl = pa.Table.from_batches([batch])
+        for n in nodes:
+            sub = tbl.filter(pc.equal(tbl["node_id"], n))
+            if sub.num_rows:
+                yield n, *_spans(sub["ts_ms"].to_numpy(), sub["dt_ms"].to_numpy(), sub["cpu_ms"].to_numpy())
+
+
+def _spans(ts: np.ndarray, dt: np.ndarray, cpu_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ts, dt = ts.astype(np.float64), dt.astype(np.float64)
+    return ts - dt, ts, np.divide(cpu_ms, dt, out=np.zeros_like(cpu_ms, dtype=np.float64), where=dt > 0)
+
+
 def export_timeline(input_dir: str | Path, output: str | Path, max_points: int = 20000) -> dict:
     """Write the timeline JSON; returns counts {slices, counters, nodes}."""
     cts_dir, _notes = resolve_cts(Path(input_dir))
@@ -88,22 +158,14 @@ def export_timeline(input_dir: str | Path, output: str | Path, max_points: int =
                            "dur": round((inv["ts_start"] - inv["ts_enqueue"]) * 1000.0, 3),
                            "args": {"trace_id": inv["trace_id"], "node_id": inv["node_id"]}})
     slices = sum(1 for e in events if e["ph"] == "X")
-    # CPU counters from proc_metrics, per node
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {n: [] for n in nodes}
-    for b in iter_proc_metrics(cts_dir / cts.PROC_METRICS, _PM_COLS):
-        tbl = pa.Table.from_batches([b])
-        for n in parts:
-            sub = tbl.filter(pc.equal(tbl["node_id"], n))
-            if sub.num_rows:
-                ts = sub["ts_ms"].to_numpy().astype(np.float64)
-                dt = sub["dt_ms"].to_numpy().astype(np.float64)
-                cpu = sub["cpu_ms"].to_numpy()
-                parts[n].append((ts - dt, ts, np.divide(cpu, dt, out=np.zeros_like(cpu), where=dt > 0)))
+    # CPU counters from proc_metrics (or the parser's row cache of it), per node
+    cpu = {n: NodeCpu(min((i["ts_start"] for i in ran if i["node_id"] == n), default=0),
+                      max((i["ts_end"] for i in ran if i["node_id"] == n), default=1), max_points) for n in nodes}
+    for node, a, b, rate in _cpu_rows(cts_dir, nodes):
+        cpu[node].add(a, b, rate)
     counters = 0
-    for n, chunks in parts.items():
-        if not chunks:
-            continue
-        t, level = cpu_step(*(np.concatenate([c[k] for c in chunks]) for k in range(3)), max_points=max_points)
+    for n, acc in cpu.items():
+        t, level = acc.result()
         for ti, lv in zip(t, level):
             events.append({"ph": "C", "name": "CPU (cores)", "pid": pid_of[n], "ts": us(float(ti)),
                            "args": {"cores": round(float(lv), 4)}})
