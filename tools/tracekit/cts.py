@@ -256,7 +256,7 @@ class ParseResult:
         return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
 
 
-def _json_value(v) -> str:
+def json_value(v) -> str:
     """``json.dumps(v, ensure_ascii=False)``, without its cost for the usual ids (once per task)."""
     if type(v) is int:
         return str(v)
@@ -278,12 +278,12 @@ def _row_template(inv: dict, cpu_slot: str = "%s") -> str:
         if f in _ROW_VARS:
             parts.append(f'"{f}":' + (cpu_slot if f == "cpu_ms" else "%s"))
         else:
-            parts.append(f'"{f}":' + _json_value(inv.get(f)).replace("%", "%%"))
+            parts.append(f'"{f}":' + json_value(inv.get(f)).replace("%", "%%"))
     return "{" + ",".join(parts) + "}\n"
 
 
 def row_template_parts(inv: dict) -> list[str]:
-    """The constant text of this task's proc_metrics lines around the ``_VAR_ORDER`` values (what
+    """The constant text of this task's proc_metrics lines around the ``VAR_ORDER`` values (what
     ``_row_template`` holds between its slots, without printf escaping)."""
     parts, cur = [], "{"
     for k, f in enumerate(schema.PROC_METRIC_FIELDS):
@@ -292,17 +292,17 @@ def row_template_parts(inv: dict) -> list[str]:
             parts.append(cur)
             cur = ""
         else:
-            cur += _json_value(inv.get(f))
+            cur += json_value(inv.get(f))
     parts.append(cur + "}\n")
     return parts
 
 
 _CPU_SLOT = "%d.%03d"  # cpu_ms as exact µs with 3 decimals, in one printf step (cpu_us // 1000, cpu_us % 1000)
-_VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
+VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
 
 
-_FAST_ORDER = _VAR_ORDER == _ROW_VARS
-_NUMT = frozenset((int, float))  # type(x) in _NUMT: a JSON number (bool excluded), cheap in the hot loop
+_FAST_ORDER = VAR_ORDER == _ROW_VARS
+NUMBER_TYPES = frozenset((int, float))  # type(x) in NUMBER_TYPES: a JSON number (bool excluded), cheap in the hot loop
 
 
 def cpu_ms_text(cpu_us: int) -> str:
@@ -314,12 +314,12 @@ def _fmt(template: str, ts_ms: int, dt_ms: int, cpu_us: int, rss_kb: int | None)
     """One row with a ``_CPU_SLOT`` template, for any order of ``_ROW_VARS`` in the schema."""
     rss = "null" if rss_kb is None else rss_kb
     vals = {"ts_ms": (ts_ms,), "dt_ms": (dt_ms,), "cpu_ms": (cpu_us // 1000, cpu_us % 1000), "rss_kb": (rss,)}
-    return template % tuple(v for f in _VAR_ORDER for v in vals[f])
+    return template % tuple(v for f in VAR_ORDER for v in vals[f])
 
 
 def _num(x) -> bool:
     """A JSON number (bool is not one); parsed JSON holds only exact int/float/bool, so a type test suffices."""
-    return type(x) in _NUMT
+    return type(x) in NUMBER_TYPES
 
 
 def _empty_inv() -> dict:
@@ -642,7 +642,7 @@ class _Parser:
             loads = fast_loads
             fast_get = fast.get
             heappop = heapq.heappop
-            numt = _NUMT
+            numt = NUMBER_TYPES
             size = path.stat().st_size
             with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, leave=False, mininterval=0.5,
                                               desc=f"parse {node.node_id}", disable=not self.progress) as bar:
@@ -771,7 +771,7 @@ def _cut_block(t: Task, raw: list[tuple[float, list]], us_per_tick: float, kb_pe
     b_start, b_end, total_us = c.b_start, c.b_end, c.total_us
     rss_last = c.rss_fallback_kb
     tid, use_cg, template = t.trace_id, t.use_cg, t.template
-    numt = _NUMT
+    numt = NUMBER_TYPES
     floor = math.floor
     nb = len(util)
     lines: list[str] = []
@@ -849,7 +849,7 @@ def _convert(raw: list[tuple[float, list]], use_cg: bool, us_per_tick: float, kb
     CPU: the cgroup's µs counter when the task ran in its own cgroup and the entry has it, else ticks x µs/tick;
     RSS: pages x KB/page, else the cgroup's memory, else None. Values must be JSON numbers (bool is not one).
     """
-    numt = _NUMT
+    numt = NUMBER_TYPES
     out = []
     append = out.append
     for t, p in raw:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import duck, schema
-from .cts import _VAR_ORDER, _json_value, task_key
+from .cts import VAR_ORDER, json_value, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
@@ -105,7 +105,7 @@ def _report_bad_lines(bad, path: Path, numbers: list[int]) -> None:
 def _bad_line(raw: bytes) -> str | None:
     """What the streaming reader reports for a samples line: its reason, "" for a blank line (skipped silently),
     None for a valid tick. (The same rules as ``cts._Parser._cut_node``.)"""
-    from .cts import _NUMT
+    from .cts import NUMBER_TYPES
     from .jsonl import fast_loads
 
     try:
@@ -117,7 +117,7 @@ def _bad_line(raw: bytes) -> str | None:
         return f"{kind} ({exc.__class__.__name__})"
     if type(tick) is not dict:
         return "not a JSON object"
-    if type(tick.get("ts")) not in _NUMT or type(tick.get("procs")) is not list:
+    if type(tick.get("ts")) not in NUMBER_TYPES or type(tick.get("procs")) is not list:
         return "sample tick without numeric ts / procs list"
     return None
 
@@ -263,9 +263,9 @@ _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
 def _json_texts(values: list) -> str | pa.Array:
-    """JSON text of each value (``cts._json_value``) as a string array, or one str when they are all equal."""
+    """JSON text of each value (``cts.json_value``) as a string array, or one str when they are all equal."""
     if values and all(v == values[0] and type(v) is type(values[0]) for v in values):
-        return _json_value(values[0])
+        return json_value(values[0])
     kinds = {type(v) for v in values} - {type(None)}
     arr = None
     if kinds == {int}:
@@ -275,7 +275,7 @@ def _json_texts(values: list) -> str | pa.Array:
         plain = pc.and_(pc.ascii_is_printable(arr), pc.invert(pc.match_substring_regex(arr, r'["\\]')))
         arr = pc.binary_join_element_wise('"', arr, '"', "") if pc.all(plain.fill_null(True)).as_py() else None
     if arr is None:  # anything else (escapes, mixed types): the reference formatting, value by value
-        return pa.array([_json_value(v) for v in values], pa.string())
+        return pa.array([json_value(v) for v in values], pa.string())
     return arr.fill_null("null")
 
 
@@ -285,7 +285,7 @@ def const_parts(invs: list[dict]) -> list[str | pa.Array]:
     pieces: list[str | pa.Array] = ["{"]
     for k, f in enumerate(schema.PROC_METRIC_FIELDS):
         pieces.append(("," if k else "") + f'"{f}":')
-        if f in _VAR_ORDER:
+        if f in VAR_ORDER:
             parts.append(_join(pieces))
             pieces = []
         else:
@@ -334,8 +334,8 @@ def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArr
     pieces: list = []
     for k, part in enumerate(parts):
         pieces.append(part if isinstance(part, str) else part.take(take))
-        if k < len(_VAR_ORDER):
-            pieces += values[_VAR_ORDER[k]]
+        if k < len(VAR_ORDER):
+            pieces += values[VAR_ORDER[k]]
     return pc.binary_join_element_wise(*pieces, "")
 
 
