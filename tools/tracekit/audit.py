@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cts import ParseResult, no_cyclic_gc, parse_run, task_key
+from .cts import ParseResult, has_run, no_cyclic_gc, parse_run, task_key
 from .intervals import max_overlap
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -33,10 +33,6 @@ class Check:
     verdict: str
     summary: str
     details: list[str] = field(default_factory=list)
-
-
-def _ran(inv: dict) -> bool:
-    return inv.get("pid") is not None and inv.get("ts_start") is not None and inv.get("ts_end") is not None
 
 
 def _worst(*verdicts: str) -> str:
@@ -91,7 +87,7 @@ def check_fields(r: ParseResult) -> Check:
     missing = {f: n for f, col in zip(fields, columns) if (n := col.count(None))}
     miss_req = Counter({f: n for f, n in missing.items() if f in REQUIRED_RAN})
     miss_exp = Counter({f: n for f, n in missing.items() if f in EXPECTED_RAN})
-    not_ran = [i for i in r.invocations if not _ran(i)]
+    not_ran = [i for i in r.invocations if not has_run(i)]
     no_reason = sum(1 for i in not_ran if not i.get("error"))
     details = [f"required field `{f}` missing in {c} executed invocation(s)" for f, c in sorted(miss_req.items())]
     details += [f"field `{f}` missing in {c} executed invocation(s)" for f, c in sorted(miss_exp.items())]

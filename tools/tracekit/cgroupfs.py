@@ -109,14 +109,14 @@ def set_quota(cg: dict, quota_us: int | None) -> None:
         _write(p / "cpu.cfs_quota_us", str(int(quota_us)) if quota_us else "-1")
 
 
+def _dirs(cg: dict) -> list[str]:
+    """The task cgroup's distinct dirs (v2 has one for every controller; v1 one per hierarchy)."""
+    return list(dict.fromkeys(d for key in ("cpu", "cpuacct", "memory") if (d := cg.get(key))))
+
+
 def attach(cg: dict, pid: int) -> None:
     """Move ``pid`` into every dir of the task cgroup (called by the child before exec)."""
-    done: set[str] = set()
-    for key in ("cpu", "cpuacct", "memory"):
-        d = cg.get(key)
-        if not d or d in done:
-            continue
-        done.add(d)
+    for d in _dirs(cg):
         _write(Path(d) / "cgroup.procs", str(pid))
 
 
@@ -161,12 +161,7 @@ def memory_peak_kb(cg: dict) -> int | None:
 def remove(cg: dict) -> list[str]:
     """Remove the task cgroup dirs; returns the dirs that could not be removed (still busy)."""
     left: list[str] = []
-    done: set[str] = set()
-    for key in ("cpu", "cpuacct", "memory"):
-        d = cg.get(key)
-        if not d or d in done:
-            continue
-        done.add(d)
+    for d in _dirs(cg):
         try:
             os.rmdir(d)
         except FileNotFoundError:

@@ -20,7 +20,6 @@ import contextlib
 import gc
 import heapq
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -67,6 +66,11 @@ def submission_ms(inv: dict) -> int | None:
         if inv.get(k) is not None:
             return int(inv[k])
     return None
+
+
+def has_run(inv: dict) -> bool:
+    """An invocation that executed: its pid, ts_start and ts_end are known."""
+    return inv.get("pid") is not None and inv.get("ts_start") is not None and inv.get("ts_end") is not None
 
 
 def task_key(node_id: str | None, trace_id: str | None, attempt: int | None) -> tuple:
@@ -246,10 +250,9 @@ class ParseResult:
     _executed: list[dict] | None = field(default=None, repr=False, compare=False)
 
     def executed(self) -> list[dict]:
-        """The invocations that ran (pid, ts_start and ts_end known), in invocation order; computed once."""
+        """The invocations that ran (``has_run``), in invocation order; computed once."""
         if self._executed is None:
-            self._executed = [i for i in self.invocations if i.get("pid") is not None
-                              and i.get("ts_start") is not None and i.get("ts_end") is not None]
+            self._executed = [i for i in self.invocations if has_run(i)]
         return self._executed
 
     def files(self) -> dict[str, Path]:
@@ -301,7 +304,6 @@ _CPU_SLOT = "%d.%03d"  # cpu_ms as exact µs with 3 decimals, in one printf step
 VAR_ORDER = tuple(f for f in schema.PROC_METRIC_FIELDS if f in _ROW_VARS)
 
 
-_FAST_ORDER = VAR_ORDER == _ROW_VARS
 NUMBER_TYPES = frozenset((int, float))  # type(x) in NUMBER_TYPES: a JSON number (bool excluded), cheap in the hot loop
 
 
@@ -359,6 +361,23 @@ def _reject_invocation(ev: dict, offset: float) -> dict:
     if _num(ev.get("ts")):
         inv["ts_end"] = round_ms(float(ev["ts"]) + offset)
     return inv
+
+
+def read_tick(raw: bytes) -> tuple[dict | None, str]:
+    """One ``samples.jsonl`` line -> ``(tick, "")``, or ``(None, why it is no tick)`` with ``""`` for a blank line
+    (skipped silently). Every reader of sample lines judges them by this."""
+    try:
+        tick = fast_loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if not raw.strip():
+            return None, ""
+        kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
+        return None, f"{kind} ({exc.__class__.__name__})"
+    if type(tick) is not dict:
+        return None, "not a JSON object"
+    if type(tick.get("ts")) not in NUMBER_TYPES or type(tick.get("procs")) is not list:
+        return None, "sample tick without numeric ts / procs list"
+    return tick, ""
 
 
 class _Parser:
@@ -553,7 +572,7 @@ class _Parser:
 
     def _flush(self, t: Task, scratch, index: dict, util: list[float], us_per_tick: float,
                kb_per_page: float) -> None:
-        """The task ended: cut its buffered raw samples into rows (``_cut_block``) and write its block."""
+        """The task ended: cut its buffered raw samples into rows (``intervals.cut_rows``) and write its block."""
         r = self.r
         c = t.cutter
         raw = t.raw
@@ -562,11 +581,13 @@ class _Parser:
         if not t.template:
             t.template = _row_template(t.inv, _CPU_SLOT)
         t.samples += len(raw)
-        if _FAST_ORDER:
-            data, st, mismatch, cpu_sum = _cut_block(t, raw, us_per_tick, kb_per_page, util, r.util_bin_ms,
-                                                     r.util_t0, self._util_add)
-        else:  # pragma: no cover - only if schema.PROC_METRIC_FIELDS reorders the row variables
-            data, st, mismatch, cpu_sum = self._cut_block_generic(t, raw, us_per_tick, kb_per_page, util)
+        rows, st = cut_rows(c.b_start, c.b_end, c.total_us, _convert(raw, t.use_cg, us_per_tick, kb_per_page),
+                            c.rss_fallback_kb)
+        for ts, dt, cpu, _rss in rows:
+            self._util_add(util, ts, dt, cpu)
+        data = "".join(_fmt(t.template, ts, dt, cpu, rss) for ts, dt, cpu, rss in rows).encode()
+        mismatch = sum(1 for _, p in raw if p[2] != t.trace_id)
+        cpu_sum = sum(row[2] for row in rows)
         t.trace_mismatch += mismatch
         t.stats = st
         key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
@@ -580,17 +601,6 @@ class _Parser:
         r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
         r.trace_mismatch += t.trace_mismatch
         r.rows_written += st.rows
-
-    def _cut_block_generic(self, t: Task, raw: list, us_per_tick: float, kb_per_page: float,
-                           util: list[float]) -> tuple[bytes, TaskStats, int, int]:
-        """``_cut_block`` through ``intervals.cut_rows`` and ``_fmt`` (any field order; slower)."""
-        c = t.cutter
-        rows, st = cut_rows(c.b_start, c.b_end, c.total_us, _convert(raw, t.use_cg, us_per_tick, kb_per_page),
-                            c.rss_fallback_kb)
-        for ts, dt, cpu, _rss in rows:
-            self._util_add(util, ts, dt, cpu)
-        data = "".join(_fmt(t.template, ts, dt, cpu, rss) for ts, dt, cpu, rss in rows).encode()
-        return data, st, sum(1 for _, p in raw if p[2] != t.trace_id), sum(row[2] for row in rows)
 
     def _util_add(self, util: list[float], ts_ms: int, dt_ms: int, cpu_us: int) -> None:
         """Spread a row's CPU over the utilisation bins it overlaps, in proportion to the overlap."""
@@ -632,67 +642,37 @@ class _Parser:
         next_end = heap[0][0] if heap else float("inf")
         if not path.exists():
             r.missing_samples_file.append(node.node_id)
-            path_ok = False
         else:
-            path_ok = True
-        if path_ok:
-            from tqdm import tqdm
-
             bad = r.bad
-            loads = fast_loads
             fast_get = fast.get
             heappop = heapq.heappop
-            numt = NUMBER_TYPES
-            size = path.stat().st_size
-            with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, leave=False, mininterval=0.5,
-                                              desc=f"parse {node.node_id}", disable=not self.progress) as bar:
-                last_pos = 0
-                for lineno, line in enumerate(fh, 1):
-                    if not lineno % 50000:
-                        pos = fh.tell()
-                        bar.update(pos - last_pos)
-                        last_pos = pos
-                    try:
-                        tick = loads(line)
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        if line.strip():  # blank lines are skipped silently
-                            kind = "truncated line" if not line.endswith(b"\n") else "malformed JSON"
-                            bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
+            for lineno, tick in self._ticks(path):
+                procs = tick["procs"]
+                t_ctrl = tick["ts"] + off
+                if t_ctrl < last_t:
+                    nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
+                    continue
+                last_t = t_ctrl
+                nticks += 1
+                if t_ctrl >= next_end:  # a task ended: cut it before this tick's samples
+                    while heap and heap[0][0] <= t_ctrl:
+                        task = tasks[heappop(heap)[1]]
+                        self._flush(task, scratch, index, util, us_per_tick, kb_per_page)
+                        k = (task.inv["pid"], task.inv["starttime"])
+                        if k in fast:
+                            fast[k] = _count_late(task)
+                    next_end = heap[0][0] if heap else float("inf")
+                nsamples += len(procs)
+                for p in procs:
+                    if type(p) is not list or len(p) != nfields:
+                        nsamples -= 1
+                        bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
                         continue
-                    if type(tick) is not dict:
-                        bad.add(f"{path}:{lineno}", "not a JSON object")
-                        continue
-                    ts = tick.get("ts")
-                    procs = tick.get("procs")
-                    if type(ts) not in numt or type(procs) is not list:
-                        bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
-                        continue
-                    t_ctrl = ts + off
-                    if t_ctrl < last_t:
-                        nonmono += 1  # the node's wall clock stepped back: the tick cannot be placed in time
-                        continue
-                    last_t = t_ctrl
-                    nticks += 1
-                    if t_ctrl >= next_end:  # a task ended: cut it before this tick's samples
-                        while heap and heap[0][0] <= t_ctrl:
-                            task = tasks[heappop(heap)[1]]
-                            self._flush(task, scratch, index, util, us_per_tick, kb_per_page)
-                            k = (task.inv["pid"], task.inv["starttime"])
-                            if k in fast:
-                                fast[k] = _count_late(task)
-                        next_end = heap[0][0] if heap else float("inf")
-                    nsamples += len(procs)
-                    for p in procs:
-                        if type(p) is not list or len(p) != nfields:
-                            nsamples -= 1
-                            bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
-                            continue
-                        sink = fast_get((p[0], p[1]))
-                        if sink is not None:
-                            sink((t_ctrl, p))
-                        else:
-                            self._match(by_proc, p, t_ctrl, path, lineno)
-                bar.update(size - last_pos)
+                    sink = fast_get((p[0], p[1]))
+                    if sink is not None:
+                        sink((t_ctrl, p))
+                    else:
+                        self._match(by_proc, p, t_ctrl, path, lineno)
         r.samples_read += nsamples
         r.ticks_read += nticks
         while heap:
@@ -729,10 +709,8 @@ class _Parser:
             task.raw.append((t_ctrl, p))
 
     def _ticks(self, path: Path) -> Iterator[tuple[int, dict]]:
-        """Tolerant streaming reader of a samples file, with a byte-based progress bar (``cts_sql`` prescan;
-        ``_cut_node`` inlines the same reading)."""
-        if not path.exists():
-            return
+        """``(line number, tick)`` of a samples file, bad lines reported (``read_tick``), with a byte-based
+        progress bar."""
         from tqdm import tqdm
 
         bad = self.r.bad
@@ -745,95 +723,12 @@ class _Parser:
                     pos = fh.tell()
                     bar.update(pos - last)
                     last = pos
-                try:
-                    obj = fast_loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    if not raw.strip():
-                        continue  # blank line
-                    kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
-                    bad.add(f"{path}:{lineno}", f"{kind} ({exc.__class__.__name__})")
-                    continue
-                if type(obj) is not dict:
-                    bad.add(f"{path}:{lineno}", "not a JSON object")
-                    continue
-                yield lineno, obj
+                tick, why = read_tick(raw)
+                if tick is not None:
+                    yield lineno, tick
+                elif why:
+                    bad.add(f"{path}:{lineno}", why)
             bar.update(size - last)
-
-
-def _cut_block(t: Task, raw: list[tuple[float, list]], us_per_tick: float, kb_per_page: float, util: list[float],
-               bin_ms: int, t0: int, util_add) -> tuple[bytes, TaskStats, int, int]:
-    """One task's rows as proc_metrics lines: ``_convert`` + ``intervals.cut_rows`` + formatting + utilisation
-    bins fused into one loop (the parser's hot path; same results as those, which stay the reference).
-
-    Returns (the block's bytes, its TaskStats, samples whose trace_id differs from the task's, sum of row CPU µs).
-    """
-    c = t.cutter
-    b_start, b_end, total_us = c.b_start, c.b_end, c.total_us
-    rss_last = c.rss_fallback_kb
-    tid, use_cg, template = t.trace_id, t.use_cg, t.template
-    numt = NUMBER_TYPES
-    floor = math.floor
-    nb = len(util)
-    lines: list[str] = []
-    append = lines.append
-    b_prev, cum_prev = b_start, 0
-    j = (b_start - t0) // bin_ms  # utilisation bin of b_prev, its end, and whether it is in range
-    bin_hi, bin_ok = t0 + (j + 1) * bin_ms, 0 <= j < nb
-    before = after = merged = down = used = over = mismatch = cpu_sum = 0
-    for ts, p in raw:
-        _pid, _st, ptid, ticks, rss_pages, cg_us, cg_kb = p
-        if ptid != tid:
-            mismatch += 1
-        if use_cg and type(cg_us) in numt:
-            cum = int(cg_us)
-        elif type(ticks) in numt:
-            cum = int(ticks * us_per_tick)
-        else:
-            continue
-        b = floor(ts + 0.5)
-        if b <= b_start:
-            before += 1
-            continue
-        if b >= b_end:
-            after += 1
-            continue
-        if b <= b_prev:
-            merged += 1
-            continue
-        if cum < cum_prev:
-            down += 1
-            cum = cum_prev
-        if cum > total_us:
-            if cum - total_us > over:
-                over = cum - total_us
-            cum = total_us
-        if type(rss_pages) in numt:
-            rss_last = int(rss_pages * kb_per_page)
-        elif type(cg_kb) in numt:
-            rss_last = int(cg_kb)
-        cpu = cum - cum_prev
-        append(template % (b, b - b_prev, cpu // 1000, cpu % 1000, "null" if rss_last is None else rss_last))
-        cpu_sum += cpu
-        if b < bin_hi:  # the common case: the row lies in the bin of its start
-            if bin_ok:
-                util[j] += cpu / 1000
-        else:
-            util_add(util, b, b - b_prev, cpu)
-            j = (b - t0) // bin_ms
-            bin_hi, bin_ok = t0 + (j + 1) * bin_ms, 0 <= j < nb
-        b_prev, cum_prev = b, cum
-        used += 1
-    cpu = total_us - cum_prev  # the tail up to exit, from the exact total
-    append(template % (b_end, b_end - b_prev, cpu // 1000, cpu % 1000, "null" if rss_last is None else rss_last))
-    cpu_sum += cpu
-    j = (b_end - t0) // bin_ms
-    if (b_prev - t0) // bin_ms == j and 0 <= j < nb:
-        util[j] += cpu / 1000
-    else:
-        util_add(util, b_end, b_end - b_prev, cpu)
-    st = TaskStats(samples_used=used, samples_before=before, samples_after=after, samples_merged=merged,
-                   non_monotonic=down, over_us=over, last_sampled_us=cum_prev, rows=used + 1)
-    return "".join(lines).encode(), st, mismatch, cpu_sum
 
 
 def _count_late(task: Task):

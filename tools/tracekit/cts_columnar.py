@@ -4,7 +4,7 @@ DuckDB reads the node's ``samples.jsonl`` into arrow columns in batches of ticks
 text, so types can be checked), numpy matches samples to tasks by ``(pid, starttime)`` and cuts them
 (``intervals.cut_rows_columnar``), pyarrow formats the proc_metrics lines. The result is byte-identical to the
 streaming reference (``cts._Parser._cut_node``). Lines DuckDB cannot read (garbage, a truncated last line) come
-back as nulls and are judged and reported by the reference's rules (``_bad_line``). Whatever else only the
+back as nulls and are judged and reported by the reference's rules (``cts.read_tick``). Whatever else only the
 reference reads exactly (a tick with a bad entry, a value of an unexpected JSON type, an escaped trace_id, a number
 beyond 2^53, a blank line when a line number must be reported) raises ``Unsupported`` and the node is re-read by
 the reference. Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import duck, schema
-from .cts import VAR_ORDER, json_value, task_key
+from .cts import VAR_ORDER, json_value, read_tick, task_key
 from .intervals import ColumnarCut, cut_rows_columnar
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
@@ -95,31 +95,11 @@ def _raw_lines(path: Path, numbers: list[int]):
 def _report_bad_lines(bad, path: Path, numbers: list[int]) -> None:
     """Report the lines that were no tick here the way the streaming reader does (``bad``: a ``BadLines``)."""
     for lineno, raw in _raw_lines(path, numbers):
-        why = _bad_line(raw)
-        if why is None:
+        tick, why = read_tick(raw)
+        if tick is not None:
             raise Unsupported(f"line {lineno} is a tick DuckDB could not read")
         if why:
             bad.add(f"{path}:{lineno}", why)
-
-
-def _bad_line(raw: bytes) -> str | None:
-    """What the streaming reader reports for a samples line: its reason, "" for a blank line (skipped silently),
-    None for a valid tick. (The same rules as ``cts._Parser._cut_node``.)"""
-    from .cts import NUMBER_TYPES
-    from .jsonl import fast_loads
-
-    try:
-        tick = fast_loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if not raw.strip():
-            return ""
-        kind = "truncated line" if not raw.endswith(b"\n") else "malformed JSON"
-        return f"{kind} ({exc.__class__.__name__})"
-    if type(tick) is not dict:
-        return "not a JSON object"
-    if type(tick.get("ts")) not in NUMBER_TYPES or type(tick.get("procs")) is not list:
-        return "sample tick without numeric ts / procs list"
-    return None
 
 
 def _numbers(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +139,7 @@ class _Samples:
     def __init__(self, batch: pa.RecordBatch, off: float, last_t: float) -> None:
         ts_txt, procs = batch.column(0), batch.column(1)
         # a line DuckDB could not read (null, null) or a tick without numeric ts / procs list: the streaming
-        # reader's rules decide what it is (see _bad_line); it is no tick here
+        # reader's rules decide what it is (cts.read_tick); it is no tick here
         try:  # the usual case: every line a tick
             if ts_txt.null_count or procs.null_count:
                 raise Unsupported("a line without ts or procs")
@@ -203,7 +183,7 @@ class _Samples:
     def cpu_and_rss(self, m: np.ndarray, use_cg: np.ndarray, us_per_tick: float,
                     kb_per_page: float) -> tuple[np.ndarray, ...]:
         """Cumulative CPU (µs) and RSS (KB) of samples ``m`` with their presence masks, from the sources the
-        reference prefers (``cts._cut_block``): the cgroup's µs when the task has its own cgroup, else ticks; pages,
+        reference prefers (``cts._convert``): the cgroup's µs when the task has its own cgroup, else ticks; pages,
         else the cgroup's memory. ``use_cg``: whether each sample's task ran in its own cgroup."""
         use_cg = use_cg & self.has_cgu[m]
         has_cum = use_cg | self.has_ticks[m]

@@ -37,8 +37,6 @@ def prescan(parser, node, out_path: Path) -> tuple[Path | None, list[int], int]:
 
     Returns (file DuckDB should read or None, sorted excluded line numbers, number of lines).
     """
-    from .cts import NUMBER_TYPES
-
     path = parser.r.run_dir / node.node_id / "samples.jsonl"
     if not path.exists():
         return None, [], 0
@@ -46,9 +44,6 @@ def prescan(parser, node, out_path: Path) -> tuple[Path | None, list[int], int]:
     nfields = len(schema.SAMPLE_PROC_FIELDS)
     good: set[int] = set()
     for lineno, tick in parser._ticks(path):
-        if type(tick.get("ts")) not in NUMBER_TYPES or type(tick.get("procs")) is not list:
-            bad.add(f"{path}:{lineno}", "sample tick without numeric ts / procs list")
-            continue
         good.add(lineno)
         for p in tick["procs"]:
             if type(p) is not list or len(p) != nfields:

@@ -111,7 +111,7 @@ class TaskIntervals:
 
 def cut_rows(b_start: int, b_end: int, total_us: int, samples: Iterable[tuple[float, int, int | None]],
              rss_last: int | None = None) -> tuple[list[tuple[int, int, int, int | None]], TaskStats]:
-    """``TaskIntervals`` over a whole list of samples in one tight loop (the parser's hot path; same results).
+    """``TaskIntervals`` over a whole list of samples in one tight loop (the streaming reader's cut; same results).
 
     ``b_start``/``b_end``/``total_us`` as computed by ``TaskIntervals``; rows are ``(ts_ms, dt_ms, cpu_us, rss_kb)``.
     """

@@ -137,7 +137,7 @@ def select_tasks(invocations: list[dict], include_failed: bool, summary: ExportS
     chosen = []
     for inv in invocations:
         status = inv.get("status")
-        ran = inv.get("pid") is not None and inv.get("ts_start") is not None and inv.get("ts_end") is not None
+        ran = cts.has_run(inv)
         if status == "ok" or (include_failed and status == "failed" and ran):
             if not ran:
                 summary.skipped["without a run"] += 1

@@ -18,12 +18,8 @@ GANTT, UTIL, WAIT = "gantt.png", "cpu_utilisation.png", "queue_wait.png"
 STATUS_HATCH = {"ok": None, "failed": "xx", "fenced": "//"}
 
 
-def _ran(inv: dict) -> bool:
-    return inv.get("ts_start") is not None and inv.get("ts_end") is not None and inv.get("pid") is not None
-
-
 def _t0(r: ParseResult) -> int:
-    starts = [i["ts_start"] for i in r.invocations if _ran(i)]
+    starts = [i["ts_start"] for i in r.executed()]
     enq = [i["ts_enqueue"] for i in r.invocations if i.get("ts_enqueue") is not None]
     return min(starts + enq) if (starts or enq) else 0
 
@@ -39,7 +35,7 @@ def gantt(r: ParseResult, path: Path) -> None:
     1/``RASTER_PX`` of the run, coloured by the profile running there): the same picture, drawn in a fraction of
     the time, since such bars are narrower than a pixel anyway (its failed/fenced tasks are not hatched).
     """
-    runs = [i for i in r.invocations if _ran(i)]
+    runs = r.executed()
     t0 = _t0(r)
     profiles = sorted({str(i.get("profile")) for i in runs})
     cmap = plt.get_cmap("tab10")
