@@ -3,14 +3,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV ?= .venv
-PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
-export PYTHONPATH := $(CURDIR)/tools
+PY := $(VENV)/bin/python
+# The package installed (editable) in the venv, with every dependency; remade when the lists change, so any
+# target works as the first command on a fresh machine.
+READY := $(VENV)/.tracekit-ready
 RUN_ID ?= $(shell sed -n 's/^\(export \)\{0,1\}RUN_ID=//p' run_id.env 2>/dev/null | tr -d "'\"")
 export RUN_ID
 # `make test` runs everything; TEST_ARGS passes extra pytest flags (e.g. TEST_ARGS='-k fifo').
 TEST_ARGS ?=
 
-.PHONY: help setup deps test lint status start-collect stop-collect parse export perfetto \
+.PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export perfetto \
         demo chaos bench clean-run stop-node
 
 help: ## list the targets
@@ -23,48 +25,55 @@ deps: ## Debian packages ffmpeg, redis-server, sysstat, iproute2 when missing (n
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install -y$$missing)"; exit 2; fi; fi
 
-setup: deps ## virtual environment .venv with the Python dependencies (+ Debian packages as root)
-	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-	@echo "setup done: $(VENV) ready"
+setup: deps ## .venv with the tracekit package (editable) and its dependencies (+ Debian packages as root)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(READY)
+	@echo "setup done: $(VENV) ready (tracekit-* commands in $(VENV)/bin)"
 
-test: ## the whole test suite (real redis-server, ffmpeg, /proc)
+$(READY): pyproject.toml requirements.txt requirements-dev.txt
+	@$(MAKE) --no-print-directory setup
+
+test: $(READY) ## the whole test suite (real redis-server, ffmpeg, /proc); sets itself up on a fresh machine
 	$(PY) -m pytest -q $(TEST_ARGS)
 
-lint: ## ruff
+test-fast: $(READY) ## pure-logic tests only (no Redis, ffmpeg or cluster): seconds
+	$(PY) -m pytest -q -m "not system" $(TEST_ARGS)
+
+lint: $(READY) ## ruff
 	$(PY) -m ruff check tools tests bench
 
-status: ## control-plane status (nodes, queues, head task); WATCH=1 refreshes
+status: $(READY) ## control-plane status (nodes, queues, head task); WATCH=1 refreshes
 	$(PY) tools/scheduler/status.py $(if $(WATCH),--watch,)
 
-start-collect: ## start this node's collector for RUN_ID (env: PROC_PID_DIR, PROC_INTERVAL_MS, NODE_ID, ...)
+start-collect: $(READY) ## start this node's collector for RUN_ID (env: PROC_PID_DIR, PROC_INTERVAL_MS, NODE_ID, ...)
 	$(PY) tools/collect_sys.py start
 
-stop-collect: ## stop this node's collector for RUN_ID (STOP_ALL=1: every collector of the run)
+stop-collect: $(READY) ## stop this node's collector for RUN_ID (STOP_ALL=1: every collector of the run)
 	$(PY) tools/collect_sys.py stop
 
-parse: ## raw logs of RUN_ID -> logs/RUN_ID/CTS (+ audit_report.md and plots)
+parse: $(READY) ## raw logs of RUN_ID -> logs/RUN_ID/CTS (+ audit_report.md and plots)
 	$(PY) tools/parse_cts.py --run-id "$(RUN_ID)" $(if $(STRICT),--strict,)
 
-export: ## CTS of RUN_ID -> logs/RUN_ID/opendc (OpenDC parquet + topology/experiment JSON)
+export: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/opendc (OpenDC parquet + topology/experiment JSON)
 	$(PY) tools/export_opendc.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/opendc"
 
-perfetto: ## CTS of RUN_ID -> logs/RUN_ID/timeline.json (open in ui.perfetto.dev)
+perfetto: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/timeline.json (open in ui.perfetto.dev)
 	$(PY) tools/export_perfetto.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/timeline.json"
 
 # demo and chaos first make sure the machine has everything (setup is idempotent and quick when nothing is
-# missing), then run in the venv: on a fresh machine the system python has none of the packages.
+# missing): on a fresh machine the system python has none of the packages.
 demo: setup ## whole pipeline on an emulated cluster (NODES, TOTAL, MIX, SEED, WEIGHER, BINDING, RATIO)
-	$(VENV)/bin/python tools/demo.py
+	$(PY) tools/demo.py
 
 chaos: setup ## fault-injection run: kills workers/scheduler/redis, cuts a node off, checks nothing is lost
-	$(VENV)/bin/python tools/chaos.py
+	$(PY) tools/chaos.py
 
 bench: setup ## every benchmark under bench/, one table of ratios against baselines
-	$(VENV)/bin/python bench/run_all.py
+	$(PY) bench/run_all.py
 
-clean-run: ## delete RUN_ID's Redis keys (queues, capacity, registry) for a fresh run
+clean-run: $(READY) ## delete RUN_ID's Redis keys (queues, capacity, registry) for a fresh run
 	$(PY) tools/scheduler/admin.py clean
 
-stop-node: ## stop this node's worker and collector for RUN_ID
+stop-node: $(READY) ## stop this node's worker and collector for RUN_ID
 	$(PY) tools/scheduler/admin.py stop-node

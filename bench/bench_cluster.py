@@ -19,12 +19,9 @@ import time
 from pathlib import Path
 
 from benchlib import print_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from tracekit import netns  # noqa: E402
-from tracekit.cluster import CONTROLLER, Cluster, ClusterConfig, script  # noqa: E402
-from tracekit.procs import Supervisor  # noqa: E402
+from tracekit.cluster import netns
+from tracekit.cluster.emulation import CONTROLLER, Cluster, ClusterConfig, script
+from tracekit.cluster.supervisor import Supervisor
 
 PY = sys.executable
 

@@ -22,11 +22,8 @@ import time
 from pathlib import Path
 
 from benchlib import print_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from tracekit import procfs, sentinel
-from tracekit.collector import Sampler, sample_loop, settle_heap
+from tracekit.node import procfs, sentinel
+from tracekit.node.collector import Sampler, sample_loop, settle_heap
 
 NODE = "bench"
 INTERVAL_S = 0.2

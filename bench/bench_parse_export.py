@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parse + OpenDC export at scale vs DuckDB ``read_json`` -> parquet of the same ``proc_metrics.jsonl``.
 
-Synthetic raw logs (``tracekit.synthlogs``, exact raw formats) of N process samples are parsed by
+Synthetic raw logs (``tracekit.cluster.synthlogs``, exact raw formats) of N process samples are parsed by
 ``tools/parse_cts.py`` and exported by ``tools/export_opendc.py``, each in its own process so wall time and peak
 RSS are measured per step (``wait4``). The export runs twice: as a user runs it after ``make parse`` (it reads the
 parser's binary row cache) and from ``proc_metrics.jsonl`` alone (cache removed: the like-for-like comparison).
@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 from benchlib import print_table
+from tracekit.cluster.synthlogs import SynthSpec, generate
+from tracekit.trace import columnar
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE.parent / "tools"
-sys.path.insert(0, str(TOOLS))
-
-from tracekit import cts_columnar  # noqa: E402
-from tracekit.synthlogs import SynthSpec, generate  # noqa: E402
 
 SAMPLES_PER_TASK = 100  # task_ms (5-15 s) / interval (100 ms)
 MB = 1024.0
@@ -78,7 +76,7 @@ def run(quick: bool, samples: int | None = None, keep: bool = False) -> list[dic
         export = [sys.executable, str(TOOLS / "export_opendc.py"), "--input", str(run_dir), "--quiet", "--output"]
         export_s, export_mb = _timed([*export, str(tmp / "opendc")], env)
         cts_dir = run_dir / "CTS"
-        cts_columnar.drop_rows_cache(cts_dir)
+        columnar.drop_rows_cache(cts_dir)
         json_s, json_mb = _timed([*export, str(tmp / "opendc-json")], env)
         pm = cts_dir / "proc_metrics.jsonl"
         duck_s, duck_mb = _timed([sys.executable, "-c", DUCKDB_SCRIPT, str(pm), str(tmp / "duck.parquet")], env)

@@ -1,7 +1,7 @@
 """Central scheduler benchmark: placements per second with 10 and 100 registered nodes, beside the same Redis's
 raw LPUSH+LPOP round-trip rate, and enqueue -> placement latency p50/p99.
 
-Runs a private redis-server and the real scheduler loop (``tracekit.central.run``, placement log written to a
+Runs a private redis-server and the real scheduler loop (``tracekit.control.central.run``, placement log written to a
 temporary logs folder). Throughput: M synthetic tasks are preloaded on q:pending and the scheduler places them
 all (first-fit, cap-only nodes with ample capacity, so nothing blocks). Latency: with the scheduler idle, one
 task at a time is pushed and a client blocked on the node queue measures push -> arrival (µs resolution).
@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 
 from benchlib import print_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from tracekit import central  # noqa: E402
-from tracekit.keys import Keys  # noqa: E402
-from tracekit.redis_server import RedisServer  # noqa: E402
-from tracekit.scripts import Scripts  # noqa: E402
+from tracekit.cluster.redis_server import RedisServer
+from tracekit.control import central
+from tracekit.control.lua import Scripts
+from tracekit.core.keys import Keys
 
 
 def _task(i: int) -> str:

@@ -15,8 +15,6 @@ from pathlib import Path
 from benchlib import print_table
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tools"))
-
 
 def _load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)

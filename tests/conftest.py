@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.redis_server import RedisServer
+from tracekit.cluster.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit import demo
-from tracekit.cluster import Cluster, ClusterConfig, require_scripts
-from tracekit.errors import UserError
+from tracekit.cluster import demo
+from tracekit.cluster.emulation import Cluster, ClusterConfig, require_scripts
+from tracekit.core.errors import UserError
 
 
 def test_run_id_from_run_id_env_is_not_reused_unless_given_on_make_command_line(tmp_path):
@@ -24,7 +24,7 @@ def test_write_run_id_file_keeps_other_lines(tmp_path):
     f.write_text("RUN_ID=a\nexport TRACEKIT_REDIS_URL=redis://10.0.0.5:6379/0\n")
     demo.write_run_id_file("b", f)
     assert f.read_text() == "export RUN_ID=b\nexport TRACEKIT_REDIS_URL=redis://10.0.0.5:6379/0\n"
-    from tracekit.paths import read_run_id_file
+    from tracekit.core.paths import read_run_id_file
 
     assert read_run_id_file(f) == "b"
     assert demo.new_run_id("demo").startswith("demo-") and demo.new_run_id() != demo.new_run_id()
@@ -51,9 +51,9 @@ def test_bad_variables_are_one_line_errors(monkeypatch, env, words):
 
 
 def test_missing_script_is_named(monkeypatch, tmp_path):
-    from tracekit import cluster
+    from tracekit.cluster import emulation
 
-    monkeypatch.setattr(cluster, "TOOLS", tmp_path)
+    monkeypatch.setattr(emulation, "TOOLS", tmp_path)
     with pytest.raises(UserError, match=r"tools/scheduler/worker.py is missing"):
         require_scripts(["worker"])
 

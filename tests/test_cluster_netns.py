@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from tracekit import netns
-from tracekit.errors import UserError
-from tracekit.procs import Supervisor
-from tracekit.redis_server import RedisServer
+from tracekit.cluster import netns
+from tracekit.cluster.redis_server import RedisServer
+from tracekit.cluster.supervisor import Supervisor
+from tracekit.core.errors import UserError
 
 OK, WHY = netns.namespaces_available()
 needs_netns = pytest.mark.skipif(not OK, reason=f"network namespaces unavailable here: {WHY}")
@@ -90,10 +90,11 @@ def test_loopback_of_host_is_not_reachable_from_a_node(redis_server):
 @needs_netns
 def test_a_node_sees_the_hosts_cgroups_and_its_own_hostname():
     """Shared binding inside a node needs the host's cgroup hierarchies (`ip netns exec` would hide them)."""
-    from tracekit import binding
+    from tracekit.node import binding
 
     host_mech = binding.detect_shared_mechanism()
-    code = "import socket; from tracekit import binding; print(socket.gethostname(), binding.detect_shared_mechanism())"
+    code = ("import socket; from tracekit.node import binding; "
+            "print(socket.gethostname(), binding.detect_shared_mechanism())")
     with netns.make_network(["cg"], mode="1") as net:
         out = subprocess.run(net.wrap("cg", [sys.executable, "-c", code]), capture_output=True, text=True,
                              timeout=30, env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", "tools")))
@@ -102,7 +103,7 @@ def test_a_node_sees_the_hosts_cgroups_and_its_own_hostname():
 
 @needs_netns
 def test_stale_network_of_a_killed_owner_is_removed(tmp_path):
-    code = ("import sys,time; sys.path.insert(0, sys.argv[1]); from tracekit import netns\n"
+    code = ("import sys,time; sys.path.insert(0, sys.argv[1]); from tracekit.cluster import netns\n"
             "n = netns.make_network(['x1','x2'], mode='1'); print(n.state.tag, flush=True); time.sleep(60)")
     owner = subprocess.Popen([sys.executable, "-c", code, str(netns.Path(netns.__file__).parents[1])],
                              stdout=subprocess.PIPE, text=True)

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from conftest import wait_for
-from tracekit import paths
-from tracekit.errors import UserError
-from tracekit.procs import NAME_ENV, TOKEN_ENV, Supervisor, cleanup_stale_runs, marked_processes
+from tracekit.cluster.supervisor import NAME_ENV, TOKEN_ENV, Supervisor, cleanup_stale_runs, marked_processes
+from tracekit.core import paths
+from tracekit.core.errors import UserError
 
 PY = sys.executable
 
@@ -120,7 +120,7 @@ def test_processes_of_a_killed_supervisor_are_cleaned_up_later(tmp_path, monkeyp
     monkeypatch.setenv("TRACEKIT_PROCS_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("TRACEKIT_LOGS", str(tmp_path / "logs"))
     adopted = subprocess.Popen(["sleep", "60"])  # stands for the private redis-server: not started by the supervisor
-    code = ("import sys,time\nsys.path.insert(0, sys.argv[1])\nfrom tracekit.procs import Supervisor\n"
+    code = ("import sys,time\nsys.path.insert(0, sys.argv[1])\nfrom tracekit.cluster.supervisor import Supervisor\n"
             "s = Supervisor('crash')\ns.start('n1', 'worker', ['sleep', '60'])\ns.adopt(int(sys.argv[2]))\n"
             "print(s.token, flush=True)\ntime.sleep(60)")
     owner = subprocess.Popen([PY, "-c", code, str(Path(paths.__file__).parents[1]), str(adopted.pid)],

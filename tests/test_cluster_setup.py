@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tracekit.cluster_setup import generate_password, password_weakness, redis_config
-from tracekit.errors import UserError
-from tracekit.redis_server import free_port
+from tracekit.cluster.redis_server import free_port
+from tracekit.cluster.setup import generate_password, password_weakness, redis_config
+from tracekit.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.cpuset import allocate
-from tracekit.dispatch import mix_counts, parse_mix, sequence
-from tracekit.errors import UserError
-from tracekit.placement import NodeState, apply, choose
-from tracekit.worker import capacity_for
+from tracekit.control.dispatch import mix_counts, parse_mix, sequence
+from tracekit.control.placement import NodeState, apply, choose
+from tracekit.control.worker import capacity_for
+from tracekit.core.errors import UserError
+from tracekit.node.cpuset import allocate
 
 
 def N(node, cap, total, rc=0, alive=True, parallel=0, slots=0):

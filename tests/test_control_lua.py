@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from tracekit.central import LogDrain
-from tracekit.jsonl import append_line, read_jsonl
-from tracekit.keys import Keys
-from tracekit.paths import controller_dir, placements_path
-from tracekit.placement import NodeState, choose
-from tracekit.scripts import Scripts
+from tracekit.control.central import LogDrain
+from tracekit.control.lua import Scripts
+from tracekit.control.placement import NodeState, choose
+from tracekit.core.jsonl import append_line, read_jsonl
+from tracekit.core.keys import Keys
+from tracekit.core.paths import controller_dir, placements_path
 
 K = Keys("lt:")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TOOLS, run_script, wait_for, with_profiles
-from tracekit.jsonl import read_jsonl
-from tracekit.keys import Keys
-from tracekit.paths import dispatch_path, events_path, placements_path, worker_meta_path
+from tracekit.core.jsonl import read_jsonl
+from tracekit.core.keys import Keys
+from tracekit.core.paths import dispatch_path, events_path, placements_path, worker_meta_path
 
 K = Keys()
 PROFILES = {
@@ -331,7 +331,7 @@ def test_second_signal_is_forwarded_to_running_tasks(env, procs, redis_client):
 
 
 def test_daemons_survive_a_redis_restart(env, tmp_path):
-    from tracekit.redis_server import RedisServer
+    from tracekit.cluster.redis_server import RedisServer
 
     srv = RedisServer(appendonly=True, workdir=tmp_path / "redis-aof").start()
     env = dict(env, TRACEKIT_REDIS_URL=srv.url, TRACEKIT_REDIS_PASSWORD=srv.password)
@@ -357,7 +357,7 @@ def test_daemons_survive_a_redis_restart(env, tmp_path):
 
 
 def test_dispatcher_rejects_a_bad_mix_before_touching_redis(tmp_path):
-    from tracekit.redis_server import free_port
+    from tracekit.cluster.redis_server import free_port
 
     env = dict(os.environ, RUN_ID="mixcheck", PYTHONPATH=str(TOOLS),
                TRACEKIT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there

@@ -15,9 +15,9 @@ import uuid
 import psutil
 import pytest
 
-from tracekit import netns
-from tracekit.cluster import SCRIPTS, TOOLS
-from tracekit.demo import NEEDED
+from tracekit.cluster import netns
+from tracekit.cluster.demo import NEEDED
+from tracekit.cluster.emulation import SCRIPTS, TOOLS
 
 MISSING = [f"tools/{SCRIPTS[n]}" for n in NEEDED if not (TOOLS / SCRIPTS[n]).is_file()]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the demo needs {', '.join(MISSING)}, not written yet")

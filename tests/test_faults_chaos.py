@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tracekit import paths
-from tracekit.chaos import FAULTS, ChaosConfig, check_cts, check_outputs, check_records, check_state, run_chaos
-from tracekit.jsonl import read_jsonl
-from tracekit.netns import namespaces_available
+from tracekit.cluster.chaos import FAULTS, ChaosConfig, check_cts, check_outputs, check_records, check_state, run_chaos
+from tracekit.cluster.netns import namespaces_available
+from tracekit.core import paths
+from tracekit.core.jsonl import read_jsonl
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
 
     from conftest import TOOLS
     from conftest import wait_for as wait
-    from tracekit.keys import Keys
+    from tracekit.core.keys import Keys
 
     k = Keys()
     prof = tmp_path / "profiles.json"
@@ -160,7 +160,7 @@ def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env
 
     from conftest import TOOLS
     from conftest import wait_for as wait
-    from tracekit.keys import Keys
+    from tracekit.core.keys import Keys
 
     k = Keys()
     prof = tmp_path / "profiles.json"
@@ -200,7 +200,7 @@ def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env
     ex = {e["attempt"]: e for e in ev if e["kind"] == "exec"}
     assert ex[1]["status"] == "failed" and ex[1]["ts_end"] - ex[1]["ts_start"] < 5000  # stopped early
     assert ex[2]["ts_start"] >= ex[1]["ts_end"]
-    from tracekit import cts
+    from tracekit.trace import cts
 
     r = cts.parse_run(paths.run_dir(rid))
     status = {i["attempt"]: i["status"] for i in r.invocations if i["trace_id"] == "O1"}

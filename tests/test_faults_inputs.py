@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TOOLS, run_script, wait_for, with_profiles
-from tracekit import audit, collector, cts, paths
-from tracekit.keys import Keys
-from tracekit.redis_server import RedisServer, free_port
+from tracekit.cluster.redis_server import RedisServer, free_port
+from tracekit.core import paths
+from tracekit.core.keys import Keys
+from tracekit.node import collector
+from tracekit.trace import audit, cts
 
 K = Keys()
 PROFILES = {

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import TOOLS, run_script
-from tracekit.redis_server import free_port
+from tracekit.cluster.redis_server import free_port
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.errors import UserError
-from tracekit.keys import Keys
-from tracekit.redis_conn import connect, redact, strip_password
-from tracekit.task import InvalidTask, build_command, parse_task
+from tracekit.control.task import InvalidTask, build_command, parse_task
+from tracekit.core.errors import UserError
+from tracekit.core.keys import Keys
+from tracekit.core.redis_conn import connect, redact, strip_password
 
 
 def payload(**kw) -> str:
@@ -90,7 +90,7 @@ def test_password_file(redis_server, tmp_path, monkeypatch):
 
 
 def test_unreachable_redis_is_one_clear_error():
-    from tracekit.redis_server import free_port
+    from tracekit.cluster.redis_server import free_port
 
     with pytest.raises(UserError, match="cannot reach Redis") as exc:
         connect(f"redis://127.0.0.1:{free_port()}/0")
@@ -98,7 +98,7 @@ def test_unreachable_redis_is_one_clear_error():
 
 
 def test_profiles_user_file(tmp_path, monkeypatch):
-    from tracekit import profiles
+    from tracekit.control import profiles
 
     f = tmp_path / "p.json"
     f.write_text('{"tiny": {"app": "ffmpeg-synth", "cpu_units": 1, "seconds": 0.2, "scale": "160x120"}}')

@@ -25,8 +25,9 @@ from test_node_helpers import (
     stop_collector,
     wait_for,
 )
-from tracekit import binding, paths, procfs
-from tracekit.schema import EXEC_FIELDS
+from tracekit.core import paths
+from tracekit.core.schema import EXEC_FIELDS
+from tracekit.node import binding, procfs
 
 TICK_MS = 1000 / procfs.CLK_TCK
 

@@ -24,10 +24,11 @@ from test_node_helpers import (
     stop_collector,
     wait_for,
 )
-from tracekit import paths, procfs, sentinel
-from tracekit.collector import Sampler, collector_pidfile
-from tracekit.redis_server import free_port
-from tracekit.schema import NODE_META_FIELDS, SAMPLE_PROC_FIELDS, SAMPLE_TICK_FIELDS
+from tracekit.cluster.redis_server import free_port
+from tracekit.core import paths
+from tracekit.core.schema import NODE_META_FIELDS, SAMPLE_PROC_FIELDS, SAMPLE_TICK_FIELDS
+from tracekit.node import procfs, sentinel
+from tracekit.node.collector import Sampler, collector_pidfile
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import TOOLS, run_script, wait_for  # noqa: F401 (re-exported)
-from tracekit import paths
+from tracekit.core import paths
 
 FFMPEG_Q = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracekit import binding, nodeinfo, procfs, timesync, videos
-from tracekit.errors import UserError
+from tracekit.core.errors import UserError
+from tracekit.node import binding, nodeinfo, procfs, timesync, videos
 
 
 def test_fair_quotas_max_min():
@@ -127,7 +127,7 @@ def test_video_bad_resolution(bad):
 
 
 def test_collector_config_from_env(tmp_path):
-    from tracekit.collector import CollectorConfig
+    from tracekit.node.collector import CollectorConfig
 
     env = {"RUN_ID": "r1", "NODE_ID": "n1", "PROC_INTERVAL_MS": "500"}
     cfg = CollectorConfig.from_env(env)
@@ -142,7 +142,7 @@ def test_collector_config_from_env(tmp_path):
 
 def test_cgroup_file_formats_v1_and_v2(tmp_path):
     """The values written and parsed per cgroup version (a plain folder stands in for the hierarchy)."""
-    from tracekit import cgroupfs
+    from tracekit.node import cgroupfs
 
     for ctrl in ("cpu", "cpuacct", "memory"):
         (tmp_path / "v1" / ctrl).mkdir(parents=True)

@@ -1,6 +1,6 @@
 """The README's script reference is generated from --help; it must match the code as it is now."""
 
-from tracekit.clidoc import README, SCRIPTS, current_block, reference
+from tracekit.core.clidoc import README, SCRIPTS, current_block, reference
 
 
 def test_readme_script_reference_is_current():
@@ -10,7 +10,7 @@ def test_readme_script_reference_is_current():
 
 def test_every_script_in_the_reference_has_help():
     for script, extra, _ in SCRIPTS:
-        from tracekit.clidoc import help_text
+        from tracekit.core.clidoc import help_text
 
         text = help_text(script, extra)
         assert "usage:" in text.lower() and "Traceback" not in text, script

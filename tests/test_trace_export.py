@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_script
-from tracekit import audit, cts, opendc, perfetto, synthlogs
-from tracekit.errors import UserError
-from tracekit.synthlogs import SynthSpec
+from tracekit.cluster import synthlogs
+from tracekit.cluster.synthlogs import SynthSpec
+from tracekit.core.errors import UserError
+from tracekit.trace import audit, cts
+from tracekit.trace.export import opendc, perfetto
 
 GOLDEN = Path("/work/shared/opendc_examples/bitbrains-small")
 
@@ -186,9 +188,11 @@ def test_perfetto_timeline_slices_and_cpu_counters(parsed, tmp_path):
         pts = sorted((e["ts"], e["args"]["cores"]) for e in ev if e["ph"] == "C" and e["pid"] == pid)
         total += sum((b[0] - a[0]) / 1000 * a[1] for a, b in zip(pts, pts[1:]))
     assert total == pytest.approx(sum(i["cpu_ms"] for i in invs if i["pid"] is not None), rel=1e-3)
-    from tracekit import cts_columnar  # the same timeline from proc_metrics.jsonl as from the parser's row cache
+    from tracekit.trace import (
+        columnar as columnar,  # the same timeline from proc_metrics.jsonl as from the parser's row cache
+    )
 
-    cts_columnar.drop_rows_cache(truth.run_dir / "CTS")
+    columnar.drop_rows_cache(truth.run_dir / "CTS")
     perfetto.export_timeline(truth.run_dir, tmp_path / "from-json.json")
     assert (tmp_path / "from-json.json").read_bytes() == out.read_bytes()
 
@@ -245,24 +249,24 @@ def test_parser_output_takes_the_streaming_path(parsed, tmp_path, monkeypatch):
 def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_path, monkeypatch):
     """The parser's binary row cache is only a faster way to the same fragments: it is used when it mirrors the CTS
     files, and ignored (proc_metrics.jsonl read instead) when they changed or a node was parsed without it."""
-    from tracekit import cts_columnar
+    from tracekit.trace import columnar
 
-    if not cts_columnar.available():
+    if not columnar.available():
         pytest.skip("duckdb is not installed")
     truth = parsed(nodes=2, tasks=25, failed=2, fenced=1, cgroup=True)
     cts_dir = truth.run_dir / "CTS"
-    assert (cts_dir / cts_columnar.ROWS_CACHE).exists()
+    assert (cts_dir / columnar.ROWS_CACHE).exists()
     s = opendc.export(truth.run_dir, tmp_path / "cached", include_failed=True)
     assert any("row cache" in n for n in s.notes)
     pm = cts_dir / "proc_metrics.jsonl"
     text, mtime = pm.read_bytes(), pm.stat().st_mtime_ns
     pm.write_bytes(text)
     os.utime(pm, ns=(mtime, mtime))
-    assert cts_columnar.read_rows_cache(cts_dir) is not None, "same file, same stamp"
+    assert columnar.read_rows_cache(cts_dir) is not None, "same file, same stamp"
     digit = text.index(b'"cpu_ms":') + len(b'"cpu_ms":')
     pm.write_bytes(text[:digit] + (b"1" if text[digit:digit + 1] != b"1" else b"2") + text[digit + 1:])
     os.utime(pm, ns=(mtime, mtime))  # an edit of the same size within the same mtime tick: the CRC sees it
-    assert cts_columnar.read_rows_cache(cts_dir) is None
+    assert columnar.read_rows_cache(cts_dir) is None
     pm.write_bytes(text)
     s = opendc.export(truth.run_dir, tmp_path / "json", include_failed=True)
     assert not any("row cache" in n for n in s.notes)
@@ -271,4 +275,4 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
     streamed = synthlogs.generate(tmp_path / "streamed", SynthSpec(tasks=8))
     monkeypatch.setattr(cts, "COLUMNAR", False)
     audit.parse_and_audit(streamed.run_dir, with_plots=False)
-    assert not (streamed.run_dir / "CTS" / cts_columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"
+    assert not (streamed.run_dir / "CTS" / columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"

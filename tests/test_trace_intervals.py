@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from tracekit.intervals import (
+from tracekit.trace.intervals import (
     TaskIntervals,
     assign_lanes,
     cut_rows,

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from tracekit import audit, cts, schema, synthlogs
-from tracekit.intervals import round_ms
-from tracekit.synthlogs import SynthSpec
+from tracekit.cluster import synthlogs
+from tracekit.cluster.synthlogs import SynthSpec
+from tracekit.core import schema
+from tracekit.trace import audit, cts
+from tracekit.trace.intervals import round_ms
 
 
 def read_cts(cts_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -105,10 +107,10 @@ def test_rerun_is_byte_identical(synth):
     assert files() == first
     assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
                           "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
-    from tracekit import cts_columnar
+    from tracekit.trace import columnar
 
     hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
-    assert hidden <= {cts_columnar.ROWS_CACHE, cts_columnar.ROWS_CACHE_META}, "only the export's row cache"
+    assert hidden <= {columnar.ROWS_CACHE, columnar.ROWS_CACHE_META}, "only the export's row cache"
 
 
 def test_malformed_and_truncated_lines_are_counted_with_file_and_line(synth):
@@ -257,7 +259,7 @@ def test_run_id_resolution_uses_logs_root(synth, tmp_path, monkeypatch):
 ])
 def test_two_independent_engines_write_identical_files(tmp_path, spec):
     """The streaming Python cut and the SQL re-implementation must agree byte for byte (an independent check)."""
-    from tracekit import cts_sql
+    from tracekit.trace import cts_sql
 
     if not cts_sql.available():
         pytest.skip("duckdb is not installed")
@@ -290,7 +292,7 @@ def test_exec_events_without_starttime_match_samples_by_pid_and_window(synth, tm
     assert r.orphan_samples == 0 and all(i["starttime"] is None for i in invs)
     assert sum(r.task_samples.values()) == truth.samples
     assert audit.check_fields(r).verdict == audit.WARN  # starttime is expected, not required
-    from tracekit import cts_sql
+    from tracekit.trace import cts_sql
 
     if cts_sql.available():
         cts.parse_run(truth.run_dir, tmp_path / "sql", engine="duckdb")
@@ -316,9 +318,9 @@ def test_columnar_and_streaming_readers_write_identical_files(tmp_path, spec, mo
     including the samples it hands to the reference's matching (orphans, a clock step back, a sample without
     starttime) and the malformed lines it reports; a file it cannot read exactly (a blank line before an orphan's
     line number, a tick it cannot decode) is left to the streaming reader, which says so."""
-    from tracekit import cts_columnar
+    from tracekit.trace import columnar
 
-    if not cts_columnar.available():
+    if not columnar.available():
         pytest.skip("duckdb is not installed")
     truth = synthlogs.generate(tmp_path / "run", SynthSpec(**spec))
     if not spec.get("malformed"):
@@ -331,10 +333,11 @@ def test_columnar_and_streaming_readers_write_identical_files(tmp_path, spec, mo
             lines = path.read_text().splitlines(keepends=True)
             path.write_text("".join(lines[:5] + ["\n"] + lines[5:]))
     results = {}
-    for columnar in (True, False):
-        monkeypatch.setattr(cts, "COLUMNAR", columnar)
-        r = cts.parse_run(truth.run_dir, tmp_path / str(columnar))
-        results[columnar] = (r, audit.render(r, audit.run_checks(r)).replace(str(tmp_path / str(columnar)), "X"))
+    for use_columnar in (True, False):
+        monkeypatch.setattr(cts, "COLUMNAR", use_columnar)
+        r = cts.parse_run(truth.run_dir, tmp_path / str(use_columnar))
+        report = audit.render(r, audit.run_checks(r))
+        results[use_columnar] = (r, report.replace(str(tmp_path / str(use_columnar)), "X"))
     for name in ("invocations.jsonl", "proc_metrics.jsonl", "nodes.json"):
         assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes(), name
     assert results[True][1] == results[False][1]
@@ -355,7 +358,7 @@ def test_gantt_of_a_big_node_is_drawn_as_an_image_with_every_profile(synth, tmp_
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    from tracekit import plots
+    from tracekit.trace import plots
 
     truth = synth(nodes=2, tasks=40)
     r = cts.parse_run(truth.run_dir)
@@ -375,7 +378,7 @@ def test_gantt_of_a_big_node_is_drawn_as_an_image_with_every_profile(synth, tmp_
 def test_columnar_line_parts_equal_the_reference_template():
     """The columnar path builds every task's constant line text at once; it must equal the reference's, escapes,
     unicode, nulls, booleans and printf-looking text included."""
-    from tracekit.cts_columnar import const_parts
+    from tracekit.trace.columnar import const_parts
 
     invs = [dict(pid=5, node_id="n1", trace_id='tr"q\\', attempt=1, starttime=None),
             dict(pid=7, node_id="n1", trace_id="é%s\t", attempt=None, starttime=12),
@@ -387,15 +390,15 @@ def test_columnar_line_parts_equal_the_reference_template():
             assert [p if isinstance(p, str) else p[j].as_py() for p in parts] == cts.row_template_parts(inv)
 
 
-@pytest.mark.parametrize("extra, columnar", [
+@pytest.mark.parametrize("extra, stays_columnar", [
     (['[1, 2]', '{"ts": "5", "procs": []}', '{"ts": 1}', '{"ts": 2, "procs": null}', '{"ts": 3, "pro'], True),
     (['{"ts": TS, "procs": [5, [1, 2]]}', ''], False),  # a tick whose entries only the streaming reader can judge
     (['  ', '{"ts": 3, "pro'], False),  # a blank line before a reported one: line numbers are the reference's job
 ])
-def test_columnar_reader_reports_bad_lines_like_the_reference(tmp_path, monkeypatch, extra, columnar):
-    from tracekit import cts_columnar
+def test_columnar_reader_reports_bad_lines_like_the_reference(tmp_path, monkeypatch, extra, stays_columnar):
+    from tracekit.trace import columnar
 
-    if not cts_columnar.available():
+    if not columnar.available():
         pytest.skip("duckdb is not installed")
     truth = synthlogs.generate(tmp_path / "run", SynthSpec(nodes=1, tasks=12))
     path = truth.run_dir / "node01" / "samples.jsonl"
@@ -410,4 +413,4 @@ def test_columnar_reader_reports_bad_lines_like_the_reference(tmp_path, monkeypa
                      r.reader_notes)
     assert out[True][:3] == out[False][:3]
     assert out[False][0] > 0
-    assert (out[True][3] == []) is columnar
+    assert (out[True][3] == []) is stays_columnar

@@ -14,7 +14,9 @@ import pytest
 
 from conftest import TOOLS
 from test_trace_parse import check_cts_invariants
-from tracekit import audit, opendc, paths
+from tracekit.core import paths
+from tracekit.trace import audit
+from tracekit.trace.export import opendc
 
 WRAPPER = TOOLS / "adapters" / "ffmpeg_wrapper.py"
 COLLECTOR = TOOLS / "collect_sys.py"

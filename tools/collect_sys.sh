@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shell fallback of the Tracekit collector (USE_PY_COLLECT=0): the same samples.jsonl / node.json formats
-# as tools/tracekit/collector.py, whitelist mode only (PID sentinels), bash builtins only in the loop.
+# as tools/tracekit/node/collector.py, whitelist mode only (PID sentinels), bash builtins only in the loop.
 # Started and stopped by tools/collect_sys.py start|stop (pidfile logs/$RUN_ID/<node>/collector.pid).
 # Differences from the Python collector: no PROC_MATCH mode, no clock offset (node.json clock = unknown),
 # monotonic time from /proc/uptime (10 ms resolution).

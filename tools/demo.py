@@ -1,13 +1,10 @@
 #!/usr/bin/env python3
-"""make demo: the whole Tracekit pipeline on an emulated N-node cluster (see --help)."""
+"""make demo: the whole Tracekit pipeline on an emulated N-node cluster (see --help).
 
-import sys
-from pathlib import Path
+A thin shim over ``tracekit.cluster.cli.demo``.
+"""
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
-
-from tracekit.demo import main
-from tracekit.errors import run_cli
+from tracekit.cluster.cli import demo
 
 if __name__ == "__main__":
-    run_cli(main, "demo")
+    demo()

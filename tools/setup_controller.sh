@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Controller of a real Tracekit cluster: redis-server with requirepass, bind, protected-mode, AOF, optional TLS.
 # Idempotent: re-running keeps the password and restarts Redis only when its configuration changed.
-# All logic is in tools/tracekit/cluster_setup.py; this shell only installs redis-server when missing.
+# All logic is in tools/tracekit/cluster/setup.py; this shell only installs redis-server when missing.
 # Usage: tools/setup_controller.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ if [ "$install" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
   # the package starts its own unauthenticated instance on 6379: ours replaces it
   { systemctl disable --now redis-server || service redis-server stop; } >/dev/null 2>&1 || true
 fi
-PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m tracekit.cluster_setup controller "$@"
+PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m tracekit setup controller "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Worker of a real Tracekit cluster: ffmpeg + Python dependencies, run_id.env, Redis reachable with the password file.
-# Idempotent. All logic is in tools/tracekit/cluster_setup.py; this shell only installs what is missing.
+# Idempotent. All logic is in tools/tracekit/cluster/setup.py; this shell only installs what is missing.
 # Usage: tools/setup_worker.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +26,4 @@ if [ "$install" = 1 ]; then
     PY=.venv/bin/python
   fi
 fi
-PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m tracekit.cluster_setup worker "$@"
+PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m tracekit setup worker "$@"

@@ -2,11 +2,8 @@
 """Regenerate the README's script reference from every script's --help (run after changing a flag)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tracekit.clidoc import README, reference, splice
+from tracekit.core.clidoc import README, reference, splice
 
 if __name__ == "__main__":
     if "-h" in sys.argv or "--help" in sys.argv:

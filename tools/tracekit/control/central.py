@@ -1,0 +1,218 @@
+"""The central scheduler loop: place (Lua, atomic), drain the controller log, reap dead nodes, sleep.
+
+It never polls: between rounds it blocks on the ``wake`` list (pushed by the dispatcher, worker
+completions, registrations, recoveries) with a timeout equal to the time left until the next reap
+(``--reap-interval``, default 1 s). A lock key (TTL 5 s, refreshed every round) keeps a second
+scheduler of the same prefix from running; a lock left by a dead scheduler on this host is taken over at
+once (its pid is gone), one from another host expires within 5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from tracekit.control.lua import Scripts
+from tracekit.control.placement import ORDERS, WEIGHERS
+from tracekit.control.redis_retry import Retrier
+from tracekit.core import paths
+from tracekit.core.errors import UserError
+from tracekit.core.keys import Keys
+
+LOCK_TTL_MS = 5000
+log = logging.getLogger("scheduler_central")
+
+
+@dataclass
+class SchedulerConfig:
+    """Settings of one scheduler run (the script's flags)."""
+
+    run_id: str
+    weigher: str = ""
+    order: str = "min"
+    max_attempts: int = 3
+    batch: int = 256
+    reap_interval: float = 1.0
+    exit_when_idle: bool = False  # tests/bench: stop once q:pending is empty (after a final drain)
+
+
+def _sid(s: str) -> tuple[int, int]:
+    a, _, b = s.partition("-")
+    return int(a), int(b or 0)
+
+
+def last_sid(path: Path) -> tuple[int, int]:
+    """The stream id of the last complete line of a controller log file ((0, 0) when none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+    except FileNotFoundError:
+        return (0, 0)
+    for line in reversed(tail.split(b"\n")):
+        try:
+            sid = json.loads(line).get("sid")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(sid, str):
+            return _sid(sid)
+    return (0, 0)
+
+
+class LogDrain:
+    """Moves ``controller:log`` stream entries into placements.jsonl / controller/events.jsonl, each once."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, run_id: str) -> None:
+        self.client, self.keys = client, keys
+        self.files = {"p": paths.placements_path(run_id), "c": paths.controller_dir(run_id) / "events.jsonl"}
+        self.last = {f: last_sid(p) for f, p in self.files.items()}
+        self.written = 0
+
+    def drain(self) -> int:
+        """Write every pending entry; returns the number of lines written."""
+        n = 0
+        while True:
+            entries = self.client.xrange(self.keys.controller_log, "-", "+", count=2000)
+            if not entries:
+                return n
+            out: dict[str, list[bytes]] = {f: [] for f in self.files}
+            for sid, fields in entries:
+                f, rec = fields.get("f"), fields.get("r") or ""
+                if f not in self.files or _sid(sid) <= self.last[f]:
+                    continue  # written before a crash, not yet deleted
+                # the record is a JSON object from cjson: splice the stream id in without re-encoding
+                if not (rec.startswith("{") and rec.endswith("}")):
+                    rec = json.dumps({"raw": rec})
+                sep = "," if len(rec) > 2 else ""
+                out[f].append(f'{rec[:-1]}{sep}"sid":"{sid}"}}\n'.encode())
+                self.last[f] = _sid(sid)
+                n += 1
+            for f, chunk in out.items():
+                if chunk:
+                    _append_all(self.files[f], b"".join(chunk))
+            self.client.xdel(self.keys.controller_log, *[sid for sid, _ in entries])
+            self.written += n
+
+
+def _append_all(path: Path, data: bytes) -> None:
+    """One O_APPEND write of many complete lines (a crash leaves whole lines; the stream ids dedupe a retry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(client: redis.Redis, keys: Keys, me: str) -> None:
+    """Take the scheduler lock or raise :class:`UserError` naming the holder."""
+    if client.set(keys.scheduler_lock, me, nx=True, px=LOCK_TTL_MS):
+        return
+    holder = client.get(keys.scheduler_lock) or ""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)  # its previous owner died on this host
+        return
+    raise UserError(f"another central scheduler holds {keys.scheduler_lock} ({holder}); stop it first "
+                    "(or wait 5 s if it died on another host)")
+
+
+def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.Event | None = None) -> int:
+    """Run the scheduler until SIGINT/SIGTERM (or until idle with ``exit_when_idle``)."""
+    if cfg.weigher not in WEIGHERS or cfg.order not in ORDERS:
+        raise UserError(f"--weigher must be one of {WEIGHERS} and --weigher-order one of {ORDERS}")
+    if cfg.max_attempts < 1:
+        raise UserError("--max-attempts must be >= 1")
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    acquire_lock(client, keys, me)
+    client.hset(keys.config, "max_attempts", cfg.max_attempts)
+    scripts = Scripts(client, keys)
+    drain = LogDrain(client, keys, cfg.run_id)
+    retry = Retrier(log, stop)
+    log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s)", cfg.weigher, cfg.order,
+             cfg.max_attempts, cfg.run_id)
+    total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
+
+    def round_once() -> tuple[int, str]:
+        holder = client.get(keys.scheduler_lock)
+        if holder not in (None, me):
+            raise UserError(f"lost the scheduler lock to {holder}; exiting")
+        client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
+        placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch])
+        try:
+            drain.drain()
+        except OSError as exc:  # the records stay in the stream and are written once the disk is back
+            log.error("cannot write the controller logs (%s); will retry", exc)
+        return int(placed), status
+
+    try:
+        while not stop.is_set():
+            try:
+                placed, status = retry(round_once, "place")
+            except redis.RedisError:
+                if stop.is_set():
+                    break
+                raise
+            total_placed += placed
+            now = time.monotonic()
+            if now >= next_reap:
+                def reap() -> list:
+                    client.hset(keys.config, "max_attempts", cfg.max_attempts)  # survives a Redis restart
+                    return scripts.reap()
+
+                dead, back, failed = retry(reap, "reap")
+                if dead:
+                    log.warning("recovered %d dead node(s): %d task(s) requeued, %d failed", dead, back, failed)
+                    retry(drain.drain, "drain")
+                next_reap = now + cfg.reap_interval
+            if now - last_report >= 10 and total_placed:
+                log.info("placed %d task(s) so far", total_placed)
+                last_report = now
+            if status == "limit":
+                continue
+            if cfg.exit_when_idle and status == "empty":
+                break
+            timeout = max(0.05, min(cfg.reap_interval, next_reap - time.monotonic()))
+            try:
+                retry(lambda t=timeout: client.blpop([keys.wake], timeout=t), "wait")
+            except redis.RedisError:
+                if stop.is_set():
+                    break
+                raise
+    finally:
+        try:
+            if client.get(keys.scheduler_lock) == me:
+                client.delete(keys.scheduler_lock)
+        except redis.RedisError:
+            pass
+    log.info("central scheduler stopped after %d placement(s)", total_placed)
+    return 0

@@ -1,0 +1,211 @@
+"""Command-line entry points of the control area (`tracekit-dispatch`, `tracekit-worker`, `tracekit-scheduler`,
+`tracekit-status`, `tracekit-admin`).
+
+Each parses its flags and calls one function of the area; the scripts under ``tools/`` and the
+``[project.scripts]`` entry points both call these."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tracekit.control import admin, central, dispatch, status
+from tracekit.control.worker import Worker, WorkerConfig
+from tracekit.core import paths
+from tracekit.core.cli import command
+from tracekit.core.errors import UserError
+from tracekit.core.redis_conn import add_redis_args, connect_from_args
+
+DISPATCHER_DOC = """Dispatcher: build a task mix (reproducible with --seed) and enqueue it on q:pending for the central
+scheduler.
+
+Modes: default = everything at once; --pending with --pending-mode pulse|fifo; --drip. --wait follows the run to
+its end and prints done / failed / makespan (exit 1 when a task failed).
+"""
+
+
+@command("dispatcher.py")
+def dispatcher(argv: list[str] | None = None) -> int:
+    """`tracekit-dispatch` / `tools/scheduler/dispatcher.py`."""
+    ap = argparse.ArgumentParser(description=DISPATCHER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_redis_args(ap)
+    ap.add_argument("--inputs", required=True, type=Path,
+                    help="folder of input videos, inside the inputs root ($TRACEKIT_INPUTS or inputs/)")
+    ap.add_argument("--outputs", type=Path, default=None,
+                    help="output folder inside the outputs root (default: the root, $TRACEKIT_OUTPUTS or outputs/); "
+                         "files go to <outputs>/<RUN_ID>/<trace_id>_<profile>.mp4")
+    ap.add_argument("--mix", default=dispatch.DEFAULT_MIX,
+                    help=f'profile weights "p=w,..." (default "{dispatch.DEFAULT_MIX}"); counts proportional, '
+                         "largest-remainder rounding")
+    ap.add_argument("--total", type=int, default=None,
+                    help="number of tasks (default: number of input files, or 10 for synthetic profiles)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="random seed for the sequence (same seed = same sequence; default: random, printed)")
+    ap.add_argument("--pending", action="store_true", help="central mode: feed q:pending gradually (--pending-mode)")
+    ap.add_argument("--pending-mode", choices=["pulse", "fifo"], default="pulse", help="pulse (default) or fifo")
+    ap.add_argument("--pending-max", type=int, default=6, help="fifo: max length of q:pending (default 6)")
+    ap.add_argument("--pulse-size", type=int, default=10, help="pulse: tasks per pulse (default 10)")
+    ap.add_argument("--pulse-interval", type=float, default=300.0, help="pulse: seconds between pulses (default 300)")
+    ap.add_argument("--drip", action="store_true",
+                    help="push --batch-size tasks every --dribble-interval s while the backlog < --backlog-limit")
+    ap.add_argument("--batch-size", type=int, default=1, help="fifo/drip: tasks per push (default 1)")
+    ap.add_argument("--dribble-interval", type=float, default=1.0, help="fifo/drip: seconds between pushes (default 1)")
+    ap.add_argument("--backlog-limit", type=int, default=1,
+                    help="drip: push only while q:pending + q:<node> hold fewer tasks than this (default 1)")
+    ap.add_argument("--wait", action="store_true", help="wait until every task finished, then print a summary")
+    ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    if args.pending and args.drip:
+        raise UserError("--pending and --drip are exclusive")
+    for name in ("pending_max", "pulse_size", "batch_size", "backlog_limit"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.pulse_interval < 0 or args.dribble_interval < 0:
+        raise UserError("intervals must be >= 0")
+    run_id = paths.run_id(args.run_id)
+    dispatch.parse_mix(args.mix or dispatch.DEFAULT_MIX)  # a bad --mix fails before Redis is touched
+    client, keys = connect_from_args(args)
+    the_plan = dispatch.plan(run_id, args.mix, args.total, args.seed, args.inputs, args.outputs,
+                             alloc=lambda n: client.incrby(keys.seq, max(n, 1)) - max(n, 1) + 1)
+    mode = "drip" if args.drip else (args.pending_mode if args.pending else "all")
+    cfg = dispatch.FeedConfig(mode=mode, pulse_size=args.pulse_size, pulse_interval=args.pulse_interval,
+                              pending_max=args.pending_max, batch_size=args.batch_size,
+                              dribble_interval=args.dribble_interval, backlog_limit=args.backlog_limit)
+    return dispatch.dispatch(client, keys, run_id, the_plan, cfg, args.wait, progress=not args.no_progress)
+
+
+WORKER_DOC = """Worker: registers this node (capacity, slots, binding) with a heartbeat, takes placed tasks from
+q:<node> atomically and runs each through the adapter with its CPU binding. Recovers its own keys when restarted.
+
+Signals: the first SIGINT/SIGTERM stops taking tasks and waits for the running ones; a second one is forwarded
+to them. Redis outages are retried with backoff.
+"""
+
+
+@command("worker.py")
+def worker(argv: list[str] | None = None) -> int:
+    """`tracekit-worker` / `tools/scheduler/worker.py`."""
+    ap = argparse.ArgumentParser(description=WORKER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_redis_args(ap)
+    ap.add_argument("--outputs", type=Path, default=None,
+                    help="outputs root: task outputs must lie inside it (default: $TRACEKIT_OUTPUTS or outputs/)")
+    ap.add_argument("--parallel", type=int, default=0,
+                    help="> 0: register that many slot tokens (max concurrent tasks); 0 = cap-only (default)")
+    ap.add_argument("--allocation-ratio", type=float, default=1.0,
+                    help="capacity = floor(ratio x logical cores) unless --capacity-units (default 1.0)")
+    ap.add_argument("--capacity-units", type=int, default=0, help="explicit capacity units (default 0 = use ratio)")
+    ap.add_argument("--cpu-binding", choices=["exclusive", "shared"], default="exclusive",
+                    help="exclusive: own cpuset of cpu_units cores per task (default); shared: CPU weight")
+    ap.add_argument("--cpuweight-per-vcpu", type=int, default=100,
+                    help="shared: CPU weight = this x cpu_units (default 100)")
+    ap.add_argument("--reset-capacity", action="store_true",
+                    help="also send tasks already placed on this node back to q:pending, so cap = capacity")
+    ap.add_argument("--clear-queue", action="store_true",
+                    help="record tasks already placed on this node as failed ('cleared') instead of keeping them")
+    ap.add_argument("--slots-key", default=None,
+                    help="slot token list (only the default slots:available under --key-prefix is supported)")
+    ap.add_argument("--heartbeat-ttl", type=float, default=3.0,
+                    help="seconds the heartbeat lives without refresh (default 3; refreshed every 1 s)")
+    ap.add_argument("--node-id", default=None, help="node id (default: $NODE_ID or the hostname)")
+    ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
+    ap.add_argument("--exit-when-idle", action="store_true",
+                    help="leave the pool and exit once nothing was placed here for 2 s (scripted runs)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    if args.parallel < 0 or args.capacity_units < 0 or args.cpuweight_per_vcpu < 1:
+        raise UserError("--parallel and --capacity-units must be >= 0, --cpuweight-per-vcpu >= 1")
+    if args.heartbeat_ttl < 1.5:
+        raise UserError("--heartbeat-ttl must be >= 1.5 s (it is refreshed every second)")
+    client, keys = connect_from_args(args)
+    if args.slots_key not in (None, keys.slots):
+        raise UserError(f"--slots-key {args.slots_key!r}: only {keys.slots!r} is supported; "
+                        "use --key-prefix to separate runs")
+    outputs = (args.outputs or paths.outputs_root()).resolve()
+    cfg = WorkerConfig(run_id=paths.run_id(args.run_id), node=paths.node_id(args.node_id), outputs=outputs,
+                       parallel=args.parallel, allocation_ratio=args.allocation_ratio,
+                       capacity_units=args.capacity_units, cpu_binding=args.cpu_binding,
+                       cpuweight_per_vcpu=args.cpuweight_per_vcpu, reset_capacity=args.reset_capacity,
+                       clear_queue=args.clear_queue, heartbeat_ttl_ms=int(args.heartbeat_ttl * 1000),
+                       exit_when_idle=args.exit_when_idle)
+    return Worker(client, keys, cfg).run()
+
+
+SCHEDULER_CENTRAL_DOC = """Central scheduler: strict FIFO on the head of q:pending, first-fit (or a weigher) over alive
+feasible nodes.
+
+Each placement is one atomic Lua step; one JSON line per placement goes to logs/$RUN_ID/placements.jsonl.
+Dead workers (heartbeat expired) are recovered: their tasks go back to the head of q:pending.
+"""
+
+
+@command("scheduler_central.py")
+def scheduler_central(argv: list[str] | None = None) -> int:
+    """`tracekit-scheduler` / `tools/scheduler/scheduler_central.py`."""
+    ap = argparse.ArgumentParser(description=SCHEDULER_CENTRAL_DOC,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_redis_args(ap)
+    ap.add_argument("--weigher", default="", choices=["", "instances", "vcpu"],
+                    help='"" = first-fit in node_id order (default); instances = run_count/cap_total; '
+                         "vcpu = (cap_total-cap)/cap_total")
+    ap.add_argument("--weigher-order", default="min", choices=["min", "max"],
+                    help="prefer the smallest (min, default) or largest (max) weigher value; ties: node_id order")
+    ap.add_argument("--max-attempts", type=int, default=3,
+                    help="attempts per task before a task of a lost node is recorded failed (default 3)")
+    ap.add_argument("--batch", type=int, default=256, help="max placements per atomic Lua call (default 256)")
+    ap.add_argument("--reap-interval", type=float, default=1.0,
+                    help="seconds between checks for dead workers (default 1.0)")
+    ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
+    ap.add_argument("--exit-when-idle", action="store_true",
+                    help="exit once q:pending is empty (for scripted runs and benchmarks)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler_central %(levelname)s %(message)s")
+    client, keys = connect_from_args(args)
+    cfg = central.SchedulerConfig(run_id=paths.run_id(args.run_id), weigher=args.weigher, order=args.weigher_order,
+                                  max_attempts=args.max_attempts, batch=max(1, args.batch),
+                                  reap_interval=max(0.1, args.reap_interval), exit_when_idle=args.exit_when_idle)
+    return central.run(client, keys, cfg)
+
+
+STATUS_DOC = """Control-plane status: per node cap / cap_total / run_count / alive, queue lengths, the head task and
+why it waits, done and failed counts. --watch refreshes it."""
+
+
+@command("status.py")
+def show_status(argv: list[str] | None = None) -> int:
+    """`tracekit-status` / `tools/scheduler/status.py`."""
+    ap = argparse.ArgumentParser(description=STATUS_DOC)
+    add_redis_args(ap)
+    ap.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    ap.add_argument("--interval", type=float, default=2.0, help="--watch refresh period in seconds (default 2)")
+    ap.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    args = ap.parse_args(argv)
+    if args.interval <= 0:
+        raise UserError("--interval must be > 0")
+    client, keys = connect_from_args(args)
+    return status.show(client, keys, args.watch, args.interval, args.json)
+
+
+ADMIN_DOC = """Admin: `clean` deletes the run's control-plane keys (queues, capacity, registry) for a fresh run;
+`stop-node` stops this node's worker and collector for RUN_ID via their pidfiles."""
+
+
+@command("admin.py")
+def administer(argv: list[str] | None = None) -> int:
+    """`tracekit-admin` / `tools/scheduler/admin.py`."""
+    ap = argparse.ArgumentParser(description=ADMIN_DOC)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("clean", help="delete every control-plane key of --key-prefix (SCAN, never KEYS)")
+    add_redis_args(c)
+    c.add_argument("--force", action="store_true", help="even when workers or a scheduler are alive")
+    s = sub.add_parser("stop-node", help="SIGTERM this node's worker (waits for running tasks) and collector")
+    s.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
+    s.add_argument("--node-id", default=None, help="node id (default: $NODE_ID or the hostname)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for them to exit (default 60)")
+    s.add_argument("--now", action="store_true", help="also stop the running tasks (second signal)")
+    args = ap.parse_args(argv)
+    if args.cmd == "clean":
+        client, keys = connect_from_args(args)
+        return admin.clean(client, keys, args.force)
+    return admin.stop_node(paths.run_id(args.run_id), paths.node_id(args.node_id), args.timeout, args.now)

@@ -1,0 +1,368 @@
+"""The control plane's atomic steps, as Redis Lua scripts (one script = one atomic step).
+
+Every state change of a task between queues, and the capacity/slot/run_count accounting that goes with
+it, happens inside one script, so no crash point loses, duplicates or leaks anything:
+
+    place      head of q:pending -> q:<node> (+ ts_dispatch, node in the payload), cap/run_count/slot
+    register   a worker (re)starts: reconcile its own keys, requeue what its previous instance ran
+    beat       heartbeat refresh; tells a worker its node was recovered meanwhile (re-register)
+    complete   running:<node> -> done/failed, capacity back; FENCED unless this exact payload (same
+               trace_id and attempt) is still in this node's running list
+    reap       every registered node without heartbeat: its running and placed tasks go back to the
+               head of q:pending with attempt+1 (or failed after max attempts); its keys leave the pool
+    leave      a worker stops cleanly: placed-not-started tasks back to the head, keys removed
+
+Key names come from :class:`tracekit.core.keys.Keys` (rendered into the script text, so one prefix = one
+script set). Records that must reach a log file (placements, controller ``failed`` events) are added to
+the ``controller:log`` stream in the same atomic step; the scheduler drains that stream into the files
+(each line carries its stream id, so a crash never loses or repeats a line).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+
+from tracekit.core.keys import Keys
+
+_MARK = "\x01NODE\x01"
+
+
+def _lua_str(s: str) -> str:
+    """A Lua string literal for any text (decimal escapes for anything but safe characters)."""
+    return '"' + "".join(chr(b) if chr(b).isalnum() or chr(b) in ":_-.@" else f"\\{b}" for b in s.encode()) + '"'
+
+
+def _prelude(keys: Keys) -> str:
+    fixed = {name: getattr(keys, name) for name in ("pending", "slots", "nodes", "wake", "done", "failed", "events",
+                                                   "controller_log", "config")}
+    per_node = ("queue", "running", "cap", "cap_total", "run_count", "node_info", "heartbeat")
+    lines = ["local K = {}"]
+    lines += [f"K.{k} = {_lua_str(v)}" for k, v in fixed.items()]
+    for name in per_node:
+        pre, post = getattr(keys, name)(_MARK).split(_MARK)
+        lines.append(f"K.{name} = function(n) return {_lua_str(pre)} .. n .. {_lua_str(post)} end")
+    return "\n".join(lines) + "\n" + _COMMON
+
+
+_COMMON = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function wake()
+  redis.call('LPUSH', K.wake, '1')
+  redis.call('LTRIM', K.wake, 0, 0)
+end
+local function decode(raw)
+  local ok, t = pcall(cjson.decode, raw)
+  if ok and type(t) == 'table' then return t end
+  return nil
+end
+local function units_of(t)
+  local u = t and tonumber(t.cpu_units)
+  if u and u >= 1 and u == math.floor(u) and type(t.trace_id) == 'string' then return u end
+  return nil
+end
+local function max_attempts()
+  return tonumber(redis.call('HGET', K.config, 'max_attempts') or '3') or 3
+end
+local function ctl_log(file, rec)
+  redis.call('XADD', K.controller_log, '*', 'f', file, 'r', cjson.encode(rec))
+end
+local function event(kind, tid, attempt, node, extra)
+  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'kind', kind, 'trace_id', tid or '',
+             'attempt', tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
+end
+-- record a task given up by the controller (Redis record + controller/events.jsonl line); the excerpt keeps
+-- printable ASCII only: raw bytes (or a UTF-8 character cut at byte 200) would make every decoding reader fail
+local function fail(tid, attempt, node, profile, now, reason, raw)
+  local rec = {kind='failed', trace_id=tid, attempt=attempt, node_id=node, profile=profile or cjson.null, ts=now,
+               reason=reason, payload_excerpt=(string.gsub(string.sub(raw or '', 1, 200), '[^\32-\126]', '?'))}
+  redis.call('HSET', K.failed, tid, cjson.encode(rec))
+  ctl_log('c', rec)
+  event('failed', tid, attempt, node, reason)
+end
+-- items: list of {raw, bump}, oldest first. Each goes back to the HEAD of q:pending, in the same
+-- order, with attempt+1 when bump; or is recorded failed past max attempts / when unreadable.
+local function requeue(items, node, why, now)
+  local maxa = max_attempts()
+  local back = {}
+  local nfail = 0
+  for _, it in ipairs(items) do
+    local raw, bump = it[1], it[2]
+    local t = decode(raw)
+    if not units_of(t) then
+      fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'unreadable payload (' .. why .. ')', raw)
+      nfail = nfail + 1
+    else
+      local a = (tonumber(t.attempt) or 1)
+      if bump then
+        if a + 1 > maxa then
+          local msg = why .. '; gave up after ' .. a .. ' attempt(s) (max ' .. maxa .. ')'
+          fail(t.trace_id, a, node, t.profile, now, msg, raw)
+          nfail = nfail + 1
+        else
+          t.attempt = a + 1
+        end
+      end
+      if not bump or a + 1 <= maxa then
+        t.node = nil
+        t.ts_dispatch = nil
+        table.insert(back, cjson.encode(t))
+        event('requeue', t.trace_id, t.attempt, node, why)
+      end
+    end
+  end
+  for i = #back, 1, -1 do redis.call('LPUSH', K.pending, back[i]) end
+  if #back > 0 then wake() end
+  return #back, nfail
+end
+-- remove a node from the pool; its running tasks (bumped) then placed ones (bumped when bump_queued)
+local function drop_node(node, why, bump_queued, now)
+  local items = {}
+  for _, raw in ipairs(redis.call('LRANGE', K.running(node), 0, -1)) do table.insert(items, {raw, true}) end
+  for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do table.insert(items, {raw, bump_queued}) end
+  redis.call('DEL', K.running(node), K.queue(node), K.cap(node), K.cap_total(node), K.run_count(node),
+             K.node_info(node), K.heartbeat(node))
+  redis.call('LREM', K.slots, 0, node)
+  redis.call('ZREM', K.nodes, node)
+  local nb, nf = requeue(items, node, why, now)
+  wake()
+  return {nb, nf}
+end
+"""
+
+PLACE = r"""
+-- ARGV: weigher ('' | instances | vcpu), order (min | max), limit (max placements in this call)
+local weigher, order, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
+local n = #nodes
+local alive, cap, total, rc, par, slots = {}, {}, {}, {}, {}, {}
+local any_slots = false
+local CH = 500
+for s = 1, n, CH do
+  local mk = {}
+  for i = s, math.min(n, s + CH - 1) do
+    local nd = nodes[i]
+    mk[#mk + 1] = K.heartbeat(nd); mk[#mk + 1] = K.cap(nd); mk[#mk + 1] = K.cap_total(nd); mk[#mk + 1] = K.run_count(nd)
+  end
+  local v = redis.call('MGET', unpack(mk))
+  for i = s, math.min(n, s + CH - 1) do
+    local j = (i - s) * 4
+    alive[i] = v[j + 1] ~= false
+    cap[i] = tonumber(v[j + 2]) or 0
+    total[i] = tonumber(v[j + 3]) or 0
+    rc[i] = tonumber(v[j + 4]) or 0
+    par[i] = 0
+    slots[i] = 0
+    if alive[i] then
+      par[i] = tonumber(redis.call('HGET', K.node_info(nodes[i]), 'parallel') or '0') or 0
+      if par[i] > 0 then any_slots = true end
+    end
+  end
+end
+if any_slots then
+  local idx = {}
+  for i = 1, n do idx[nodes[i]] = i end
+  for _, tok in ipairs(redis.call('LRANGE', K.slots, 0, -1)) do
+    local i = idx[tok]
+    if i then slots[i] = slots[i] + 1 end
+  end
+end
+local qname, cstr = {}, {}
+local placed, status = 0, 'limit'
+while placed < limit do
+  local raw = redis.call('LINDEX', K.pending, 0)
+  if not raw then status = 'empty'; break end
+  local t = decode(raw)
+  local units = units_of(t)
+  if not units then
+    redis.call('LPOP', K.pending)
+    fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, '', '', now_ms(),
+         'unreadable payload at the head of q:pending (no JSON object with trace_id and integer cpu_units >= 1)', raw)
+  else
+    local best, bestm = nil, 0
+    local cands = {}
+    for i = 1, n do
+      if alive[i] and cap[i] >= units and (par[i] <= 0 or slots[i] > 0) then
+        local m = 0
+        if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
+        table.insert(cands, i)
+        if weigher == '' then best = i; bestm = m; break end
+        if best == nil then
+          best, bestm = i, m
+        else
+          local lhs, rhs = m * total[best], bestm * total[i]
+          if (order == 'min' and lhs < rhs) or (order == 'max' and lhs > rhs) then best, bestm = i, m end
+        end
+      end
+    end
+    if not best then status = 'blocked'; break end
+    local nd = nodes[best]
+    local now = now_ms()
+    -- candidate JSON pieces are built by concatenation and cached per node (only the chosen node changes
+    -- between two placements): much cheaper than cjson on nested tables
+    local clist = {}
+    for _, i in ipairs(cands) do
+      if not cstr[i] then
+        local m = 0
+        if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
+        local val = 0
+        if total[i] > 0 then val = m / total[i] end
+        if not qname[i] then qname[i] = cjson.encode(nodes[i]) end
+        cstr[i] = '{"node":' .. qname[i] .. ',"cap":' .. cap[i] .. ',"cap_total":' .. total[i] ..
+          ',"run_count":' .. rc[i] .. ',"value":' .. string.format('%.6g', val) .. '}'
+      end
+      clist[#clist + 1] = cstr[i]
+    end
+    cstr[best] = nil
+    redis.call('LPOP', K.pending)
+    t.node = nd
+    t.ts_dispatch = now
+    redis.call('RPUSH', K.queue(nd), cjson.encode(t))
+    cap[best] = cap[best] - units
+    rc[best] = rc[best] + 1
+    redis.call('SET', K.cap(nd), cap[best])
+    redis.call('SET', K.run_count(nd), rc[best])
+    if par[best] > 0 then
+      redis.call('LREM', K.slots, 1, nd)
+      slots[best] = slots[best] - 1
+    end
+    redis.call('XADD', K.controller_log, '*', 'f', 'p', 'r',
+      '{"trace_id":' .. cjson.encode(t.trace_id) .. ',"attempt":' .. (tonumber(t.attempt) or 1) .. ',"node":' ..
+      qname[best] .. ',"ts":' .. string.format('%d', now) .. ',"weigher":' .. cjson.encode(weigher) ..
+      ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. units .. ',"candidates":[' ..
+      table.concat(clist, ',') .. ']}')
+    placed = placed + 1
+  end
+end
+return {placed, status}
+"""
+
+REGISTER = r"""
+-- ARGV: node, instance, capacity, parallel, ttl_ms, mode, then info field/value pairs.
+-- mode 0: keep the placed tasks that still fit; 1 (--clear-queue): record them failed; 2 (--reset-capacity):
+-- send them all back to the head of q:pending, so cap = capacity.
+local node, inst = ARGV[1], ARGV[2]
+local capacity, parallel, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local clear, reset = ARGV[6] == '1', ARGV[6] == '2'
+local now = now_ms()
+local items = {}
+-- what a previous instance took but never finished did not complete: attempt+1
+for _, raw in ipairs(redis.call('LRANGE', K.running(node), 0, -1)) do table.insert(items, {raw, true}) end
+redis.call('DEL', K.running(node))
+local kept, used, cleared = {}, 0, 0
+for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
+  local t = decode(raw)
+  local u = units_of(t)
+  if clear then
+    if u then
+      fail(t.trace_id, tonumber(t.attempt) or 1, node, t.profile, now, 'cleared by worker --clear-queue', raw)
+    else
+      fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'cleared by worker --clear-queue', raw)
+    end
+    cleared = cleared + 1
+  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel) then
+    table.insert(kept, raw)
+    used = used + u
+  else
+    -- placed but never started, and no longer fits this node: back to the head, same attempt
+    table.insert(items, {raw, false})
+  end
+end
+redis.call('DEL', K.queue(node))
+for _, raw in ipairs(kept) do redis.call('RPUSH', K.queue(node), raw) end
+redis.call('SET', K.cap_total(node), capacity)
+redis.call('SET', K.cap(node), capacity - used)
+redis.call('SET', K.run_count(node), #kept)
+redis.call('LREM', K.slots, 0, node)
+if parallel > 0 then
+  for _ = 1, parallel - #kept do redis.call('RPUSH', K.slots, node) end
+end
+redis.call('DEL', K.node_info(node))
+local info = {'instance', inst, 'capacity', capacity, 'parallel', parallel, 'registered_ms', now}
+for i = 7, #ARGV do table.insert(info, ARGV[i]) end
+redis.call('HSET', K.node_info(node), unpack(info))
+redis.call('ZADD', K.nodes, 0, node)
+redis.call('SET', K.heartbeat(node), inst, 'PX', ttl)
+local nb, nf = requeue(items, node, 'worker restarted: previous instance did not finish', now)
+event('register', '', 0, node, inst)
+wake()
+return {nb, nf, #kept, cleared}
+"""
+
+BEAT = r"""
+-- ARGV: node, instance, ttl_ms. Returns 1, or 0 when the node was recovered/replaced: re-register.
+local node, inst, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('HGET', K.node_info(node), 'instance') ~= inst then return 0 end
+redis.call('SET', K.heartbeat(node), inst, 'PX', ttl)
+return 1
+"""
+
+COMPLETE = r"""
+-- ARGV: node, raw payload (exactly as taken), trace_id, attempt, outcome (done | failed), record JSON
+-- Returns 'ok' (accepted), 'dup' (this same attempt was already accepted) or 'fenced'.
+local node, raw, tid, attempt, outcome, rec = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+if redis.call('LREM', K.running(node), 1, raw) == 0 then
+  for _, h in ipairs({K.done, K.failed}) do
+    local prev = decode(redis.call('HGET', h, tid) or '')
+    if prev and tonumber(prev.attempt) == attempt and prev.node_id == node and prev.by == 'worker' then return 'dup' end
+  end
+  return 'fenced'
+end
+local units = units_of(decode(raw)) or 0
+local total = tonumber(redis.call('GET', K.cap_total(node)))
+if total then
+  local c = redis.call('INCRBY', K.cap(node), units)
+  if c > total then redis.call('SET', K.cap(node), total) end
+  if redis.call('DECR', K.run_count(node)) < 0 then redis.call('SET', K.run_count(node), 0) end
+  if (tonumber(redis.call('HGET', K.node_info(node), 'parallel') or '0') or 0) > 0 then
+    redis.call('RPUSH', K.slots, node)
+  end
+end
+redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
+event(outcome, tid, attempt, node, '')
+wake()
+return 'ok'
+"""
+
+REAP = r"""
+-- Recover every registered node whose heartbeat expired. Returns {nodes, requeued, failed}.
+local now = now_ms()
+local dead, nb, nf = 0, 0, 0
+for _, node in ipairs(redis.call('ZRANGE', K.nodes, 0, -1)) do
+  if redis.call('EXISTS', K.heartbeat(node)) == 0 then
+    local r = drop_node(node, 'node ' .. node .. ' lost (heartbeat expired)', true, now)
+    event('recover', '', 0, node, tostring(r[1]) .. ' requeued, ' .. tostring(r[2]) .. ' failed')
+    dead, nb, nf = dead + 1, nb + r[1], nf + r[2]
+  end
+end
+return {dead, nb, nf}
+"""
+
+LEAVE = r"""
+-- ARGV: node, instance. A worker stops cleanly: only when it is still the registered instance.
+local node, inst = ARGV[1], ARGV[2]
+if redis.call('HGET', K.node_info(node), 'instance') ~= inst then return {0, 0} end
+local r = drop_node(node, 'worker on ' .. node .. ' stopped', false, now_ms())
+event('leave', '', 0, node, inst)
+return r
+"""
+
+
+class Scripts:
+    """The Lua scripts bound to one client and key prefix (EVALSHA, reloaded after a Redis restart)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        for name, body in _bodies(keys.prefix).items():
+            setattr(self, name, client.register_script(body))
+
+
+@lru_cache(maxsize=16)
+def _bodies(prefix: str) -> dict[str, str]:
+    pre = _prelude(Keys(prefix))
+    return {"place": pre + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
+            "reap": pre + REAP, "leave": pre + LEAVE}

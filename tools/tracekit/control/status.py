@@ -1,0 +1,85 @@
+"""Status view of the control plane: nodes, queues, the head task and why it waits, done/failed counts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import redis
+
+from tracekit.control.placement import NodeState, choose
+from tracekit.core.keys import Keys
+
+
+def snapshot(client: redis.Redis, keys: Keys) -> dict:
+    """Everything the status view shows, read in one pipeline (consistent enough for a human view)."""
+    nodes = client.zrange(keys.nodes, 0, -1)
+    pipe = client.pipeline(transaction=True)
+    pipe.llen(keys.pending)
+    pipe.lindex(keys.pending, 0)
+    pipe.lrange(keys.slots, 0, -1)
+    pipe.hlen(keys.done)
+    pipe.hlen(keys.failed)
+    pipe.get(keys.scheduler_lock)
+    for n in nodes:
+        pipe.mget(keys.heartbeat(n), keys.cap(n), keys.cap_total(n), keys.run_count(n))
+        pipe.hgetall(keys.node_info(n))
+        pipe.llen(keys.queue(n))
+        pipe.llen(keys.running(n))
+    res = pipe.execute()
+    pending, head, slots, n_done, n_failed, lock = res[:6]
+    rows, states = [], []
+    for i, n in enumerate(nodes):
+        (hb, cap, total, rc), info, qlen, rlen = res[6 + 4 * i: 10 + 4 * i]
+        par = int(info.get("parallel", 0) or 0)
+        row = {"node": n, "alive": hb is not None, "cap": int(cap or 0), "cap_total": int(total or 0),
+               "run_count": int(rc or 0), "parallel": par, "free_slots": slots.count(n) if par > 0 else None,
+               "queued": qlen, "running": rlen, "binding": info.get("binding"), "host": info.get("host")}
+        rows.append(row)
+        states.append(NodeState(n, row["alive"], row["cap"], row["cap_total"], row["run_count"], par,
+                                slots.count(n)))
+    head_info = None
+    if head is not None:
+        try:
+            d = json.loads(head)
+            units = int(d.get("cpu_units"))
+            dec = choose(states, units)
+            why = (f"placeable on {dec.node}" + ("" if lock else " but no central scheduler is running")
+                   if dec.node else dec.reason)
+            head_info = {"trace_id": d.get("trace_id"), "profile": d.get("profile"), "cpu_units": units,
+                         "attempt": d.get("attempt"), "why": why}
+        except (ValueError, TypeError, AttributeError):
+            head_info = {"trace_id": None, "why": "unreadable payload (the scheduler records it failed)"}
+    return {"pending": pending, "head": head_info, "nodes": rows, "done": n_done, "failed": n_failed,
+            "scheduler": lock, "slot_tokens": len(slots)}
+
+
+def render(s: dict) -> str:
+    """The snapshot as a small text table."""
+    out = [f"scheduler: {s['scheduler'] or 'not running'}    q:pending {s['pending']}    "
+           f"done {s['done']}    failed {s['failed']}"]
+    if s["head"]:
+        h = s["head"]
+        out.append(f"head: {h.get('trace_id')} {h.get('profile', '')} cpu_units={h.get('cpu_units', '?')} "
+                   f"attempt={h.get('attempt', '?')}: {h['why']}")
+    cols = ("node", "alive", "cap", "cap_total", "run_count", "free_slots", "queued", "running", "binding")
+    table = [cols] + [tuple("-" if r[c] is None else str(r[c]) for c in cols) for r in s["nodes"]]
+    w = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    out += ["  ".join(v.ljust(w[i]) for i, v in enumerate(row)) for row in table]
+    if not s["nodes"]:
+        out.append("(no worker registered)")
+    return "\n".join(out)
+
+
+def show(client: redis.Redis, keys: Keys, watch: bool, interval: float, as_json: bool) -> int:
+    """Print the status once, or refresh it every ``interval`` s with ``watch``."""
+    while True:
+        s = snapshot(client, keys)
+        text = json.dumps(s, indent=1) if as_json else render(s)
+        if watch and sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print(text + (f"\n(refresh every {interval:g} s, Ctrl-C to quit)" if watch else ""), flush=True)
+        if not watch:
+            return 0
+        time.sleep(interval)

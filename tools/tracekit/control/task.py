@@ -1,0 +1,195 @@
+"""The task payload (DESIGN.md §5): parse, validate, and turn into an exact argv. No shell, ever.
+
+A payload is one JSON object:
+    trace_id    str, unique in the run (letters, digits, '_', '.', '-')
+    profile     a known profile name
+    cpu_units   int >= 1 (default: the profile's)
+    ts_enqueue  int epoch ms, controller clock
+    attempt     int >= 1
+    input       path relative to the inputs root (or absolute inside it); absent for synthetic tasks
+    output      path relative to the outputs root (or absolute inside it)
+    params      optional overrides: scale, codec, preset, crf, threads, seconds
+    ts_dispatch int epoch ms, set at placement; node: set at placement
+Anything else is kept but ignored. A payload that fails validation raises :class:`InvalidTask`
+with a one-line reason; the worker records it as a failed task and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tracekit.control.profiles import CODECS, PRESETS, load_profiles
+from tracekit.core.errors import UserError
+from tracekit.core.paths import SAFE_ID
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+SCALE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+OUTPUT_SUFFIXES = (".mp4", ".mkv", ".txt", ".out")
+FFMPEG_BIN_ENV = "FFMPEG_BIN"
+
+
+class InvalidTask(UserError):
+    """A payload that must not run; the message is the reason recorded for it."""
+
+
+@dataclass
+class Task:
+    """A validated task. ``params`` holds the effective ffmpeg/command parameters."""
+
+    trace_id: str
+    profile: str
+    cpu_units: int
+    ts_enqueue: int
+    attempt: int = 1
+    input: str | None = None
+    output: str | None = None
+    params: dict = field(default_factory=dict)
+    ts_dispatch: int | None = None
+    node: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The payload as stored in the queues (compact, stable key order)."""
+        d = asdict(self)
+        extra = d.pop("extra")
+        d = {k: v for k, v in d.items() if v is not None}
+        d.update({k: v for k, v in extra.items() if k not in d})
+        return json.dumps(d, separators=(",", ":"), sort_keys=True)
+
+
+def _int(d: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InvalidTask(f"{key} must be an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _effective_params(prof: dict, given: dict) -> dict:
+    """Profile defaults overridden by the payload's params, each checked against known values."""
+    if not isinstance(given, dict):
+        raise InvalidTask("params must be an object")
+    unknown = set(given) - {"scale", "codec", "preset", "crf", "threads", "seconds"}
+    if unknown:
+        raise InvalidTask(f"unknown params: {', '.join(sorted(unknown))}")
+    p = {k: prof[k] for k in ("threads", "scale", "codec", "preset", "crf", "seconds") if k in prof}
+    p.update(given)
+    p["threads"] = _int(p, "threads", 1, 256)
+    if "scale" in p and not (isinstance(p["scale"], str) and SCALE_RE.match(p["scale"])):
+        raise InvalidTask(f"scale must look like 1920x1080, got {p['scale']!r}")
+    if "codec" in p and p["codec"] not in CODECS:
+        raise InvalidTask(f"codec must be one of {', '.join(CODECS)}, got {p['codec']!r}")
+    if "preset" in p and p["preset"] not in PRESETS:
+        raise InvalidTask(f"preset must be one of {', '.join(PRESETS)}, got {p['preset']!r}")
+    if "crf" in p:
+        p["crf"] = _int(p, "crf", 0, 51)
+    if "seconds" in p:
+        s = p["seconds"]
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 86400:
+            raise InvalidTask(f"seconds must be a number in 0..86400, got {s!r}")
+    return p
+
+
+def parse_task(raw: str | bytes) -> Task:
+    """Parse and validate a queue payload (everything but the file system); :class:`InvalidTask` if bad."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise InvalidTask(f"payload of {len(raw)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidTask(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise InvalidTask("payload must be a JSON object")
+    tid = d.get("trace_id")
+    if not isinstance(tid, str) or not SAFE_ID.match(tid):
+        raise InvalidTask(f"trace_id missing or unsafe: {tid!r}")
+    profiles = load_profiles()
+    name = d.get("profile")
+    if name not in profiles:
+        raise InvalidTask(f"unknown profile {name!r}")
+    prof = profiles[name]
+    ts = d.get("ts_enqueue")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts < 0:
+        raise InvalidTask(f"ts_enqueue must be epoch milliseconds, got {ts!r}")
+    for key in ("input", "output"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, str) or not v or "\x00" in v or len(v) > 4096):
+            raise InvalidTask(f"{key} must be a non-empty path string")
+    if prof["needs_input"] and not d.get("input"):
+        raise InvalidTask(f"profile {name} needs an input")
+    known = {"trace_id", "profile", "cpu_units", "ts_enqueue", "attempt", "input", "output", "params",
+             "ts_dispatch", "node"}
+    ts_dispatch = d.get("ts_dispatch")
+    return Task(
+        trace_id=tid,
+        profile=name,
+        cpu_units=_int(d, "cpu_units", 1, 1024, prof["cpu_units"]),
+        ts_enqueue=int(ts),
+        attempt=_int(d, "attempt", 1, 10_000, 1),
+        input=d.get("input"),
+        output=d.get("output"),
+        params=_effective_params(prof, d.get("params") or {}),
+        ts_dispatch=int(ts_dispatch) if isinstance(ts_dispatch, (int, float)) else None,
+        node=d.get("node") if isinstance(d.get("node"), str) else None,
+        extra={k: v for k, v in d.items() if k not in known},
+    )
+
+
+def resolve_inside(root: Path, rel: str, what: str) -> Path:
+    """``rel`` resolved (symlinks too) and required to lie inside ``root``; :class:`InvalidTask` if not."""
+    if any(part.startswith("-") for part in Path(rel).parts):
+        raise InvalidTask(f"{what} path {rel!r} has a component starting with '-'")
+    path = (root / rel).resolve()
+    root = root.resolve()
+    if path != root and root not in path.parents:
+        raise InvalidTask(f"{what} path {rel!r} escapes the {what}s root {root}")
+    return path
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to execute for a task: the argv, its files, and where output goes until it is complete."""
+
+    argv: list
+    input_path: Path | None
+    output_path: Path | None
+    tmp_output_path: Path | None
+
+
+def tmp_output_for(output: Path, trace_id: str, attempt: int) -> Path:
+    """Hidden per-attempt name in the same folder; renamed onto ``output`` only on success."""
+    return output.with_name(f".{output.stem}.{trace_id}.a{attempt}.part{output.suffix}")
+
+
+def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
+    """The exact argv for ``task``; paths confined to their roots. Raises :class:`InvalidTask`."""
+    prof = load_profiles()[task.profile]
+    p = task.params
+    in_path = resolve_inside(inputs_root, task.input, "input") if task.input else None
+    out_path = resolve_inside(outputs_root, task.output, "output") if task.output else None
+    if out_path is not None and out_path.suffix not in OUTPUT_SUFFIXES:
+        raise InvalidTask(f"output suffix must be one of {', '.join(OUTPUT_SUFFIXES)}")
+    tmp = tmp_output_for(out_path, task.trace_id, task.attempt) if out_path else None
+    app = prof["app"]
+    if app == "command":
+        values = {"input": str(in_path or ""), "output": str(tmp or ""), "threads": str(p["threads"]),
+                  "seconds": str(p.get("seconds", 0))}
+        argv = [tok.format(**values) if any("{" + k + "}" in tok for k in values) else tok
+                for tok in prof["argv"]]
+        return Command(argv, in_path, out_path, tmp)
+    ffmpeg = os.environ.get(FFMPEG_BIN_ENV, "ffmpeg")
+    w, h = SCALE_RE.match(p["scale"]).groups()
+    argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    if app == "ffmpeg":
+        argv += ["-i", str(in_path), "-vf", f"scale={w}:{h}"]
+    else:
+        argv += ["-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30:duration={p['seconds']}"]
+    argv += ["-c:v", p["codec"], "-preset", p["preset"], "-crf", str(p["crf"]), "-threads", str(p["threads"])]
+    if p["codec"] == "libx265":
+        argv += ["-x265-params", f"pools={p['threads']}:log-level=error"]
+    argv += ["-an"]
+    argv += [str(tmp)] if tmp else ["-f", "null", "-"]
+    return Command(argv, in_path, out_path, tmp)

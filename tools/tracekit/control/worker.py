@@ -1,0 +1,540 @@
+"""The worker: register with a heartbeat, take placed tasks atomically, run each through the adapter, complete
+them with fencing, recover its own keys when it (re)starts.
+
+Lifecycle:
+    start      refuse if this node's worker pidfile names a live process; write the pidfile and worker.json;
+               ``register`` (Lua) reconciles q:<node>, running:<node>, cap, run_count and slot tokens
+    heartbeat  a thread refreshes ``hb:<node>`` (TTL ``--heartbeat-ttl``, default 3 s) every second; when
+               the node was recovered meanwhile it re-registers (its still-running attempts will be fenced)
+    take       ``BLMOVE q:<node> running:<node>`` (blocks up to 1 s; no polling)
+    run        validate the payload (invalid -> ``reject`` event + failed record), pick the binding
+               (exclusive cpuset or shared weight), launch ``tools/adapters/<app>_wrapper.py -- argv``
+    complete   ``complete`` (Lua): accepted only if this exact payload is still in running:<node>;
+               accepted + success -> rename the tmp output onto the output; refused -> ``fenced`` event
+    stop       first SIGINT/SIGTERM: take nothing new, wait for running tasks; second: forward it to them.
+               Then ``leave`` (Lua): placed-not-started tasks go back to the head of q:pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+
+from tracekit.control.lua import Scripts
+from tracekit.control.profiles import load_profiles
+from tracekit.control.redis_retry import Retrier
+from tracekit.control.task import Command, InvalidTask, Task, build_command, parse_task, tmp_output_for
+from tracekit.core import paths
+from tracekit.core.clock import redis_clock_offset, wall_ms
+from tracekit.core.errors import UserError
+from tracekit.core.jsonl import append_line
+from tracekit.core.keys import Keys
+from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
+from tracekit.node.cpuset import allocate
+from tracekit.node.procfs import format_cpu_list
+
+log = logging.getLogger("worker")
+ADAPTERS = paths.REPO_ROOT / "tools" / "adapters"
+BEAT_EVERY_S = 1.0
+
+
+@dataclass
+class WorkerConfig:
+    """The worker's flags."""
+
+    run_id: str
+    node: str
+    outputs: Path
+    parallel: int = 0
+    allocation_ratio: float = 1.0
+    capacity_units: int = 0
+    cpu_binding: str = "exclusive"
+    cpuweight_per_vcpu: int = 100
+    reset_capacity: bool = False
+    clear_queue: bool = False
+    heartbeat_ttl_ms: int = 3000
+    exit_when_idle: bool = False  # tests: leave once nothing is placed or running for ~2 s
+
+
+def capacity_for(ratio: float, cores: int, units: int = 0) -> int:
+    """Capacity units: ``units`` when > 0, else floor(ratio x logical cores)."""
+    if units > 0:
+        return units
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise UserError("--allocation-ratio must be a positive number")
+    return int(math.floor(ratio * cores + 1e-9))
+
+
+@dataclass
+class Running:
+    """One task attempt this worker is executing."""
+
+    raw: str
+    task: Task
+    cmd: Command
+    proc: subprocess.Popen
+    cpus: list = field(default_factory=list)
+    fallback: bool = False
+
+
+def live_worker_pid(pid: int) -> bool:
+    """``pid`` is a live worker.py process other than this one and its ancestors (pidfile check)."""
+    if pid <= 0 or pid == os.getpid() or pid in {p.pid for p in psutil.Process().parents()}:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and any("worker.py" in a for a in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _remove_superseded_tmp(output: Path, trace_id: str, attempt: int) -> None:
+    """Delete temporary outputs of this task's earlier attempts: their completion can never be accepted now.
+
+    An adapter that outlived a SIGKILLed worker and exited 0 leaves its ``.part`` file (only the worker renames
+    or deletes it); the accepted later attempt is the one place that knows it is garbage.
+    """
+    for a in range(1, attempt):
+        with contextlib.suppress(OSError):
+            tmp_output_for(output, trace_id, a).unlink(missing_ok=True)
+
+
+class Worker:
+    """One worker process for one node."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, cfg: WorkerConfig) -> None:
+        self.client, self.keys, self.cfg = client, keys, cfg
+        self.scripts = Scripts(client, keys)
+        self.instance = uuid.uuid4().hex[:12]
+        self.stop = threading.Event()
+        self.signals = 0
+        self.retry = Retrier(log)  # completions and registration: retried until Redis answers
+        self.take_retry = Retrier(log, self.stop)  # taking stops retrying once we are asked to stop
+        self.lock = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
+        self.running: dict[tuple[str, int], Running] = {}
+        self.threads: list[threading.Thread] = []
+        self.cores = sorted(os.sched_getaffinity(0))
+        self.capacity = capacity_for(cfg.allocation_ratio, os.cpu_count() or 1, cfg.capacity_units)
+        self.offset_ms = 0.0
+        self.pidfile = paths.daemon_pidfile_path(cfg.run_id, cfg.node, "worker")
+        self.events = paths.events_path(cfg.run_id, cfg.node)
+        self.task_log = paths.daemon_log_path(cfg.run_id, cfg.node, "tasks")
+        self.replaced = False
+
+    # --- registration ---
+    def _claim_pidfile(self) -> None:
+        try:
+            old = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            old = 0
+        if live_worker_pid(old):
+            raise UserError(f"a worker for node {self.cfg.node} is already running (pid {old}, {self.pidfile}); "
+                            "stop it first (make stop-node)")
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(f"{os.getpid()}\n")
+
+    def stop_orphans(self, timeout: float = 5.0) -> int:
+        """Stop adapters that a previous, killed worker of this node left running; returns how many.
+
+        ``register`` re-queues their attempts (attempt+1), so their completion can never be accepted: left alone
+        they would burn CPU beside the new attempts (over-committing the node). SIGTERM lets the adapter forward
+        the signal, record the attempt as failed and delete its temporary output.
+        """
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if p.pid == os.getpid() or not any(a.endswith("_wrapper.py") and Path(a).parent == ADAPTERS for a in cmd):
+                continue
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get("RUN_ID") == self.cfg.run_id and env.get("NODE_ID") == self.cfg.node and env.get("TRACE_ID"):
+                found.append(p)
+                log.warning("stopping adapter pid %d of %s attempt %s left by a previous worker", p.pid,
+                            env.get("TRACE_ID"), env.get("ATTEMPT"))
+        for p in found:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(found, timeout=timeout)
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)  # adapters run in their own session: the group is the task
+        return len(found)
+
+    def stop_doomed(self, timeout: float = 10.0) -> None:
+        """Stop every attempt still running here, after the control plane re-queued them (node declared dead).
+
+        Their completion can never be accepted; left running they would burn CPU beside the tasks this node gets
+        once it re-registers with its full capacity (over-commit). SIGTERM goes to the adapter, which forwards it
+        and records the attempt; the completion is then refused and written as a ``fenced`` event.
+        """
+        with self.lock:
+            procs = [r.proc for r in self.running.values()]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.running:
+                    return
+            time.sleep(0.05)
+        for p in procs:  # an application that ignores SIGTERM: its whole session (the adapter's group)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+
+    def register(self) -> None:
+        """(Re)register: reconcile this node's keys in one atomic step and write worker.json."""
+        mode = "1" if self.cfg.clear_queue else ("2" if self.cfg.reset_capacity else "0")
+        info = {"cores": len(self.cores), "mem_mb": psutil.virtual_memory().total // 2**20,
+                "host": socket.gethostname(), "pid": os.getpid(), "binding": self.cfg.cpu_binding,
+                "allocation_ratio": self.cfg.allocation_ratio,
+                "cpuweight_per_vcpu": self.cfg.cpuweight_per_vcpu, "run_id": self.cfg.run_id}
+        flat = [str(x) for kv in info.items() for x in kv]
+        back, failed, kept, cleared = self.retry(lambda: self.scripts.register(args=[
+            self.cfg.node, self.instance, self.capacity, self.cfg.parallel, self.cfg.heartbeat_ttl_ms, mode, *flat]),
+            "register")
+        log.info("registered node %s: capacity %d, parallel %d, binding %s; reconciled: %d kept placed, %d requeued, "
+                 "%d failed, %d cleared", self.cfg.node, self.capacity, self.cfg.parallel, self.cfg.cpu_binding, kept,
+                 back, failed, cleared)
+        try:
+            off = redis_clock_offset(self.client)
+            self.offset_ms = off.offset_ms
+            clock = off.as_dict()
+        except redis.RedisError:
+            clock = None
+        meta = {"node_id": self.cfg.node, "cpu_cores": len(self.cores), "mem_mb": info["mem_mb"],
+                "capacity": self.capacity, "allocation_ratio": self.cfg.allocation_ratio,
+                "parallel": self.cfg.parallel, "binding": self.cfg.cpu_binding,
+                "cpuweight_per_vcpu": self.cfg.cpuweight_per_vcpu, "clock": clock, "started_ms": round(wall_ms(), 3)}
+        path = paths.worker_meta_path(self.cfg.run_id, self.cfg.node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({k: meta[k] for k in WORKER_META_FIELDS}, indent=1) + "\n")
+        os.replace(tmp, path)
+
+    def _heartbeat(self) -> None:
+        while not self.done_event.is_set():
+            try:
+                ok = self.scripts.beat(args=[self.cfg.node, self.instance, self.cfg.heartbeat_ttl_ms])
+                if ok == 0:
+                    holder = self.client.hget(self.keys.node_info(self.cfg.node), "instance")
+                    if holder:
+                        log.error("another worker instance (%s) registered node %s; stopping", holder, self.cfg.node)
+                        self.replaced = True
+                        self.stop.set()
+                    else:
+                        with self.lock:
+                            n = len(self.running)
+                        log.warning("node %s was recovered while unreachable; stopping its %d attempt(s) still "
+                                    "running (re-queued meanwhile: they will be fenced), then re-registering",
+                                    self.cfg.node, n)
+                        self.stop_doomed()
+                        self.register()
+            except redis.RedisError as exc:  # the take loop logs the outage; the TTL tells the scheduler
+                log.debug("heartbeat failed: %s", exc)
+            except Exception as exc:  # the heartbeat thread must outlive any local error (disk full, ...)
+                log.error("heartbeat: %s", exc)
+            self.done_event.wait(BEAT_EVERY_S)
+
+    # --- events ---
+    def _event(self, fields: tuple, **values) -> None:
+        rec = {k: values.get(k) for k in fields}
+        append_line(self.events, rec)
+
+    def _ctl_ms(self) -> int:
+        return int(round(wall_ms() + self.offset_ms))
+
+    # --- one task ---
+    def _reject(self, raw: str, exc: Exception, tid: str | None, attempt: int, profile: str | None) -> None:
+        reason = str(exc)
+        tid = tid or "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12]  # as the Lua steps name it
+        log.warning("rejected payload (%s): %s", tid, reason)
+        self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=attempt, node_id=self.cfg.node,
+                    profile=profile, ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200])
+        self._complete(raw, tid, attempt, "failed", {"status": "rejected", "reason": reason})
+
+    def _take(self) -> str | bytes | None:
+        """BLMOVE q:<node> -> running:<node> (1 s); the payload as str, or as bytes when it is not UTF-8.
+
+        Read undecoded: a decoding client would raise on a non-UTF-8 payload *after* Redis moved it, leaving it
+        stuck in running:<node> and killing the take loop.
+        """
+        from redis.client import NEVER_DECODE
+
+        got = self.client.execute_command("BLMOVE", self.keys.queue(self.cfg.node), self.keys.running(self.cfg.node),
+                                          "LEFT", "RIGHT", 1.0, **{NEVER_DECODE: True})
+        if got is None:
+            return None
+        try:
+            return got.decode()
+        except UnicodeDecodeError:
+            return got
+
+    def _reject_bytes(self, raw: bytes) -> None:
+        tid = "bad-" + hashlib.sha1(raw).hexdigest()[:12]
+        reason = "payload is not valid UTF-8 (not a JSON task)"
+        log.warning("rejected payload (%s): %s", tid, reason)
+        self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=1, node_id=self.cfg.node, profile=None,
+                    ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200].decode(errors="replace"))
+        rec = {"trace_id": tid, "attempt": 1, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms(),
+               "status": "rejected", "reason": reason}
+        # the exact bytes go back to the Lua step, so it finds (and removes) them in running:<node>
+        self.retry(lambda: self.scripts.complete(args=[self.cfg.node, raw, tid, 1, "failed",
+                                                       json.dumps(rec, separators=(",", ":"))]), "complete")
+
+    def _complete(self, raw: str, tid: str, attempt: int, outcome: str, extra: dict) -> str:
+        rec = {"trace_id": tid, "attempt": attempt, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms()}
+        rec.update(extra)
+        out = self.retry(lambda: self.scripts.complete(args=[self.cfg.node, raw, tid, attempt, outcome,
+                                                              json.dumps(rec, separators=(",", ":"))]), "complete")
+        return out
+
+    def _binding_env(self, task: Task) -> tuple[dict, list[int]]:
+        env = {"TC_BINDING": self.cfg.cpu_binding}
+        cpus: list[int] = []
+        if self.cfg.cpu_binding == "exclusive":
+            with self.lock:
+                held = {k: r.cpus for k, r in self.running.items()}
+                cpus = allocate(self.cores, held, task.cpu_units)
+            env["TC_CPUSET"] = format_cpu_list(cpus)
+        else:
+            env["TC_CPU_WEIGHT"] = str(self.cfg.cpuweight_per_vcpu * task.cpu_units)
+        return env, cpus
+
+    def _rebalance(self) -> None:
+        if self.cfg.cpu_binding != "shared":
+            return
+        try:
+            from tracekit.node.binding import rebalance_shared
+        except ImportError:
+            log.info("tracekit.node.binding.rebalance_shared not available: shared quotas not rebalanced")
+            return
+        with self.lock:
+            running = {k: r.task.cpu_units for k, r in self.running.items()}
+        try:
+            rebalance_shared(self.cfg.run_id, self.cfg.node, running, len(self.cores))
+        except Exception as exc:  # binding trouble must never stop the worker
+            log.warning("rebalance_shared failed: %s", exc)
+
+    def handle(self, raw: str) -> None:
+        """Validate and launch one taken payload (never raises for a bad payload)."""
+        tid, attempt, profile = None, 1, None
+        try:
+            d = json.loads(raw)
+            if isinstance(d, dict):
+                tid = d.get("trace_id") if isinstance(d.get("trace_id"), str) else None
+                attempt = d.get("attempt") if isinstance(d.get("attempt"), int) else 1
+                profile = d.get("profile") if isinstance(d.get("profile"), str) else None
+        except ValueError:
+            pass
+        try:
+            task = parse_task(raw)
+            cmd = build_command(task, paths.inputs_root(), self.cfg.outputs)
+            if cmd.input_path is not None and not cmd.input_path.is_file():
+                raise InvalidTask(f"input {task.input} does not exist under {paths.inputs_root()}")
+        except InvalidTask as exc:
+            self._reject(raw, exc, tid, attempt, profile)
+            return
+        except UserError as exc:  # e.g. a broken profiles file: same treatment, the worker goes on
+            self._reject(raw, exc, tid, attempt, profile)
+            return
+        bind_env, cpus = self._binding_env(task)
+        app = load_profiles()[task.profile]["app"]
+        wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
+        env = dict(os.environ)
+        for name in ("TRACEKIT_REDIS_PASSWORD", "TRACEKIT_REDIS_URL", "REDIS_URL"):
+            env.pop(name, None)  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
+        env.update(bind_env)
+        env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
+                    "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
+                    "TS_ENQUEUE": str(task.ts_enqueue), "TS_DISPATCH": str(task.ts_dispatch or ""),
+                    "TC_EVENT_LOG": str(self.events), "PROC_PID_DIR": str(paths.pid_dir(self.cfg.run_id)),
+                    "TC_INPUT": str(cmd.input_path or ""), "TC_OUTPUT": str(cmd.output_path or ""),
+                    "TC_OUTPUT_TMP": str(cmd.tmp_output_path or "")})
+        if cmd.tmp_output_path is not None:
+            cmd.tmp_output_path.parent.mkdir(parents=True, exist_ok=True)
+        self.task_log.parent.mkdir(parents=True, exist_ok=True)
+        fallback = not wrapper.exists()
+        with open(self.task_log, "ab") as out:
+            if fallback:
+                argv = cmd.argv
+                pre = (lambda c=tuple(cpus): os.sched_setaffinity(0, c)) if cpus else None
+            else:
+                argv = [sys.executable, str(wrapper), "--", *cmd.argv]
+                pre = None
+            try:
+                t0 = wall_ms()
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                        preexec_fn=pre, start_new_session=True)
+            except OSError as exc:
+                self._finish_failed_launch(raw, task, cmd, str(exc))
+                return
+        run = Running(raw, task, cmd, proc, cpus, fallback)
+        with self.lock:
+            self.running[(task.trace_id, task.attempt)] = run
+        log.info("started %s attempt %d (%s, %s) pid %d%s", task.trace_id, task.attempt, task.profile,
+                 bind_env.get("TC_CPUSET") or bind_env.get("TC_CPU_WEIGHT"), proc.pid,
+                 " [no adapter: direct launch]" if fallback else "")
+        self._rebalance()
+        th = threading.Thread(target=self._wait, args=(run, t0), daemon=True, name=f"task-{task.trace_id}")
+        th.start()
+        self.threads.append(th)
+
+    def _launch_error(self, raw: str, exc: Exception) -> None:
+        try:
+            d = json.loads(raw)
+            tid, attempt = str(d["trace_id"]), int(d.get("attempt", 1))
+        except (ValueError, KeyError, TypeError):
+            tid, attempt = "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12], 1
+        log.error("could not start %s: %s", tid, exc)
+        with self.lock:
+            self.running.pop((tid, attempt), None)
+        self._complete(raw, tid, attempt, "failed", {"status": "failed", "reason": f"worker could not start it: {exc}"})
+
+    def _finish_failed_launch(self, raw: str, task: Task, cmd: Command, reason: str) -> None:
+        log.warning("could not launch %s: %s", task.trace_id, reason)
+        self._complete(raw, task.trace_id, task.attempt, "failed", {"status": "failed", "reason": reason})
+
+    def _wait(self, run: Running, t0: float) -> None:
+        try:
+            self._wait_inner(run, t0)
+        except Exception as exc:  # never leave a task in running:<node> because a log write failed
+            log.error("task %s: %s", run.task.trace_id, exc)
+            with self.lock:
+                self.running.pop((run.task.trace_id, run.task.attempt), None)
+            self._complete(run.raw, run.task.trace_id, run.task.attempt, "failed",
+                           {"status": "failed", "reason": f"worker error after the run: {exc}"})
+
+    def _wait_inner(self, run: Running, t0: float) -> None:
+        task, cmd = run.task, run.cmd
+        m0 = time.monotonic_ns()
+        if run.fallback:
+            _, status, ru = os.wait4(run.proc.pid, 0)
+            run.proc.returncode = os.waitstatus_to_exitcode(status)
+            rc = run.proc.returncode
+            t1 = t0 + (time.monotonic_ns() - m0) / 1e6
+            self._event(EXEC_FIELDS, kind="exec", trace_id=task.trace_id, attempt=task.attempt, node_id=self.cfg.node,
+                        pid=run.proc.pid, profile=task.profile, cpu_units=task.cpu_units, ts_enqueue=task.ts_enqueue,
+                        ts_dispatch=task.ts_dispatch, ts_start=round(t0, 3), ts_end=round(t1, 3),
+                        status="ok" if rc == 0 else "failed", exit_code=rc if rc >= 0 else None,
+                        signal=-rc if rc < 0 else None,
+                        cpu_ms=round((ru.ru_utime + ru.ru_stime) * 1000, 3), utime_ms=round(ru.ru_utime * 1000, 3),
+                        stime_ms=round(ru.ru_stime * 1000, 3), max_rss_kb=ru.ru_maxrss,
+                        binding=self.cfg.cpu_binding,
+                        binding_mechanism="affinity" if run.cpus else "none",
+                        cpuset=format_cpu_list(run.cpus) if run.cpus else None,
+                        input=str(cmd.input_path) if cmd.input_path else None,
+                        output=str(cmd.output_path) if cmd.output_path else None,
+                        error=None if rc == 0 else f"exit status {rc}", argv=cmd.argv)
+        else:
+            rc = run.proc.wait()
+        with self.lock:
+            self.running.pop((task.trace_id, task.attempt), None)
+        self._rebalance()
+        tmp = cmd.tmp_output_path
+        if rc == 0:
+            outcome, extra = "done", {"status": "ok", "exit_code": 0}
+        else:
+            why = f"killed by signal {-rc}" if rc < 0 else (f"killed by signal {rc - 128}" if rc > 128 else
+                                                             f"exit code {rc}")
+            outcome, extra = "failed", {"status": "failed", "exit_code": rc, "reason": f"application failed: {why}"}
+        verdict = self._complete(run.raw, task.trace_id, task.attempt, outcome, extra)
+        if verdict in ("ok", "dup"):
+            if rc == 0 and tmp is not None and tmp.exists():
+                os.replace(tmp, cmd.output_path)
+            elif tmp is not None:
+                tmp.unlink(missing_ok=True)
+            if cmd.output_path is not None:
+                _remove_superseded_tmp(cmd.output_path, task.trace_id, task.attempt)
+            log.info("%s %s attempt %d (exit %s)", outcome, task.trace_id, task.attempt, rc)
+        else:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            reason = "completion refused: the task was recovered and re-queued while this attempt ran"
+            self._event(FENCED_FIELDS, kind="fenced", trace_id=task.trace_id, attempt=task.attempt,
+                        node_id=self.cfg.node, ts=round(wall_ms(), 3), reason=reason)
+            log.warning("fenced %s attempt %d: %s", task.trace_id, task.attempt, reason)
+
+    # --- signals and main loop ---
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.info("signal %d: taking no new task, waiting for %d running", signum, len(self.running))
+            self.stop.set()
+            return
+        with self.lock:
+            procs = [r.proc for r in self.running.values()]
+        log.info("signal %d again: forwarding it to %d running task(s)", signum, len(procs))
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        self._claim_pidfile()
+        self.done_event = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            self.stop_orphans()
+            self.register()
+            hb = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+            hb.start()
+            idle_since = time.monotonic()
+            while not self.stop.is_set():
+                try:
+                    raw = self.take_retry(self._take, "take")
+                except redis.RedisError:
+                    continue
+                if isinstance(raw, bytes):  # not UTF-8: it can never be a task; reject it, keep serving
+                    self._reject_bytes(raw)
+                    idle_since = time.monotonic()
+                    continue
+                if raw is not None:
+                    try:
+                        self.handle(raw)
+                    except (OSError, ValueError) as exc:  # e.g. output folder not writable: fail the task, go on
+                        self._launch_error(raw, exc)
+                    idle_since = time.monotonic()
+                elif self.cfg.exit_when_idle:
+                    with self.lock:
+                        busy = bool(self.running)
+                    if busy:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > 2.0:
+                        self.stop.set()
+            for th in self.threads:
+                th.join()
+            if not self.replaced:
+                back, failed = self.retry(lambda: self.scripts.leave(args=[self.cfg.node, self.instance]), "leave")
+                if back or failed:
+                    log.info("left the pool: %d placed task(s) went back to q:pending", back)
+            self.done_event.set()
+            log.info("worker %s stopped", self.cfg.node)
+            return 0
+        finally:
+            self.done_event.set()
+            try:
+                if self.pidfile.read_text().split()[0] == str(os.getpid()):
+                    self.pidfile.unlink()
+            except (OSError, IndexError):
+                pass

@@ -1,0 +1,148 @@
+"""Redis URL and password resolution, and a connection that fails with one clear line.
+
+Order (DESIGN.md §10): ``--redis URL`` flag, else ``TRACEKIT_REDIS_URL`` (or ``REDIS_URL``), else the
+local default. The password may sit in the URL (``redis://:PASS@host`` or ``?password=PASS``, as the
+original toolkit did), in ``TRACEKIT_REDIS_PASSWORD``, or in a file named by
+``TRACEKIT_REDIS_PASSWORD_FILE`` / ``--redis-password-file``. It is never printed: use
+:func:`redact` for anything shown to a user or written to a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from tracekit.core.errors import UserError
+from tracekit.core.keys import PREFIX_ENV, Keys
+
+DEFAULT_URL = "redis://localhost:6379/0"
+URL_ENV = ("TRACEKIT_REDIS_URL", "REDIS_URL")
+PASSWORD_ENV = "TRACEKIT_REDIS_PASSWORD"
+PASSWORD_FILE_ENV = "TRACEKIT_REDIS_PASSWORD_FILE"
+
+
+def add_redis_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--redis``, ``--redis-password-file`` and ``--key-prefix`` to a script's parser."""
+    parser.add_argument(
+        "--redis",
+        default=None,
+        help=f"Redis URL (default: ${URL_ENV[0]} or {DEFAULT_URL}); redis:// or rediss:// (TLS). "
+        f"Prefer ${PASSWORD_ENV} or a password file over a password in the URL: "
+        "command lines are visible in ps.",
+    )
+    parser.add_argument(
+        "--redis-password-file",
+        default=os.environ.get(PASSWORD_FILE_ENV),
+        help=f"file holding the Redis password (default: ${PASSWORD_FILE_ENV})",
+    )
+    parser.add_argument(
+        "--key-prefix",
+        default=os.environ.get(PREFIX_ENV, ""),
+        help=f"prefix for every Redis key, so runs can share one Redis (default: ${PREFIX_ENV} or none)",
+    )
+
+
+def resolve_url(flag: str | None) -> str:
+    """The Redis URL from the flag, the environment, or the default."""
+    if flag:
+        return flag
+    for name in URL_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return DEFAULT_URL
+
+
+def _url_password(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    return dict(parse_qsl(parts.query)).get("password")
+
+
+def resolve_password(url: str, password_file: str | None = None) -> str | None:
+    """The password: in the URL, else the environment, else the password file."""
+    pw = _url_password(url)
+    if pw:
+        return pw
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    path = password_file or os.environ.get(PASSWORD_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise UserError(f"cannot read Redis password file {path}: {exc.strerror}") from None
+    return None
+
+
+def strip_password(url: str) -> str:
+    """The URL without any password (user part or ``password=`` query)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(url: str) -> str:
+    """The URL as it may be shown or logged: the password replaced by ``***``."""
+    clean = strip_password(url)
+    if _url_password(url) is None:
+        return clean
+    parts = urlsplit(clean)
+    user = parts.username or ""
+    host = parts.netloc.split("@")[-1]
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def connect(
+    url: str | None = None,
+    password_file: str | None = None,
+    *,
+    decode_responses: bool = True,
+    socket_timeout: float | None = 10.0,
+) -> redis.Redis:
+    """A checked connection (PING answered), or :class:`UserError` (exit code 2) with one line."""
+    url = resolve_url(url)
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise UserError(f"bad Redis URL {redact(url)!r}: expected redis://, rediss:// or unix://")
+    password = resolve_password(url, password_file)
+    try:
+        client = redis.Redis.from_url(
+            strip_password(url),
+            password=password,
+            decode_responses=decode_responses,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5.0,
+            health_check_interval=15,
+        )
+        client.ping()
+    except redis.AuthenticationError:
+        raise UserError(f"Redis at {redact(url)} rejected the password") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            msg = "requires a password" if "NOAUTH" in str(exc) else "rejected the password"
+            raise UserError(f"Redis at {redact(url)} {msg}") from None
+        raise UserError(f"Redis at {redact(url)} answered: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise UserError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    return client
+
+
+def connect_from_args(args: argparse.Namespace, **kwargs) -> tuple[redis.Redis, Keys]:
+    """Connect with the flags added by :func:`add_redis_args`; warn if the password is in argv."""
+    if args.redis and _url_password(args.redis) and sys.stderr.isatty():
+        print(
+            "warning: a password in --redis is visible in ps; "
+            f"prefer {PASSWORD_ENV} or {PASSWORD_FILE_ENV}",
+            file=sys.stderr,
+        )
+    return connect(args.redis, args.redis_password_file, **kwargs), Keys(args.key_prefix)

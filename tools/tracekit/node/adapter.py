@@ -1,0 +1,445 @@
+"""The adapter core: run one execution of an application and measure it exactly (DESIGN.md §6).
+
+Sequence (docs/node-side.md "Exactness"):
+1. The parent prepares the binding (shared mode: creates the task cgroup) and forks.
+2. The child closes stdin (``/dev/null``), routes stderr into a pipe, applies the binding (affinity
+   or cgroup), reads its own ``starttime``, writes the PID sentinel, takes the wall/monotonic time,
+   sends both through a CLOEXEC pipe and execs. The pipe closes at exec, so the parent learns the exact
+   pre-exec time and whether exec succeeded (a failing exec writes its reason into the same pipe).
+3. The parent forwards SIGINT/SIGTERM, tees the child's stderr (keeping the last ~2 KB) and waits for
+   the exit with ``waitid(WNOWAIT)``, which leaves the process a zombie whose /proc counters still hold
+   its final CPU time. If this node's collector is running and has not yet sampled the process (a task
+   shorter than one interval), the parent keeps the zombie for at most two intervals (+250 ms) until the
+   collector acknowledges it (``<pid>.ack``). Then it reaps with ``wait4`` (exact rusage), reads the
+   task cgroup's totals, removes the sentinel and the cgroup, and appends one ``exec`` event.
+
+Exit code: the application's; 128+N when it died of signal N; 125 when the adapter failed before exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracekit.core import paths
+from tracekit.core.clock import mono_ms, wall_ms
+from tracekit.core.errors import UserError
+from tracekit.core.jsonl import append_line
+from tracekit.core.schema import EXEC_FIELDS
+from tracekit.node import binding as bind
+from tracekit.node import cgroupfs, procfs, sentinel
+
+EXIT_PRE_EXEC = 125
+_FORWARDED = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1
+try:  # loaded before fork: the child must not import anything
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no libc symbols (static Python)
+    _LIBC = None
+STDERR_TAIL_BYTES = 2048
+HOLD_SLACK_MS = 250  # a loaded collector may be a little late; a missing one costs no wait at all
+_TS = struct.Struct("=dd")
+
+
+@dataclass
+class AdapterConfig:
+    """Everything one execution needs; built from the worker's environment (docs/internals.md)."""
+
+    argv: list
+    run_id: str
+    node_id: str
+    trace_id: str
+    attempt: int = 1
+    profile: str | None = None
+    cpu_units: int | None = None
+    ts_enqueue: float | None = None
+    ts_dispatch: float | None = None
+    event_log: Path | None = None
+    pid_dir: Path | None = None
+    binding: str = "none"
+    cpuset: str | None = None
+    cpu_weight: int | None = None
+    cpu_quota_pct: float | None = None
+    input: str | None = None
+    output: str | None = None
+    output_tmp: str | None = None
+    ack_wait: bool = True
+    final_sample: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, argv: list, env: dict | None = None) -> AdapterConfig:
+        """Read the contract's variables; :class:`UserError` with one line when one is malformed."""
+        env = os.environ if env is None else env
+        if not argv:
+            raise UserError("no command given: use  ... -- <command> [args]")
+        rid = paths.run_id(env.get("RUN_ID"))
+        node = paths.node_id(env.get("NODE_ID"))
+        tid = env.get("TRACE_ID")
+        if not tid or not paths.SAFE_ID.match(tid):
+            raise UserError(f"TRACE_ID missing or unsafe: {tid!r} (letters, digits, '_', '.', '-')")
+
+        def num(name: str, kind=float, lo: float | None = None):
+            v = env.get(name)
+            if v in (None, ""):
+                return None
+            try:
+                x = kind(v)
+            except ValueError:
+                raise UserError(f"{name} must be a {kind.__name__}, got {v!r}") from None
+            if lo is not None and x < lo:
+                raise UserError(f"{name} must be >= {lo}, got {v!r}")
+            return x
+
+        b = env.get("TC_BINDING") or "none"
+        if b not in bind.BINDINGS:
+            raise UserError(f"TC_BINDING must be one of {', '.join(bind.BINDINGS)}, got {b!r}")
+        units = num("CPU_UNITS", int, 1)
+        weight = num("TC_CPU_WEIGHT", int, 1)
+        return cls(
+            argv=list(argv),
+            run_id=rid,
+            node_id=node,
+            trace_id=tid,
+            attempt=num("ATTEMPT", int, 1) or 1,
+            profile=env.get("PROFILE") or None,
+            cpu_units=units,
+            ts_enqueue=_int_if_whole(num("TS_ENQUEUE")),
+            ts_dispatch=_int_if_whole(num("TS_DISPATCH")),
+            event_log=Path(env["TC_EVENT_LOG"]) if env.get("TC_EVENT_LOG") else paths.events_path(rid, node),
+            pid_dir=Path(env["PROC_PID_DIR"]) if env.get("PROC_PID_DIR") else paths.pid_dir(rid),
+            binding=b,
+            cpuset=env.get("TC_CPUSET") or None,
+            cpu_weight=weight if weight is not None else (100 * units if units else None),
+            cpu_quota_pct=num("TC_CPU_QUOTA_PCT", float, 0),
+            input=env.get("TC_INPUT") or None,
+            output=env.get("TC_OUTPUT") or None,
+            output_tmp=env.get("TC_OUTPUT_TMP") or None,
+            ack_wait=env.get("TC_ACK_WAIT", "1") != "0",
+            final_sample=env.get("TC_FINAL_SAMPLE", "0") == "1",
+        )
+
+
+def _int_if_whole(x: float | None) -> float | int | None:
+    """Controller epoch ms arrive as text: keep them integers when they are."""
+    return int(x) if x is not None and float(x).is_integer() else x
+
+
+class _StderrTee(threading.Thread):
+    """Copy the child's stderr to ours and keep its last bytes for the event's ``error``."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.tail: deque = deque()
+        self.size = 0
+
+    def run(self) -> None:
+        """Copy until EOF (the application and everything it started closed its stderr)."""
+        out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if out is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    out.write(chunk)
+                    out.flush()
+            self.tail.append(chunk)
+            self.size += len(chunk)
+            while self.size - len(self.tail[0]) >= STDERR_TAIL_BYTES:
+                self.size -= len(self.tail.popleft())
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def text(self) -> str:
+        """The last ``STDERR_TAIL_BYTES`` of the application's stderr, as text."""
+        data = b"".join(self.tail)[-STDERR_TAIL_BYTES:]
+        return data.decode("utf-8", errors="replace").strip()
+
+
+def _file_size(p: str | None) -> int | None:
+    if not p:
+        return None
+    try:
+        return os.stat(p).st_size
+    except OSError:
+        return None
+
+
+def _base_event(cfg: AdapterConfig) -> dict:
+    ev = dict.fromkeys(EXEC_FIELDS)
+    ev.update(kind="exec", trace_id=cfg.trace_id, attempt=cfg.attempt, node_id=cfg.node_id, profile=cfg.profile,
+              cpu_units=cfg.cpu_units, ts_enqueue=cfg.ts_enqueue, ts_dispatch=cfg.ts_dispatch, binding=cfg.binding,
+              binding_mechanism="none", input=cfg.input, output=cfg.output, argv=list(cfg.argv),
+              bytes_in=_file_size(cfg.input))
+    return ev
+
+
+def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | None, exec_argv: list,
+           ts_w: int, err_w: int, parent: int) -> None:
+    """Runs in the forked child; never returns (exec or ``_exit``)."""
+    stage = "prepare the child"
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # a blocked mask would survive exec
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(err_w, 2)
+        os.close(err_w)
+        pid = os.getpid()
+        if _LIBC is not None:  # the application dies with the adapter: never an unmeasured orphan
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(EXIT_PRE_EXEC)  # the adapter died before prctl took effect
+        if cpus is not None:
+            stage = f"bind to CPUs {cfg.cpuset}"
+            os.sched_setaffinity(0, cpus)  # inherited by every thread created after exec
+        if shared is not None:
+            stage = f"join the task cgroup ({shared.mechanism})"
+            shared.attach(pid)
+        stage = f"write the PID sentinel in {cfg.pid_dir}"
+        st = procfs.starttime(pid)
+        sentinel.write_sentinel(cfg.pid_dir, {
+            "trace_id": cfg.trace_id, "attempt": cfg.attempt, "node_id": cfg.node_id, "pid": pid,
+            "starttime": st, "cgroup": shared.cgroup if shared else None, "ts_created": round(wall_ms(), 3)})
+        os.write(ts_w, b"T" + _TS.pack(wall_ms(), mono_ms()))
+        stage = f"execute {exec_argv[0]!r}"
+        os.execvp(exec_argv[0], exec_argv)
+    except BaseException as exc:  # noqa: BLE001 - any failure must reach the parent, then _exit
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            os.write(ts_w, b"E" + f"cannot {stage}: {reason}".encode()[:1000])
+    os._exit(EXIT_PRE_EXEC)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 4096)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _collector_interval_ms(cfg: AdapterConfig) -> float | None:
+    """Interval of this node's live collector, or None when none runs (then nothing to wait for)."""
+    from tracekit.node.collector import running_collector  # local: keeps the adapter's start light
+
+    info = running_collector(cfg.run_id, cfg.node_id)
+    return info[1] if info else None
+
+
+def _hold_for_ack(cfg: AdapterConfig, pid: int, starttime: int) -> bool:
+    """Keep the zombie until the collector has sampled it, at most two intervals + ``HOLD_SLACK_MS``.
+
+    Default: until it was sampled at least once (only short tasks wait). ``TC_FINAL_SAMPLE=1``: until
+    it was sampled after its exit, so the last sample holds its final counters.
+    """
+    if not cfg.ack_wait:
+        return False
+    final = cfg.final_sample
+    if sentinel.is_acked(cfg.pid_dir, pid, starttime, final):
+        return True
+    interval = _collector_interval_ms(cfg)
+    if interval is None:
+        return False
+    deadline = time.monotonic() + (2 * interval + HOLD_SLACK_MS) / 1000
+    while time.monotonic() < deadline:
+        if sentinel.is_acked(cfg.pid_dir, pid, starttime, final):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def run(cfg: AdapterConfig) -> int:
+    """Run the application once, write the ``exec`` event, return the exit code (see module doc)."""
+    ev = _base_event(cfg)
+    cpus: list | None = None
+    shared: bind.SharedBinding | None = None
+    exec_argv = list(cfg.argv)
+    try:
+        if cfg.binding == "exclusive":
+            if not cfg.cpuset:
+                raise UserError("TC_BINDING=exclusive needs TC_CPUSET (e.g. 0,1)")
+            cpus = bind.parse_cpuset(cfg.cpuset)
+            ev.update(binding_mechanism="affinity", cpuset=procfs.format_cpu_list(cpus))
+        elif cfg.binding == "shared":
+            shared = bind.prepare_shared(cfg.run_id, cfg.node_id, cfg.trace_id, cfg.attempt, cfg.cpu_weight,
+                                         cfg.cpu_quota_pct)
+            ev.update(binding_mechanism=shared.mechanism, cpu_weight=shared.weight, cpu_quota_pct=shared.quota_pct)
+            exec_argv = shared.argv_prefix + exec_argv
+            if shared.note:
+                print(f"adapter: warning: {shared.note}", file=sys.stderr)
+        Path(cfg.pid_dir).mkdir(parents=True, exist_ok=True)
+    except (UserError, OSError) as exc:
+        msg = str(exc) if isinstance(exc, UserError) else f"adapter setup failed: {exc}"
+        return _finish_pre_exec(cfg, ev, shared, msg)
+
+    ts_r, ts_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    received: list[int] = []
+    child: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+
+    # blocked across fork: a signal arriving meanwhile is delivered once the parent knows the child's pid
+    # (forwarded), and in the child only after it restored the default handlers (it then dies of it)
+    old = {s: signal.signal(s, forward) for s in _FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(ts_r)
+        os.close(err_r)
+        _child(cfg, cpus, shared, exec_argv, ts_w, err_w, parent)
+    child.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    os.close(ts_w)
+    os.close(err_w)
+    tee = _StderrTee(err_r)
+    tee.start()
+    try:
+        data = _read_all(ts_r)
+        exec_error = None
+        if data[:1] == b"T" and len(data) >= 1 + _TS.size:
+            ts_start, mono_start = _TS.unpack(data[1 : 1 + _TS.size])
+            rest = data[1 + _TS.size :]
+        else:  # failed before it could take the time
+            ts_start = mono_start = None
+            rest = data
+        if rest[:1] == b"E":
+            exec_error = rest[1:].decode(errors="replace")
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        mono_end = mono_ms()
+        st = procfs.starttime(pid)  # the zombie still carries it
+        if exec_error is None and st is not None:
+            _hold_for_ack(cfg, pid, st)
+        _, status, ru = os.wait4(pid, 0)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    tee.join(timeout=2.0)
+    if st is not None:
+        sentinel.remove_sentinel(cfg.pid_dir, pid, st)
+    if shared is not None and shared.cgroup:
+        ev["cg_cpu_us"] = cgroupfs.cpu_usage_us(shared.cgroup)
+        ev["cg_peak_kb"] = cgroupfs.memory_peak_kb(shared.cgroup)
+        busy = shared.release()
+        if busy:
+            print(f"adapter: warning: task cgroup still has processes, left in place: {', '.join(busy)}",
+                  file=sys.stderr)
+    utime_ms, stime_ms = ru.ru_utime * 1000, ru.ru_stime * 1000
+    ev.update(pid=pid, starttime=st, utime_ms=round(utime_ms, 3), stime_ms=round(stime_ms, 3),
+              cpu_ms=round(utime_ms + stime_ms, 3), max_rss_kb=ru.ru_maxrss)
+    if ts_start is None:
+        now = round(wall_ms(), 3)
+        ev.update(ts_start=now, ts_end=now)
+    else:
+        ev.update(ts_start=round(ts_start, 3), mono_start=round(mono_start, 3), mono_end=round(mono_end, 3),
+                  ts_end=round(ts_start + (mono_end - mono_start), 3))
+    if exec_error is not None:
+        code, sig = EXIT_PRE_EXEC, None
+        error = exec_error
+        print(f"adapter: error: {exec_error}", file=sys.stderr)
+    elif os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        code = 128 + sig
+        error = f"killed by signal {signal.Signals(sig).name}"
+    else:
+        sig, code = None, os.WEXITSTATUS(status)
+        error = None if code == 0 else f"exit code {code}"
+    ok = code == 0
+    if not ok:
+        tail = tee.text()
+        if tail and exec_error is None:
+            error = f"{error}: {tail}"
+    if received and error:
+        error = f"{error} (after forwarding {', '.join(signal.Signals(s).name for s in received)})"
+    ev.update(status="ok" if ok else "failed", exit_code=None if sig else code, signal=sig, error=error,
+              bytes_out=_file_size(cfg.output_tmp or cfg.output))
+    if not ok:
+        _remove_tmp(cfg)
+    _append_event(cfg, ev)
+    return code
+
+
+def _append_event(cfg: AdapterConfig, ev: dict) -> None:
+    try:
+        append_line(cfg.event_log, ev)
+    except OSError as exc:  # the task ran; say why its record is missing, in one line
+        print(f"adapter: error: cannot append the exec event of {cfg.trace_id} to {cfg.event_log}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+
+
+def _remove_tmp(cfg: AdapterConfig) -> None:
+    if cfg.output_tmp:
+        with contextlib.suppress(OSError):
+            os.unlink(cfg.output_tmp)
+
+
+def _finish_pre_exec(cfg: AdapterConfig, ev: dict, shared: bind.SharedBinding | None, msg: str) -> int:
+    if shared is not None:
+        shared.release()
+    now = round(wall_ms(), 3)
+    ev.update(status="failed", exit_code=EXIT_PRE_EXEC, error=msg, ts_start=now, ts_end=now)
+    _remove_tmp(cfg)
+    _append_event(cfg, ev)
+    print(f"adapter: error: {msg}", file=sys.stderr)
+    return EXIT_PRE_EXEC
+
+
+ENV_HELP = """environment (docs/internals.md):
+  RUN_ID, NODE_ID                    identity (RUN_ID required; NODE_ID defaults to the hostname)
+  TRACE_ID (required), ATTEMPT [1], PROFILE, CPU_UNITS, TS_ENQUEUE, TS_DISPATCH   the task
+  TC_EVENT_LOG      events file [logs/$RUN_ID/<node>/events.jsonl]
+  PROC_PID_DIR      sentinel folder [logs/$RUN_ID/pids]
+  TC_BINDING        exclusive | shared | none [none]
+  TC_CPUSET         exclusive: CPUs such as 0,1 or 0-3
+  TC_CPU_WEIGHT     shared: CPUWeight [100 x CPU_UNITS]; TC_CPU_QUOTA_PCT shared: % of one CPU [unlimited]
+  TC_INPUT, TC_OUTPUT, TC_OUTPUT_TMP   files for bytes_in / bytes_out (TC_OUTPUT_TMP is deleted on failure)
+  TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
+  TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
+  TRACEKIT_SHARED_MECHANISM  auto | systemd-run | cgroup-v2 | cgroup-v1 | none [auto]
+exit code: the application's; 128+N if killed by signal N; 125 if the adapter failed before exec;
+2 for a usage error (nothing ran, no event)."""
+
+
+def ffmpeg_fixup(argv: list) -> list:
+    """ffmpeg must never wait for a key on stdin: add ``-nostdin`` when the caller did not."""
+    if argv and os.path.basename(argv[0]).startswith("ffmpeg") and "-nostdin" not in argv:
+        return [argv[0], "-nostdin", *argv[1:]]
+    return argv
+
+
+def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None) -> int:
+    """Entry of the wrapper scripts: ``args`` = ``[--] <command> [args]``; ``app_fixup`` adjusts the command."""
+    if args and args[0] in ("-h", "--help"):
+        print(f"usage: {prog} [-h] -- <command> [args]\n\n{(doc or '').strip()}\n\n{ENV_HELP}")
+        return 0
+    if args and args[0] == "--":
+        args = args[1:]
+    elif args and args[0].startswith("-"):
+        raise UserError(f"unknown option {args[0]!r}: put the command after '--'")
+    cfg = AdapterConfig.from_env(app_fixup(args) if app_fixup else args)
+    return run(cfg)
