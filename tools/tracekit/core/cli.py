@@ -6,18 +6,25 @@ import functools
 import sys
 from typing import Callable
 
-from tracekit.core.errors import EXIT_INTERRUPTED, EXIT_OK, UserError
+from tracekit.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunFailed, TracekitError
 
 Main = Callable[..., "int | None"]
+
+
+def exit_code(exc: TracekitError) -> int:
+    """The exit code a command ends with for ``exc``: 1 when the run failed, else 2 (a usage or input error)."""
+    if isinstance(exc, RunFailed):
+        return EXIT_FAILURE
+    return getattr(exc, "code", EXIT_USAGE)  # the transitional UserError carries its own
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> None:
     """Run a script's ``main`` and exit; expected failures print ``prog: error: ...`` only."""
     try:
         code = main()
-    except UserError as exc:
+    except TracekitError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(exc.code)
+        sys.exit(exit_code(exc))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
