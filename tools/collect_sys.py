@@ -4,7 +4,14 @@
 A thin shim over ``tracekit.node.cli.collect_sys`` (also the ``[project.scripts]`` entry point).
 """
 
-from tracekit.node.cli import collect_sys
+import sys
+
+try:
+    from tracekit.node.cli import collect_sys
+except ModuleNotFoundError as exc:  # run outside the project's environment: say how, not a traceback
+    print(f"collect_sys.py: error: Python module {exc.name!r} is missing for {sys.executable}: "
+          "run `make setup`, then use .venv/bin/python (or activate .venv)", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     collect_sys()

@@ -20,10 +20,11 @@ if [ "$install" = 1 ]; then
     fi
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
   fi
-  if ! "$PY" -c "import redis, hiredis, psutil" >/dev/null 2>&1; then
+  # the package itself (editable) and its dependencies, in the project's .venv: the worker shims run there
+  if ! .venv/bin/python -c "import tracekit, redis, hiredis, psutil" >/dev/null 2>&1; then
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-    PY=.venv/bin/python
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e .
   fi
+  PY=.venv/bin/python
 fi
 PYTHONPATH="$PWD/tools${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m tracekit setup worker "$@"

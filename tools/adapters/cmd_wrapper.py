@@ -7,7 +7,14 @@ The worker passes the task through the environment (docs/internals.md); see docs
 A thin shim over ``tracekit.node.cli.cmd_wrapper`` (also the ``[project.scripts]`` entry point).
 """
 
-from tracekit.node.cli import cmd_wrapper
+import sys
+
+try:
+    from tracekit.node.cli import cmd_wrapper
+except ModuleNotFoundError as exc:  # run outside the project's environment: say how, not a traceback
+    print(f"cmd_wrapper.py: error: Python module {exc.name!r} is missing for {sys.executable}: "
+          "run `make setup`, then use .venv/bin/python (or activate .venv)", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     cmd_wrapper()

@@ -5,7 +5,14 @@
 A thin shim over ``tracekit.control.cli.administer`` (also the ``[project.scripts]`` entry point).
 """
 
-from tracekit.control.cli import administer
+import sys
+
+try:
+    from tracekit.control.cli import administer
+except ModuleNotFoundError as exc:  # run outside the project's environment: say how, not a traceback
+    print(f"admin.py: error: Python module {exc.name!r} is missing for {sys.executable}: "
+          "run `make setup`, then use .venv/bin/python (or activate .venv)", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     administer()

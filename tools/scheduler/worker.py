@@ -8,7 +8,14 @@ to them. Redis outages are retried with backoff.
 A thin shim over ``tracekit.control.cli.worker`` (also the ``[project.scripts]`` entry point).
 """
 
-from tracekit.control.cli import worker
+import sys
+
+try:
+    from tracekit.control.cli import worker
+except ModuleNotFoundError as exc:  # run outside the project's environment: say how, not a traceback
+    print(f"worker.py: error: Python module {exc.name!r} is missing for {sys.executable}: "
+          "run `make setup`, then use .venv/bin/python (or activate .venv)", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     worker()
