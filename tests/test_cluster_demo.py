@@ -6,7 +6,7 @@ import pytest
 
 from tracekit.cluster import demo
 from tracekit.cluster.emulation import Cluster, ClusterConfig, require_scripts
-from tracekit.core.errors import UserError
+from tracekit.core.errors import DependencyMissing, UsageError
 
 
 def test_run_id_from_run_id_env_is_not_reused_unless_given_on_make_command_line(tmp_path):
@@ -46,7 +46,7 @@ def test_variables_come_from_the_environment(monkeypatch, tmp_path):
 def test_bad_variables_are_one_line_errors(monkeypatch, env, words):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(UserError, match=words):
+    with pytest.raises(UsageError, match=words):
         demo.parse_args([])
 
 
@@ -54,16 +54,16 @@ def test_missing_script_is_named(monkeypatch, tmp_path):
     from tracekit.cluster import emulation
 
     monkeypatch.setattr(emulation, "TOOLS", tmp_path)
-    with pytest.raises(UserError, match=r"tools/scheduler/worker.py is missing"):
+    with pytest.raises(DependencyMissing, match=r"tools/scheduler/worker.py is missing"):
         require_scripts(["worker"])
 
 
 def test_cluster_rejects_zero_nodes_and_unknown_node():
-    with pytest.raises(UserError, match="NODES"):
+    with pytest.raises(UsageError, match="NODES"):
         Cluster(ClusterConfig(run_id="r", nodes=0))
     cl = Cluster(ClusterConfig(run_id="r", nodes=2))
     assert cl.node_ids == ["node1", "node2"]
-    with pytest.raises(UserError, match="unknown node"):
+    with pytest.raises(UsageError, match="unknown node"):
         cl.start_node_processes("node9")
 
 

@@ -14,7 +14,7 @@ import pytest
 from tracekit.cluster import netns
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.cluster.supervisor import Supervisor
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Unsupported
 
 OK, WHY = netns.namespaces_available()
 needs_netns = pytest.mark.skipif(not OK, reason=f"network namespaces unavailable here: {WHY}")
@@ -136,7 +136,7 @@ def test_fallback_runs_plain_processes_with_distinct_node_ids(tmp_path, monkeypa
     net = netns.make_network(["n1", "n2"], mode="0")
     assert not net.emulated and "TRACEKIT_NETNS=0" in net.reason and "plain processes" in net.describe()
     assert net.gateway == "127.0.0.1"
-    with pytest.raises(UserError, match="no network namespaces"):
+    with pytest.raises(Unsupported, match="no network namespaces"):
         net.cut("n1")
     sup = Supervisor("fb", wrap=net.wrap, grace_s=2)
     code = "import os,time; print('NODE', os.environ['NODE_ID'], flush=True); time.sleep(30)"
@@ -159,7 +159,7 @@ def test_fallback_when_namespaces_are_required_but_disabled(monkeypatch):
     monkeypatch.setenv("TRACEKIT_NETNS", "0")
     net = netns.make_network(["n1"])
     assert not net.emulated
-    with pytest.raises(UserError, match="required"):
+    with pytest.raises(Unsupported, match="required"):
         monkeypatch.setattr(netns, "namespaces_available", lambda: (False, "not root"))
         netns.make_network(["n1"], mode="1")
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import wait_for
 from tracekit.cluster.supervisor import NAME_ENV, TOKEN_ENV, Supervisor, cleanup_stale_runs, marked_processes
 from tracekit.core import paths
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, DependencyMissing, UsageError
 
 PY = sys.executable
 
@@ -78,7 +78,7 @@ def test_kill_hits_only_the_process_and_reap_finds_the_orphans(sup):
 def test_restart_gives_a_new_process_with_same_command(sup):
     p1 = sup.start("node1", "collector", [PY, "-c", "import time; time.sleep(60)"])
     pid1 = p1.pid
-    with pytest.raises(UserError, match="already running"):
+    with pytest.raises(Conflict, match="already running"):
         sup.start("node1", "collector", [PY, "-c", "pass"])
     p2 = sup.restart("node1", "collector", grace_s=1)
     assert p2.alive() and p2.pid != pid1 and p2.restarts == 1 and not psutil.pid_exists(pid1)
@@ -86,7 +86,7 @@ def test_restart_gives_a_new_process_with_same_command(sup):
 
 
 def test_secret_never_in_argv_but_available_in_env(sup):
-    with pytest.raises(UserError, match="secret"):
+    with pytest.raises(UsageError, match="secret"):
         sup.start("node1", "leaky", [PY, "-c", "pass", "--redis", "redis://:s3cret-value-xyz@h/0"])
     env = {**os.environ, "TRACEKIT_REDIS_PASSWORD": "s3cret-value-xyz"}
     code = "import os,time; print(len(os.environ['TRACEKIT_REDIS_PASSWORD']), flush=True); time.sleep(30)"
@@ -99,7 +99,7 @@ def test_secret_never_in_argv_but_available_in_env(sup):
 
 
 def test_start_failure_is_a_clear_error(sup):
-    with pytest.raises(UserError, match="cannot start node1/x"):
+    with pytest.raises(DependencyMissing, match="cannot start node1/x"):
         sup.start("node1", "x", [str(Path("/nonexistent/binary"))])
 
 

@@ -13,7 +13,7 @@ import redis
 
 from tracekit.cluster.redis_server import free_port
 from tracekit.cluster.setup import generate_password, password_weakness, redis_config
-from tracekit.core.errors import UserError
+from tracekit.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -50,7 +50,7 @@ def test_redis_config_has_auth_bind_protected_mode_aof_and_tls(tmp_path):
             "tls-key-file /k.pem", "tls-ca-cert-file /ca.pem"} <= lines
     assert "port 0" in redis_config(bind=["a"], port=1, password="x", data_dir=tmp_path, tls_port=2,
                                     tls_cert="c", tls_key="k", tls_only=True)
-    with pytest.raises(UserError, match="--tls-cert"):
+    with pytest.raises(UsageError, match="--tls-cert"):
         redis_config(bind=["a"], port=1, password="x", data_dir=tmp_path, tls_port=2)
 
 

@@ -7,7 +7,7 @@ import pytest
 from tracekit.control.dispatch import mix_counts, parse_mix, sequence
 from tracekit.control.placement import NodeState, apply, choose
 from tracekit.control.worker import capacity_for
-from tracekit.core.errors import UserError
+from tracekit.core.errors import UsageError
 from tracekit.node.cpuset import allocate
 
 
@@ -106,7 +106,7 @@ def test_sequence_reproducible_including_seed_zero():
 
 @pytest.mark.parametrize("bad", ["", "nope=1", "fast1080p=0", "fast1080p=x", "fast1080p=1,fast1080p=2"])
 def test_bad_mix_is_a_user_error(bad):
-    with pytest.raises(UserError):
+    with pytest.raises(UsageError):
         parse_mix(bad)
 
 
@@ -116,5 +116,5 @@ def test_capacity_from_ratio():
     assert capacity_for(1.25, 4) == 5
     assert capacity_for(0.4, 2) == 0
     assert capacity_for(1.0, 2, units=7) == 7
-    with pytest.raises(UserError):
+    with pytest.raises(UsageError):
         capacity_for(0, 2)

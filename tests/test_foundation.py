@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from tracekit.control.task import InvalidTask, build_command, parse_task
-from tracekit.core.errors import UserError
+from tracekit.core import errors
+from tracekit.core.cli import exit_code
+from tracekit.core.errors import BadInput, BadTask, RedisUnavailable
 from tracekit.core.keys import Keys
 from tracekit.core.redis_conn import connect, redact, strip_password
 
@@ -52,6 +54,22 @@ def test_bad_payloads_are_rejected_with_reason(tmp_path, raw, reason):
     assert reason in str(exc.value)
 
 
+@pytest.mark.parametrize("exc, code", [
+    (errors.UsageError("x"), 2), (errors.BadInput("x", path="p"), 2), (errors.BadTask("x", trace_id="t"), 2),
+    (errors.BadRunFolder("x"), 2), (errors.RedisUnavailable("x"), 2), (errors.DependencyMissing("x", name="n"), 2),
+    (errors.Unsupported("x"), 2), (errors.Conflict("x"), 2), (errors.TracekitError("x"), 2),
+    (errors.RunFailed("x"), 1),
+])
+def test_exit_code_per_error_class(exc, code):
+    assert exit_code(exc) == code
+
+
+def test_invalid_task_is_a_bad_task_exiting_2():
+    with pytest.raises(BadTask, match="unknown profile") as exc:
+        parse_task(payload(profile="nope"))
+    assert isinstance(exc.value, InvalidTask) and exc.value.trace_id == "r-1" and exit_code(exc.value) == 2
+
+
 def test_symlink_escape_is_rejected(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in/link").symlink_to("/etc")
@@ -73,10 +91,10 @@ def test_password_is_redacted():
 
 def test_connect_checks_password(redis_server, monkeypatch):
     monkeypatch.delenv("TRACEKIT_REDIS_PASSWORD", raising=False)
-    with pytest.raises(UserError, match="password") as exc:
+    with pytest.raises(RedisUnavailable, match="password") as exc:
         connect(redis_server.url)
-    assert exc.value.code == 2
-    with pytest.raises(UserError, match="rejected the password"):
+    assert exit_code(exc.value) == 2
+    with pytest.raises(RedisUnavailable, match="rejected the password"):
         connect(f"redis://:wrong@{redis_server.host}:{redis_server.port}/0")
     monkeypatch.setenv("TRACEKIT_REDIS_PASSWORD", redis_server.password)
     assert connect(redis_server.url).ping()
@@ -92,9 +110,9 @@ def test_password_file(redis_server, tmp_path, monkeypatch):
 def test_unreachable_redis_is_one_clear_error():
     from tracekit.cluster.redis_server import free_port
 
-    with pytest.raises(UserError, match="cannot reach Redis") as exc:
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis") as exc:
         connect(f"redis://127.0.0.1:{free_port()}/0")
-    assert exc.value.code == 2 and "\n" not in str(exc.value)
+    assert exit_code(exc.value) == 2 and "\n" not in str(exc.value)
 
 
 def test_profiles_user_file(tmp_path, monkeypatch):
@@ -108,6 +126,6 @@ def test_profiles_user_file(tmp_path, monkeypatch):
     f2 = tmp_path / "bad.json"
     f2.write_text('{"bad": {"cpu_units": "two"}}')
     monkeypatch.setenv("TRACEKIT_PROFILES", str(f2))
-    with pytest.raises(UserError, match="cpu_units"):
+    with pytest.raises(BadInput, match="cpu_units"):
         profiles.load_profiles()
     assert Path(profiles.BUILTIN_FILE).exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Unsupported, UsageError
 from tracekit.node import binding, nodeinfo, procfs, timesync, videos
 
 
@@ -53,9 +53,9 @@ def test_task_cgroup_name_unique_and_bounded():
 
 def test_parse_cpuset_checks_allowed_cpus():
     assert binding.parse_cpuset("0-1", allowed={0, 1}) == [0, 1]
-    with pytest.raises(UserError, match="does not offer"):
+    with pytest.raises(Unsupported, match="does not offer"):
         binding.parse_cpuset("0,5", allowed={0, 1})
-    with pytest.raises(UserError, match="bad cpuset"):
+    with pytest.raises(UsageError, match="bad cpuset"):
         binding.parse_cpuset("zero", allowed={0, 1})
 
 
@@ -122,7 +122,7 @@ def test_video_argv_has_contract_settings(tmp_path):
 
 @pytest.mark.parametrize("bad", ["1920", "1921x1080", "0x10", "axb"])
 def test_video_bad_resolution(bad):
-    with pytest.raises(UserError):
+    with pytest.raises(UsageError, match="bad resolution"):
         videos.parse_resolution(bad)
 
 
@@ -134,9 +134,9 @@ def test_collector_config_from_env(tmp_path):
     assert cfg.interval_ms == 500 and cfg.match is not None and not cfg.whitelist_only
     cfg = CollectorConfig.from_env(dict(env, PROC_PID_DIR=str(tmp_path)))
     assert cfg.whitelist_only and cfg.match is None and cfg.pid_dir == Path(tmp_path)
-    with pytest.raises(UserError, match="PROC_INTERVAL_MS"):
+    with pytest.raises(UsageError, match="PROC_INTERVAL_MS"):
         CollectorConfig.from_env(dict(env, PROC_INTERVAL_MS="fast"))
-    with pytest.raises(UserError, match="PROC_MATCH"):
+    with pytest.raises(UsageError, match="PROC_MATCH"):
         CollectorConfig.from_env(dict(env, PROC_MATCH="("))
 
 

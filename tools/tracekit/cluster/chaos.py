@@ -47,7 +47,7 @@ from tracekit.cluster.emulation import (
 )
 from tracekit.control.profiles import PROFILES_ENV
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, UserError
+from tracekit.core.errors import EXIT_FAILURE, Conflict, UsageError
 from tracekit.core.jsonl import append_line, read_jsonl
 
 FAULTS = ("worker", "scheduler", "redis", "cut")
@@ -554,7 +554,7 @@ def run_chaos(cfg: ChaosConfig) -> int:
     rid = paths.check_id("RUN_ID", cfg.run_id) if cfg.run_id else new_run_id("chaos")
     run_dir = paths.run_dir(rid)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"logs/{rid} already holds a run: choose another RUN_ID")
+        raise Conflict(f"logs/{rid} already holds a run: choose another RUN_ID")
     run_dir.mkdir(parents=True, exist_ok=True)
     prof_file = run_dir / "chaos_profiles.json"
     prof_file.write_text(json.dumps(profile_def(cfg.seconds), indent=1) + "\n")
@@ -656,25 +656,25 @@ def parse_args(argv: list[str] | None = None) -> ChaosConfig:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if not 1 <= a.nodes <= 64:
-        raise UserError(f"NODES must be 1..64 (got {a.nodes})")
+        raise UsageError(f"NODES must be 1..64 (got {a.nodes})")
     if a.total < 1:
-        raise UserError(f"TOTAL must be >= 1 (got {a.total})")
+        raise UsageError(f"TOTAL must be >= 1 (got {a.total})")
     if a.cut <= HEARTBEAT_TTL_S:
-        raise UserError(f"CUT_S must exceed the heartbeat TTL of {HEARTBEAT_TTL_S:g} s (got {a.cut:g})")
+        raise UsageError(f"CUT_S must exceed the heartbeat TTL of {HEARTBEAT_TTL_S:g} s (got {a.cut:g})")
     if not 0 < a.seconds <= 60:
-        raise UserError(f"TASK_SECONDS must be in (0, 60] (got {a.seconds:g})")
+        raise UsageError(f"TASK_SECONDS must be in (0, 60] (got {a.seconds:g})")
     if a.fault_gap[0] < 0 or a.fault_gap[1] < a.fault_gap[0]:
-        raise UserError("--fault-gap needs 0 <= MIN <= MAX")
+        raise UsageError("--fault-gap needs 0 <= MIN <= MAX")
     if a.duration < 0:
-        raise UserError("DURATION must be >= 0")
+        raise UsageError("DURATION must be >= 0")
     if a.max_attempts < 1:
-        raise UserError("MAX_ATTEMPTS must be >= 1")
+        raise UsageError("MAX_ATTEMPTS must be >= 1")
     faults = None
     if a.faults:
         faults = tuple(f.strip() for f in a.faults.split(",") if f.strip())
         bad = [f for f in faults if f not in FAULTS]
         if bad:
-            raise UserError(f"unknown fault {bad[0]!r} (known: {', '.join(FAULTS)})")
+            raise UsageError(f"unknown fault {bad[0]!r} (known: {', '.join(FAULTS)})")
     return ChaosConfig(run_id=a.run_id, nodes=a.nodes, total=a.total, seed=a.seed, seconds=a.seconds,
                        gap_s=(a.fault_gap[0], a.fault_gap[1]), cut_s=a.cut, duration_s=a.duration,
                        max_attempts=a.max_attempts, timeout_s=a.timeout, faults=faults, netns=a.netns,

@@ -33,7 +33,7 @@ from tracekit.cluster.emulation import (
 )
 from tracekit.cluster.setup import new_run_id, write_env_file
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, UserError
+from tracekit.core.errors import EXIT_FAILURE, DependencyMissing, TracekitError, UsageError
 
 PY_MODULES = ("redis", "psutil", "pandas", "pyarrow", "numpy", "matplotlib", "tqdm")
 BINARIES = {"ffmpeg": "ffmpeg", "redis-server": "redis-server"}
@@ -101,18 +101,19 @@ def ensure_deps(allow_setup: bool) -> None:
     if not missing:
         return
     if not allow_setup:
-        raise UserError(f"missing: {', '.join(missing)} (run: make setup)")
+        raise DependencyMissing(f"missing: {', '.join(missing)} (run: make setup)", name=missing[0])
     print(f"demo: missing {', '.join(missing)}: running make setup", flush=True)
     if subprocess.run(["make", "-C", str(paths.REPO_ROOT), "setup"], stdin=subprocess.DEVNULL).returncode != 0:
-        raise UserError("make setup failed (see above)")
+        raise DependencyMissing("make setup failed (see above)", name=missing[0])
     still = [m for m in missing_deps() if not m.startswith("python:")]
     if still:
-        raise UserError(f"still missing after make setup: {', '.join(still)}")
+        raise DependencyMissing(f"still missing after make setup: {', '.join(still)}", name=still[0])
     venv_py = paths.REPO_ROOT / ".venv" / "bin" / "python"
     if any(m.startswith("python:") for m in missing_deps()):
         if venv_py.exists() and Path(sys.executable).resolve() != venv_py.resolve():
             os.execv(str(venv_py), [str(venv_py), str(paths.REPO_ROOT / "tools" / "demo.py"), *sys.argv[1:]])
-        raise UserError(f"Python modules still missing: {', '.join(missing_deps())}")
+        left = missing_deps()
+        raise DependencyMissing(f"Python modules still missing: {', '.join(left)}", name=left[0] if left else None)
 
 
 # --- steps ---
@@ -180,8 +181,8 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
                 return disp.returncode
             cl.check_alive(daemons)
             if time.monotonic() > deadline:
-                raise UserError(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
-                                f"{done + failed}/{total} tasks finished")
+                raise TracekitError(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
+                                    f"{done + failed}/{total} tasks finished")
             time.sleep(0.5)
 
 
@@ -212,7 +213,7 @@ def run_demo(cfg: DemoConfig) -> int:
     _step(f"generating small inputs in {inputs}")
     gen_log = ctl_dir / "generate_test_videos.log"
     if run_tool("videos", [*DEMO_CLIPS, "--out", str(inputs), "--no-progress"], env0, gen_log):
-        raise UserError(f"tools/{SCRIPTS['videos']} failed (see {gen_log})")
+        raise TracekitError(f"tools/{SCRIPTS['videos']} failed (see {gen_log})")
 
     ccfg = ClusterConfig(run_id=rid, nodes=cfg.nodes, binding=cfg.binding, ratio=cfg.ratio, weigher=cfg.weigher,
                          weigher_order=cfg.weigher_order, interval_ms=cfg.interval_ms, redis_url=cfg.redis_url,
@@ -233,7 +234,7 @@ def run_demo(cfg: DemoConfig) -> int:
         code = follow(cl, cfg.total, cfg.timeout_s)
         _step(f"dispatcher: {log_tail(cl.sup.get(CONTROLLER, 'dispatcher').log)}")
         if code not in (0, EXIT_FAILURE):
-            raise UserError(f"dispatcher exited with {code}: see {cl.sup.get(CONTROLLER, 'dispatcher').log}")
+            raise TracekitError(f"dispatcher exited with {code}: see {cl.sup.get(CONTROLLER, 'dispatcher').log}")
         status = 1 if code else 0
     finally:
         report = cl.stop()
@@ -251,11 +252,11 @@ def run_demo(cfg: DemoConfig) -> int:
     out_dir = paths.run_dir(rid)
     _step("exporting to OpenDC")
     if run_tool("export", ["--input", str(out_dir), "--output", str(out_dir / "opendc")], env0, ctl_dir / "export.log"):
-        raise UserError(f"export_opendc.py failed (see {ctl_dir / 'export.log'})")
+        raise TracekitError(f"export_opendc.py failed (see {ctl_dir / 'export.log'})")
     _step("exporting a Perfetto timeline")
     if run_tool("perfetto", ["--input", str(out_dir), "--output", str(out_dir / "timeline.json")], env0,
                 ctl_dir / "perfetto.log"):
-        raise UserError(f"export_perfetto.py failed (see {ctl_dir / 'perfetto.log'})")
+        raise TracekitError(f"export_perfetto.py failed (see {ctl_dir / 'perfetto.log'})")
     print_results(rid, time.monotonic() - t0)
     return status
 
@@ -312,11 +313,11 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument("--no-setup", action="store_true", help="never run make setup; fail when something is missing")
     a = p.parse_args(argv)
     if a.nodes < 1 or a.nodes > 64:
-        raise UserError(f"NODES must be 1..64 (got {a.nodes})")
+        raise UsageError(f"NODES must be 1..64 (got {a.nodes})")
     if a.total < 1:
-        raise UserError(f"TOTAL must be >= 1 (got {a.total})")
+        raise UsageError(f"TOTAL must be >= 1 (got {a.total})")
     if a.ratio <= 0:
-        raise UserError(f"RATIO must be > 0 (got {a.ratio:g})")
+        raise UsageError(f"RATIO must be > 0 (got {a.ratio:g})")
     run_id_file = Path(a.run_id_file)
     rid = a.run_id or explicit_run_id(dict(os.environ), run_id_file)
     return DemoConfig(run_id=rid, nodes=a.nodes, total=a.total, mix=a.mix, seed=a.seed, weigher=a.weigher,

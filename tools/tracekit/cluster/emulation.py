@@ -33,7 +33,7 @@ from tracekit.cluster import netns, supervisor
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.cluster.supervisor import Proc, Supervisor
 from tracekit.core import paths
-from tracekit.core.errors import UserError
+from tracekit.core.errors import DependencyMissing, RedisUnavailable, TracekitError, UsageError
 from tracekit.core.keys import PREFIX_ENV, Keys
 from tracekit.core.redis_conn import PASSWORD_ENV, PASSWORD_FILE_ENV, URL_ENV, redact, resolve_password, strip_password
 
@@ -61,7 +61,7 @@ def env_setting(name: str, default, cast=str):
     try:
         return cast(val)
     except ValueError:
-        raise UserError(f"bad {name}={val!r}") from None
+        raise UsageError(f"bad {name}={val!r}") from None
 
 
 def script(name: str) -> Path:
@@ -73,8 +73,8 @@ def require_scripts(names: list[str]) -> None:
     """A clear one-line error naming the first needed script that does not exist."""
     missing = [f"tools/{SCRIPTS[n]}" for n in names if not script(n).is_file()]
     if missing:
-        raise UserError(f"{missing[0]} is missing: the demo needs it" +
-                        (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""))
+        raise DependencyMissing(f"{missing[0]} is missing: the demo needs it" +
+                                (f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""), name=missing[0])
 
 
 def is_loopback_url(url: str) -> bool:
@@ -109,7 +109,7 @@ class Cluster:
 
     def __init__(self, cfg: ClusterConfig) -> None:
         if cfg.nodes < 1:
-            raise UserError(f"NODES must be >= 1 (got {cfg.nodes})")
+            raise UsageError(f"NODES must be >= 1 (got {cfg.nodes})")
         self.cfg = cfg
         self.node_ids = [f"node{i}" for i in range(1, cfg.nodes + 1)]
         self.net: netns.Network | netns.PlainNetwork | None = None
@@ -224,7 +224,7 @@ class Cluster:
 
     def _sup(self) -> Supervisor:
         if self.sup is None:
-            raise UserError("the cluster is not started")
+            raise TracekitError("the cluster is not started")
         return self.sup
 
     def collector_argv(self) -> list[str]:
@@ -256,7 +256,7 @@ class Cluster:
 
     def _check_node(self, node: str) -> None:
         if node not in self.node_ids:
-            raise UserError(f"unknown node {node!r} (nodes: {', '.join(self.node_ids)})")
+            raise UsageError(f"unknown node {node!r} (nodes: {', '.join(self.node_ids)})")
 
     # --- faults (chaos harness) ---
     def kill(self, node: str, name: str, sig: int = signal.SIGKILL) -> None:
@@ -293,9 +293,9 @@ class Cluster:
                                      socket_timeout=10, socket_connect_timeout=5)
             c.ping()
         except redis.AuthenticationError:
-            raise UserError(f"Redis at {redact(self.url)} rejected the password") from None
+            raise RedisUnavailable(f"Redis at {redact(self.url)} rejected the password") from None
         except (redis.RedisError, OSError) as exc:
-            raise UserError(f"cannot reach Redis at {redact(self.url)}: {exc}") from None
+            raise RedisUnavailable(f"cannot reach Redis at {redact(self.url)}: {exc}") from None
         return c
 
     def registered_nodes(self, client) -> list[str]:
@@ -312,8 +312,8 @@ class Cluster:
             self.check_alive([(n, name) for n in want for name in ("collector", "worker")])
             if time.monotonic() > deadline:
                 missing = sorted(want - set(self.registered_nodes(client)))
-                raise UserError(f"workers of {', '.join(missing)} did not register within {timeout:g}s; "
-                                f"see {paths.daemon_log_path(self.cfg.run_id, missing[0], 'worker')}")
+                raise TracekitError(f"workers of {', '.join(missing)} did not register within {timeout:g}s; "
+                                    f"see {paths.daemon_log_path(self.cfg.run_id, missing[0], 'worker')}")
             time.sleep(0.1)
 
     def check_alive(self, which: list[tuple[str, str]]) -> None:
@@ -322,7 +322,7 @@ class Cluster:
         for key in which:
             p = sup.procs.get(key)
             if p is not None and not p.alive():
-                raise UserError(f"{p.label} exited with status {p.returncode}: {log_tail(p.log)}")
+                raise TracekitError(f"{p.label} exited with status {p.returncode}: {log_tail(p.log)}")
 
 
 def log_tail(path: Path, lines: int = 1) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, TracekitError, Unsupported, UsageError
 
 STATE_DIR = Path(os.environ.get("TRACEKIT_NETNS_STATE", "/run/tracekit-netns"))
 SUBNET_PREFIX = "10.213"  # 10.213.K.0/24: private, exists only inside this machine
@@ -48,11 +48,11 @@ NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` binds the named namespaces 
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``ip ARGS``; on failure raise UserError with ip's own one-line message."""
+    """Run ``ip ARGS``; on failure raise Unsupported with ip's own one-line message."""
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise UserError(f"ip {' '.join(args)}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+        raise Unsupported(f"ip {' '.join(args)}: {msg[-1] if msg else f'exit {proc.returncode}'}")
     return proc
 
 
@@ -219,7 +219,7 @@ def _pick_subnet(taken: set[str]) -> ipaddress.IPv4Network:
         net = ipaddress.ip_network(f"{SUBNET_PREFIX}.{k}.0/24")
         if str(net) not in taken and not any(net.overlaps(h) for h in host_addrs):
             return net
-    raise UserError(f"no free /24 left in {SUBNET_PREFIX}.0.0/16 for the emulated network")
+    raise Conflict(f"no free /24 left in {SUBNET_PREFIX}.0.0/16 for the emulated network")
 
 
 class Network:
@@ -229,7 +229,7 @@ class Network:
 
     def __init__(self, nodes: list[str]) -> None:
         if len(nodes) > 250:
-            raise UserError(f"at most 250 emulated nodes per network (asked for {len(nodes)})")
+            raise UsageError(f"at most 250 emulated nodes per network (asked for {len(nodes)})")
         self.nodes = list(nodes)
         self.reason = "network namespaces"
         self.state: NetState | None = None
@@ -294,11 +294,11 @@ class Network:
     # --- addressing ---
     def _link(self, node: str) -> NodeLink:
         if self.state is None:
-            raise UserError("the emulated network is not created")
+            raise TracekitError("the emulated network is not created")
         for link in self.state.links:
             if link.node == node:
                 return link
-        raise UserError(f"unknown node {node!r} (nodes: {', '.join(self.nodes)})")
+        raise UsageError(f"unknown node {node!r} (nodes: {', '.join(self.nodes)})")
 
     @property
     def gateway(self) -> str:
@@ -374,7 +374,7 @@ class PlainNetwork:
         return list(argv)
 
     def cut(self, node: str) -> None:
-        raise UserError(f"cannot cut {node} off: no network namespaces here ({self.reason})")
+        raise Unsupported(f"cannot cut {node} off: no network namespaces here ({self.reason})")
 
     heal = cut
 
@@ -397,7 +397,7 @@ def make_network(nodes: list[str], mode: str | None = None) -> Network | PlainNe
     ok, why = namespaces_available()
     if not ok:
         if mode == "1":
-            raise UserError(f"network namespaces required ({NETNS_ENV}=1) but unavailable: {why}")
+            raise Unsupported(f"network namespaces required ({NETNS_ENV}=1) but unavailable: {why}")
         return PlainNetwork(nodes, why)
     return Network(nodes).create()
 

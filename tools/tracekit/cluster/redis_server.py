@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import DependencyMissing, RedisUnavailable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,7 +44,8 @@ class RedisServer:
         """Start the server and wait until it answers PING with the password."""
         binary = shutil.which("redis-server")
         if binary is None:
-            raise UserError("redis-server not found: install it (apt-get install -y redis-server)")
+            raise DependencyMissing("redis-server not found: install it (apt-get install -y redis-server)",
+                                    name="redis-server")
         if not self.port:
             self.port = free_port(self.host)
         if self.workdir is None:
@@ -73,9 +74,9 @@ class RedisServer:
                 return
             except (redis.ConnectionError, redis.BusyLoadingError, OSError):
                 if self.proc and self.proc.poll() is not None:
-                    raise UserError(f"redis-server exited with {self.proc.returncode}") from None
+                    raise RedisUnavailable(f"redis-server exited with {self.proc.returncode}") from None
                 if time.monotonic() > deadline:
-                    raise UserError(f"redis-server on port {self.port} did not start") from None
+                    raise RedisUnavailable(f"redis-server on port {self.port} did not start") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from tracekit.core import paths
-from tracekit.core.errors import UserError
+from tracekit.core.errors import BadInput, Conflict, DependencyMissing, RedisUnavailable, UsageError
 
 MIN_PASSWORD_LEN = 16
 # the most common passwords and password stems; a password that is one of these, or one of these
@@ -96,9 +96,9 @@ def read_secret(path: Path) -> str:
     try:
         value = path.read_text().strip()
     except OSError as exc:
-        raise UserError(f"cannot read password file {path}: {exc.strerror}") from None
+        raise BadInput(f"cannot read password file {path}: {exc.strerror}", path=path) from None
     if not value:
-        raise UserError(f"password file {path} is empty")
+        raise BadInput(f"password file {path} is empty", path=path)
     return value
 
 
@@ -106,7 +106,7 @@ def check_secret_mode(path: Path) -> None:
     """Refuse a password file others can read (and say how to fix it)."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise UserError(f"password file {path} has mode {mode:o}: others can read it (chmod 600 {path})")
+        raise BadInput(f"password file {path} has mode {mode:o}: others can read it (chmod 600 {path})", path=path)
 
 
 def redis_config(*, bind: list[str], port: int, password: str, data_dir: Path, tls_port: int = 0,
@@ -132,14 +132,14 @@ def redis_config(*, bind: list[str], port: int, password: str, data_dir: Path, t
     ]
     if tls_port:
         if not (tls_cert and tls_key):
-            raise UserError("--tls-port needs --tls-cert and --tls-key")
+            raise UsageError("--tls-port needs --tls-cert and --tls-key")
         lines += [f"tls-port {tls_port}", f"tls-cert-file {tls_cert}", f"tls-key-file {tls_key}"]
         if tls_ca:
             lines += [f"tls-ca-cert-file {tls_ca}", "tls-auth-clients optional"]
         else:
             lines.append("tls-auth-clients no")
     elif tls_only:
-        raise UserError("--tls-only needs --tls-port")
+        raise UsageError("--tls-only needs --tls-port")
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +203,7 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
         tmp.write_text("\n".join(body) + "\n")
         os.replace(tmp, path)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        raise BadInput(f"cannot write {path}: {exc.strerror}", path=path) from None
 
 
 def default_password_file() -> Path:
@@ -223,14 +223,15 @@ def _resolve_password(pw_file: Path, rotate: bool) -> tuple[str, str]:
     if given:
         why = password_weakness(given)
         if why:
-            raise UserError(f"refusing the password in $TRACEKIT_REDIS_PASSWORD: {why}; unset it to get a "
-                            "generated one")
+            raise UsageError(f"refusing the password in $TRACEKIT_REDIS_PASSWORD: {why}; unset it to get a "
+                             "generated one")
         return given, "given ($TRACEKIT_REDIS_PASSWORD)"
     if pw_file.exists() and not rotate:
         pw = read_secret(pw_file)
         why = password_weakness(pw)
         if why:
-            raise UserError(f"refusing the password in {pw_file}: {why}; use --rotate-password to replace it")
+            raise BadInput(f"refusing the password in {pw_file}: {why}; use --rotate-password to replace it",
+                           path=pw_file)
         return pw, f"kept ({pw_file})"
     return generate_password(), "generated"
 
@@ -250,7 +251,8 @@ def controller(args: argparse.Namespace) -> int:
             print("setup_controller: redis-server was not running")
         return 0
     if shutil.which("redis-server") is None:
-        raise UserError("redis-server not found (run without --no-install, or: apt-get install -y redis-server)")
+        raise DependencyMissing("redis-server not found (run without --no-install, or: "
+                                "apt-get install -y redis-server)", name="redis-server")
     password, origin = _resolve_password(pw_file, args.rotate_password)
     bind = args.bind.split()
     if not any(b in ("127.0.0.1", "0.0.0.0", "*") for b in bind):
@@ -277,18 +279,18 @@ def controller(args: argparse.Namespace) -> int:
             proc = subprocess.run(["redis-server", str(conf)], capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL)
             if proc.returncode != 0:
-                raise UserError(f"redis-server did not start: {(proc.stderr or proc.stdout).strip()[-300:]}")
+                raise RedisUnavailable(f"redis-server did not start: {(proc.stderr or proc.stdout).strip()[-300:]}")
         if args.tls_only:
             print(f"setup_controller: TLS only on port {args.tls_port}: check it with "
                   f"redis-cli --tls --cacert CA -p {args.tls_port} (password from {pw_file})")
         else:
             r = _wait_ping(host, args.port, password, 10.0)
             if r != "PONG":
-                raise UserError(f"redis-server on {host}:{args.port} does not answer with the password: {r} "
-                                f"(see {data_dir / 'redis.log'})")
+                raise RedisUnavailable(f"redis-server on {host}:{args.port} does not answer with the password: {r} "
+                                       f"(see {data_dir / 'redis.log'})")
             unauth = _ping(host, args.port, None)
             if unauth != "NOAUTH":
-                raise UserError(f"redis-server on {host}:{args.port} answers without a password ({unauth})")
+                raise Conflict(f"redis-server on {host}:{args.port} answers without a password ({unauth})")
             print(f"setup_controller: redis-server up on {' '.join(bind)} port {args.port}: PONG with the password, "
                   "NOAUTH without it; appendonly yes (fsync every second)")
     public = next((b for b in bind if b not in ("127.0.0.1", "::1", "-::1")), bind[0])
@@ -312,20 +314,21 @@ def worker(args: argparse.Namespace) -> int:
         write_env_file(env_file, {"RUN_ID": paths.check_id("RUN_ID", args.run_id)})
     rid = paths.read_run_id_file(env_file)
     if not rid:
-        raise UserError(f"no RUN_ID in {env_file}: copy run_id.env from the controller or pass --run-id")
+        raise BadInput(f"no RUN_ID in {env_file}: copy run_id.env from the controller or pass --run-id", path=env_file)
     env_vals = _read_env_file(env_file)
     url = args.redis or env_vals.get("TRACEKIT_REDIS_URL") or os.environ.get("TRACEKIT_REDIS_URL")
     if not url:
-        raise UserError(f"no Redis URL: pass --redis or set TRACEKIT_REDIS_URL in {env_file}")
+        raise UsageError(f"no Redis URL: pass --redis or set TRACEKIT_REDIS_URL in {env_file}")
     pw_path = args.password_file or env_vals.get("TRACEKIT_REDIS_PASSWORD_FILE") or str(default_password_file())
     pw_file = Path(pw_path)
     if not pw_file.exists():
-        raise UserError(f"password file {pw_file} not found: copy it from the controller (scp -p, mode 0600)")
+        raise BadInput(f"password file {pw_file} not found: copy it from the controller (scp -p, mode 0600)",
+                       path=pw_file)
     check_secret_mode(pw_file)
     why = password_weakness(read_secret(pw_file))
     if why:
-        raise UserError(f"the password in {pw_file} is weak ({why}): rotate it on the controller "
-                        "(setup_controller.sh --rotate-password)")
+        raise BadInput(f"the password in {pw_file} is weak ({why}): rotate it on the controller "
+                       "(setup_controller.sh --rotate-password)", path=pw_file)
     if args.redis or not env_vals.get("TRACEKIT_REDIS_URL"):
         write_env_file(env_file, {"TRACEKIT_REDIS_URL": url})
     if args.password_file:
@@ -340,7 +343,8 @@ def worker(args: argparse.Namespace) -> int:
     print(f"setup_worker: node {node}: RUN_ID={rid}; Redis {redact(url)} answers PONG with {pw_file}; "
           f"clock offset to the controller {off.offset_ms:+.1f} ms (rtt {off.rtt_ms:.1f} ms)")
     if missing:
-        raise UserError(f"missing on this worker: {', '.join(missing)} (apt-get install -y ffmpeg)")
+        raise DependencyMissing(f"missing on this worker: {', '.join(missing)} (apt-get install -y ffmpeg)",
+                                name=missing[0])
     if abs(off.offset_ms) > 1000:
         print(f"setup_worker: warning: the clock is {off.offset_ms / 1000:+.1f} s off the controller's; "
               "Tracekit corrects it in the traces, but consider chrony", file=sys.stderr)

@@ -36,7 +36,7 @@ import psutil
 
 from tracekit.core import paths
 from tracekit.core.clock import wall_ms
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, DependencyMissing, UsageError
 
 TOKEN_ENV = "TRACEKIT_SUPERVISOR"
 NAME_ENV = "TRACEKIT_PROC"
@@ -198,14 +198,14 @@ class Supervisor:
     def _check_argv(self, argv: list[str]) -> None:
         for secret in self.secrets:
             if secret and any(secret in a for a in argv):
-                raise UserError("refusing to start a process with a secret in its command line (use the environment)")
+                raise UsageError("refusing to start a process with a secret in its command line (use the environment)")
 
     def start(self, node: str, name: str, argv: list[str], env: dict[str, str] | None = None,
               *, wrap: bool = True, cwd: str | os.PathLike | None = None) -> Proc:
         """Start ``argv`` as ``node``/``name`` (inside the node's namespace when ``wrap``)."""
         key = (node, name)
         if key in self.procs and self.procs[key].alive():
-            raise UserError(f"{node}/{name} is already running (pid {self.procs[key].pid})")
+            raise Conflict(f"{node}/{name} is already running (pid {self.procs[key].pid})")
         self._check_argv(argv)
         if not self.registered:
             self._register()  # before the first process: a crash from here on is cleaned next time
@@ -233,7 +233,8 @@ class Supervisor:
                 proc.popen = subprocess.Popen(argv, env=env, cwd=cwd or paths.REPO_ROOT, stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             except OSError as exc:
-                raise UserError(f"cannot start {proc.label} ({argv[0]}): {exc.strerror}") from None
+                raise DependencyMissing(f"cannot start {proc.label} ({argv[0]}): {exc.strerror}",
+                                        name=argv[0]) from None
         proc.started_ms = wall_ms()
         proc.pidfile.write_text(f"{proc.popen.pid}\n")
 
@@ -241,7 +242,7 @@ class Supervisor:
         try:
             return self.procs[(node, name)]
         except KeyError:
-            raise UserError(f"no process {node}/{name} in this run") from None
+            raise UsageError(f"no process {node}/{name} in this run") from None
 
     def kill(self, node: str, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process alone (its children live on, as after a real crash)."""

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python3 -m tracekit.cluster.synthlogs --out logs/synth1 --samples 1000000``: write a synthetic run folder."""
     import argparse
 
-    from tracekit.core.errors import UserError
+    from tracekit.core.errors import UsageError
 
     ap = argparse.ArgumentParser(prog="python3 -m tracekit.cluster.synthlogs",
                                  description="Write synthetic raw logs (exact raw formats) of any size into a run "
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
     if a.samples < 1 or a.nodes < 1 or a.interval_ms < 1:
-        raise UserError("--samples, --nodes and --interval-ms must be >= 1")
+        raise UsageError("--samples, --nodes and --interval-ms must be >= 1")
     per_task = 10_000 // a.interval_ms  # task_ms 5-15 s -> ~10 s of samples per task
     spec = SynthSpec(nodes=a.nodes, tasks=max(1, a.samples // max(1, per_task)), interval_ms=a.interval_ms,
                      task_ms=(5_000, 15_000), arrival_ms=(0, 50), malformed=a.malformed, seed=a.seed,

@@ -11,7 +11,7 @@ import psutil
 import redis
 
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, UserError
+from tracekit.core.errors import EXIT_FAILURE, Conflict
 from tracekit.core.keys import Keys
 
 # Key families of the control plane, for the SCAN fallback when no prefix separates the run.
@@ -23,8 +23,8 @@ def clean(client: redis.Redis, keys: Keys, force: bool) -> int:
     nodes = client.zrange(keys.nodes, 0, -1)
     alive = [n for n in nodes if client.exists(keys.heartbeat(n))]
     if (alive or client.exists(keys.scheduler_lock)) and not force:
-        raise UserError(f"workers alive ({', '.join(alive) or 'none'}) or a scheduler running "
-                        f"({client.get(keys.scheduler_lock) or 'none'}); stop them first or pass --force")
+        raise Conflict(f"workers alive ({', '.join(alive) or 'none'}) or a scheduler running "
+                       f"({client.get(keys.scheduler_lock) or 'none'}); stop them first or pass --force")
     victims = set(keys.control_keys(nodes))
     patterns = [f"{keys.prefix}*"] if keys.prefix else [f"{f}" for f in _FAMILIES]
     for pat in patterns:

@@ -26,7 +26,7 @@ from tracekit.control.lua import Scripts
 from tracekit.control.placement import ORDERS, WEIGHERS
 from tracekit.control.redis_retry import Retrier
 from tracekit.core import paths
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, UsageError
 from tracekit.core.keys import Keys
 
 LOCK_TTL_MS = 5000
@@ -129,7 +129,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def acquire_lock(client: redis.Redis, keys: Keys, me: str) -> None:
-    """Take the scheduler lock or raise :class:`UserError` naming the holder."""
+    """Take the scheduler lock or raise :class:`Conflict` naming the holder."""
     if client.set(keys.scheduler_lock, me, nx=True, px=LOCK_TTL_MS):
         return
     holder = client.get(keys.scheduler_lock) or ""
@@ -138,16 +138,16 @@ def acquire_lock(client: redis.Redis, keys: Keys, me: str) -> None:
     if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
         client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)  # its previous owner died on this host
         return
-    raise UserError(f"another central scheduler holds {keys.scheduler_lock} ({holder}); stop it first "
-                    "(or wait 5 s if it died on another host)")
+    raise Conflict(f"another central scheduler holds {keys.scheduler_lock} ({holder}); stop it first "
+                   "(or wait 5 s if it died on another host)")
 
 
 def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.Event | None = None) -> int:
     """Run the scheduler until SIGINT/SIGTERM (or until idle with ``exit_when_idle``)."""
     if cfg.weigher not in WEIGHERS or cfg.order not in ORDERS:
-        raise UserError(f"--weigher must be one of {WEIGHERS} and --weigher-order one of {ORDERS}")
+        raise UsageError(f"--weigher must be one of {WEIGHERS} and --weigher-order one of {ORDERS}")
     if cfg.max_attempts < 1:
-        raise UserError("--max-attempts must be >= 1")
+        raise UsageError("--max-attempts must be >= 1")
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,7 +165,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     def round_once() -> tuple[int, str]:
         holder = client.get(keys.scheduler_lock)
         if holder not in (None, me):
-            raise UserError(f"lost the scheduler lock to {holder}; exiting")
+            raise Conflict(f"lost the scheduler lock to {holder}; exiting")
         client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
         placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch])
         try:

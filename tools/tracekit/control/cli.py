@@ -14,7 +14,7 @@ from tracekit.control import admin, central, dispatch, status
 from tracekit.control.worker import Worker, WorkerConfig
 from tracekit.core import paths
 from tracekit.core.cli import command
-from tracekit.core.errors import UserError
+from tracekit.core.errors import UsageError
 from tracekit.core.redis_conn import add_redis_args, connect_from_args
 
 DISPATCHER_DOC = """Dispatcher: build a task mix (reproducible with --seed) and enqueue it on q:pending for the central
@@ -58,12 +58,12 @@ def dispatcher(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.pending and args.drip:
-        raise UserError("--pending and --drip are exclusive")
+        raise UsageError("--pending and --drip are exclusive")
     for name in ("pending_max", "pulse_size", "batch_size", "backlog_limit"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.pulse_interval < 0 or args.dribble_interval < 0:
-        raise UserError("intervals must be >= 0")
+        raise UsageError("intervals must be >= 0")
     run_id = paths.run_id(args.run_id)
     dispatch.parse_mix(args.mix or dispatch.DEFAULT_MIX)  # a bad --mix fails before Redis is touched
     client, keys = connect_from_args(args)
@@ -115,13 +115,13 @@ def worker(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     if args.parallel < 0 or args.capacity_units < 0 or args.cpuweight_per_vcpu < 1:
-        raise UserError("--parallel and --capacity-units must be >= 0, --cpuweight-per-vcpu >= 1")
+        raise UsageError("--parallel and --capacity-units must be >= 0, --cpuweight-per-vcpu >= 1")
     if args.heartbeat_ttl < 1.5:
-        raise UserError("--heartbeat-ttl must be >= 1.5 s (it is refreshed every second)")
+        raise UsageError("--heartbeat-ttl must be >= 1.5 s (it is refreshed every second)")
     client, keys = connect_from_args(args)
     if args.slots_key not in (None, keys.slots):
-        raise UserError(f"--slots-key {args.slots_key!r}: only {keys.slots!r} is supported; "
-                        "use --key-prefix to separate runs")
+        raise UsageError(f"--slots-key {args.slots_key!r}: only {keys.slots!r} is supported; "
+                         "use --key-prefix to separate runs")
     outputs = (args.outputs or paths.outputs_root()).resolve()
     cfg = WorkerConfig(run_id=paths.run_id(args.run_id), node=paths.node_id(args.node_id), outputs=outputs,
                        parallel=args.parallel, allocation_ratio=args.allocation_ratio,
@@ -182,7 +182,7 @@ def show_status(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     args = ap.parse_args(argv)
     if args.interval <= 0:
-        raise UserError("--interval must be > 0")
+        raise UsageError("--interval must be > 0")
     client, keys = connect_from_args(args)
     return status.show(client, keys, args.watch, args.interval, args.json)
 

@@ -37,7 +37,7 @@ from tracekit.control.profiles import get_profile, load_profiles
 from tracekit.control.redis_retry import Retrier
 from tracekit.control.task import Task, resolve_inside
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, UserError
+from tracekit.core.errors import EXIT_FAILURE, BadInput, RedisUnavailable, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 
@@ -56,22 +56,22 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
         try:
             weight = float(w) if sep else 1.0
         except ValueError:
-            raise UserError(f"--mix: weight of {name!r} is not a number: {w!r}") from None
+            raise UsageError(f"--mix: weight of {name!r} is not a number: {w!r}") from None
         if not math.isfinite(weight) or weight <= 0:
-            raise UserError(f"--mix: weight of {name!r} must be > 0")
+            raise UsageError(f"--mix: weight of {name!r} must be > 0")
         get_profile(name)
         if any(n == name for n, _ in out):
-            raise UserError(f"--mix: profile {name!r} given twice")
+            raise UsageError(f"--mix: profile {name!r} given twice")
         out.append((name, weight))
     if not out:
-        raise UserError("--mix is empty: expected profile=weight,...")
+        raise UsageError("--mix is empty: expected profile=weight,...")
     return out
 
 
 def mix_counts(mix: list[tuple[str, float]], total: int) -> dict[str, int]:
     """Task counts per profile, proportional to the weights, largest-remainder rounding (sums to total)."""
     if total < 0:
-        raise UserError("--total must be >= 0")
+        raise UsageError("--total must be >= 0")
     wsum = sum(w for _, w in mix)
     exact = [(name, total * w / wsum) for name, w in mix]
     counts = {name: int(math.floor(x)) for name, x in exact}
@@ -93,7 +93,7 @@ def sequence(mix: list[tuple[str, float]], total: int, seed: int) -> list[str]:
 def list_inputs(folder: Path) -> list[Path]:
     """Video files under ``folder`` (recursive), sorted by path."""
     if not folder.is_dir():
-        raise UserError(f"--inputs {folder} is not a directory")
+        raise BadInput(f"--inputs {folder} is not a directory", path=folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
                   and not p.name.startswith("."))
 
@@ -105,7 +105,7 @@ def relative_to_root(root: Path, given: Path, what: str) -> Path:
         return full.relative_to(root)
     except ValueError:
         env = "TRACEKIT_INPUTS" if what == "inputs" else "TRACEKIT_OUTPUTS"
-        raise UserError(f"--{what} {given} is outside the {what} root {root} (set ${env})") from None
+        raise UsageError(f"--{what} {given} is outside the {what} root {root} (set ${env})") from None
 
 
 @dataclass
@@ -129,7 +129,7 @@ def plan(run_id: str, mix_text: str, total: int | None, seed: int | None, inputs
         rel = relative_to_root(in_root, inputs, "inputs")
         files = list_inputs(in_root / rel)
         if not files:
-            raise UserError(f"no input videos ({', '.join(VIDEO_SUFFIXES)}) under {inputs}")
+            raise BadInput(f"no input videos ({', '.join(VIDEO_SUFFIXES)}) under {inputs}", path=inputs)
     if total is None:
         total = len(files) if files else 10
     out_rel = relative_to_root(out_root, outputs, "outputs") if outputs else Path()
@@ -291,8 +291,8 @@ def dispatch(client: redis.Redis, keys: Keys, run_id: str, the_plan: Plan, cfg: 
             pos += k
             bar.update(k)
     except redis.RedisError as exc:
-        raise UserError(f"lost Redis after enqueuing {pos} of {len(tasks)} task(s) "
-                        f"(see {paths.dispatch_path(run_id)}): {exc}") from None
+        raise RedisUnavailable(f"lost Redis after enqueuing {pos} of {len(tasks)} task(s) "
+                               f"(see {paths.dispatch_path(run_id)}): {exc}") from None
     finally:
         bar.close()
     print(f"dispatcher: enqueued {pos} task(s) in {time.monotonic() - t0:.2f} s", file=sys.stderr)

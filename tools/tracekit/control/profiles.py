@@ -16,7 +16,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import BadInput, UsageError
 from tracekit.core.paths import REPO_ROOT
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.json")
@@ -43,11 +43,11 @@ def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise UserError(f"cannot read profiles file {path}: {exc.strerror}") from None
+        raise BadInput(f"cannot read profiles file {path}: {exc.strerror}", path=path) from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"profiles file {path} is not valid JSON: line {exc.lineno}: {exc.msg}") from None
+        raise BadInput(f"profiles file {path} is not valid JSON: line {exc.lineno}: {exc.msg}", path=path) from None
     if not isinstance(data, dict):
-        raise UserError(f"profiles file {path}: expected a JSON object of name -> profile")
+        raise BadInput(f"profiles file {path}: expected a JSON object of name -> profile", path=path)
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -55,13 +55,13 @@ def check_profile(name: str, prof: dict) -> dict:
     """Validate one profile definition; return it with defaults filled in."""
     where = f"profile {name!r}"
     if not isinstance(prof, dict):
-        raise UserError(f"{where}: expected an object")
+        raise BadInput(f"{where}: expected an object")
     app = prof.get("app", "ffmpeg")
     if app not in APPS:
-        raise UserError(f"{where}: app must be one of {', '.join(APPS)}")
+        raise BadInput(f"{where}: app must be one of {', '.join(APPS)}")
     units = prof.get("cpu_units")
     if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1024:
-        raise UserError(f"{where}: cpu_units must be an integer 1..1024")
+        raise BadInput(f"{where}: cpu_units must be an integer 1..1024")
     out = {"app": app, "cpu_units": units, "threads": int(prof.get("threads", units))}
     if app in ("ffmpeg", "ffmpeg-synth"):
         out.update(
@@ -71,13 +71,13 @@ def check_profile(name: str, prof: dict) -> dict:
             crf=int(prof.get("crf", 23)),
         )
         if out["codec"] not in CODECS or out["preset"] not in PRESETS:
-            raise UserError(f"{where}: codec must be one of {CODECS}, preset one of {PRESETS}")
+            raise BadInput(f"{where}: codec must be one of {CODECS}, preset one of {PRESETS}")
     if app == "ffmpeg-synth":
         out["seconds"] = float(prof.get("seconds", 1.0))
     if app == "command":
         argv = prof.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise UserError(f"{where}: argv must be a non-empty list of strings")
+            raise BadInput(f"{where}: argv must be a non-empty list of strings")
         out["argv"] = argv
         out["needs_input"] = bool(prof.get("needs_input", "{input}" in argv))
         out["seconds"] = float(prof.get("seconds", 0))
@@ -100,8 +100,8 @@ def load_profiles() -> dict[str, dict]:
 
 
 def get_profile(name: str) -> dict:
-    """One profile by name, or :class:`UserError` listing the known names."""
+    """One profile by name, or :class:`UsageError` listing the known names."""
     profiles = load_profiles()
     if name not in profiles:
-        raise UserError(f"unknown profile {name!r} (known: {', '.join(sorted(profiles))})")
+        raise UsageError(f"unknown profile {name!r} (known: {', '.join(sorted(profiles))})")
     return profiles[name]

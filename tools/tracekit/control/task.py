@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tracekit.control.profiles import CODECS, PRESETS, load_profiles
-from tracekit.core.errors import UserError
+from tracekit.core.errors import BadTask
 from tracekit.core.paths import SAFE_ID
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -32,8 +32,8 @@ OUTPUT_SUFFIXES = (".mp4", ".mkv", ".txt", ".out")
 FFMPEG_BIN_ENV = "FFMPEG_BIN"
 
 
-class InvalidTask(UserError):
-    """A payload that must not run; the message is the reason recorded for it."""
+class InvalidTask(BadTask):
+    """A payload that must not run; the message is the reason recorded for it (``trace_id`` once it is known)."""
 
 
 @dataclass
@@ -109,17 +109,17 @@ def parse_task(raw: str | bytes) -> Task:
     profiles = load_profiles()
     name = d.get("profile")
     if name not in profiles:
-        raise InvalidTask(f"unknown profile {name!r}")
+        raise InvalidTask(f"unknown profile {name!r}", trace_id=tid)
     prof = profiles[name]
     ts = d.get("ts_enqueue")
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts < 0:
-        raise InvalidTask(f"ts_enqueue must be epoch milliseconds, got {ts!r}")
+        raise InvalidTask(f"ts_enqueue must be epoch milliseconds, got {ts!r}", trace_id=tid)
     for key in ("input", "output"):
         v = d.get(key)
         if v is not None and (not isinstance(v, str) or not v or "\x00" in v or len(v) > 4096):
-            raise InvalidTask(f"{key} must be a non-empty path string")
+            raise InvalidTask(f"{key} must be a non-empty path string", trace_id=tid)
     if prof["needs_input"] and not d.get("input"):
-        raise InvalidTask(f"profile {name} needs an input")
+        raise InvalidTask(f"profile {name} needs an input", trace_id=tid)
     known = {"trace_id", "profile", "cpu_units", "ts_enqueue", "attempt", "input", "output", "params",
              "ts_dispatch", "node"}
     ts_dispatch = d.get("ts_dispatch")
@@ -171,7 +171,7 @@ def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
     in_path = resolve_inside(inputs_root, task.input, "input") if task.input else None
     out_path = resolve_inside(outputs_root, task.output, "output") if task.output else None
     if out_path is not None and out_path.suffix not in OUTPUT_SUFFIXES:
-        raise InvalidTask(f"output suffix must be one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise InvalidTask(f"output suffix must be one of {', '.join(OUTPUT_SUFFIXES)}", trace_id=task.trace_id)
     tmp = tmp_output_for(out_path, task.trace_id, task.attempt) if out_path else None
     app = prof["app"]
     if app == "command":

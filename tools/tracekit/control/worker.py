@@ -42,7 +42,7 @@ from tracekit.control.redis_retry import Retrier
 from tracekit.control.task import Command, InvalidTask, Task, build_command, parse_task, tmp_output_for
 from tracekit.core import paths
 from tracekit.core.clock import redis_clock_offset, wall_ms
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
@@ -77,7 +77,7 @@ def capacity_for(ratio: float, cores: int, units: int = 0) -> int:
     if units > 0:
         return units
     if not (ratio > 0 and math.isfinite(ratio)):
-        raise UserError("--allocation-ratio must be a positive number")
+        raise UsageError("--allocation-ratio must be a positive number")
     return int(math.floor(ratio * cores + 1e-9))
 
 
@@ -144,8 +144,8 @@ class Worker:
         except (OSError, ValueError, IndexError):
             old = 0
         if live_worker_pid(old):
-            raise UserError(f"a worker for node {self.cfg.node} is already running (pid {old}, {self.pidfile}); "
-                            "stop it first (make stop-node)")
+            raise Conflict(f"a worker for node {self.cfg.node} is already running (pid {old}, {self.pidfile}); "
+                           "stop it first (make stop-node)")
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(f"{os.getpid()}\n")
 
@@ -349,11 +349,12 @@ class Worker:
             task = parse_task(raw)
             cmd = build_command(task, paths.inputs_root(), self.cfg.outputs)
             if cmd.input_path is not None and not cmd.input_path.is_file():
-                raise InvalidTask(f"input {task.input} does not exist under {paths.inputs_root()}")
+                raise InvalidTask(f"input {task.input} does not exist under {paths.inputs_root()}",
+                                  trace_id=task.trace_id)
         except InvalidTask as exc:
             self._reject(raw, exc, tid, attempt, profile)
             return
-        except UserError as exc:  # e.g. a broken profiles file: same treatment, the worker goes on
+        except TracekitError as exc:  # e.g. a broken profiles file: same treatment, the worker goes on
             self._reject(raw, exc, tid, attempt, profile)
             return
         bind_env, cpus = self._binding_env(task)

@@ -27,7 +27,7 @@ import re
 import socket
 from pathlib import Path
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RUN_ID_FILE = REPO_ROOT / "run_id.env"
@@ -38,7 +38,7 @@ CONTROLLER_DIR = "controller"
 def check_id(kind: str, value: str) -> str:
     """A run or node id must be a safe single path component (and a safe Redis key part)."""
     if not SAFE_ID.match(value or ""):
-        raise UserError(f"bad {kind} {value!r}: use letters, digits, '_', '.', '-' (max 128)")
+        raise UsageError(f"bad {kind} {value!r}: use letters, digits, '_', '.', '-' (max 128)")
     return value
 
 
@@ -65,7 +65,7 @@ def run_id(explicit: str | None = None) -> str:
     """The run id: explicit value, else ``$RUN_ID``, else ``run_id.env``; a clear error otherwise."""
     value = explicit or os.environ.get("RUN_ID") or read_run_id_file()
     if not value:
-        raise UserError("no RUN_ID: pass it (RUN_ID=... or --run-id) or write it to run_id.env")
+        raise UsageError("no RUN_ID: pass it (RUN_ID=... or --run-id) or write it to run_id.env")
     return check_id("RUN_ID", value)
 
 

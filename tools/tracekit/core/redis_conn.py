@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import BadInput, RedisUnavailable, UsageError
 from tracekit.core.keys import PREFIX_ENV, Keys
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -76,7 +76,7 @@ def resolve_password(url: str, password_file: str | None = None) -> str | None:
         try:
             return Path(path).read_text().strip() or None
         except OSError as exc:
-            raise UserError(f"cannot read Redis password file {path}: {exc.strerror}") from None
+            raise BadInput(f"cannot read Redis password file {path}: {exc.strerror}", path=path) from None
     return None
 
 
@@ -110,10 +110,10 @@ def connect(
     decode_responses: bool = True,
     socket_timeout: float | None = 10.0,
 ) -> redis.Redis:
-    """A checked connection (PING answered), or :class:`UserError` (exit code 2) with one line."""
+    """A checked connection (PING answered), or :class:`RedisUnavailable` (exit code 2) with one line."""
     url = resolve_url(url)
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise UserError(f"bad Redis URL {redact(url)!r}: expected redis://, rediss:// or unix://")
+        raise UsageError(f"bad Redis URL {redact(url)!r}: expected redis://, rediss:// or unix://")
     password = resolve_password(url, password_file)
     try:
         client = redis.Redis.from_url(
@@ -126,14 +126,14 @@ def connect(
         )
         client.ping()
     except redis.AuthenticationError:
-        raise UserError(f"Redis at {redact(url)} rejected the password") from None
+        raise RedisUnavailable(f"Redis at {redact(url)} rejected the password") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             msg = "requires a password" if "NOAUTH" in str(exc) else "rejected the password"
-            raise UserError(f"Redis at {redact(url)} {msg}") from None
-        raise UserError(f"Redis at {redact(url)} answered: {exc}") from None
+            raise RedisUnavailable(f"Redis at {redact(url)} {msg}") from None
+        raise RedisUnavailable(f"Redis at {redact(url)} answered: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise UserError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
     return client
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tracekit.core import paths
 from tracekit.core.clock import mono_ms, wall_ms
-from tracekit.core.errors import UserError
+from tracekit.core.errors import TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.schema import EXEC_FIELDS
 from tracekit.node import binding as bind
@@ -78,15 +78,15 @@ class AdapterConfig:
 
     @classmethod
     def from_env(cls, argv: list, env: dict | None = None) -> AdapterConfig:
-        """Read the contract's variables; :class:`UserError` with one line when one is malformed."""
+        """Read the contract's variables; :class:`UsageError` with one line when one is malformed."""
         env = os.environ if env is None else env
         if not argv:
-            raise UserError("no command given: use  ... -- <command> [args]")
+            raise UsageError("no command given: use  ... -- <command> [args]")
         rid = paths.run_id(env.get("RUN_ID"))
         node = paths.node_id(env.get("NODE_ID"))
         tid = env.get("TRACE_ID")
         if not tid or not paths.SAFE_ID.match(tid):
-            raise UserError(f"TRACE_ID missing or unsafe: {tid!r} (letters, digits, '_', '.', '-')")
+            raise UsageError(f"TRACE_ID missing or unsafe: {tid!r} (letters, digits, '_', '.', '-')")
 
         def num(name: str, kind=float, lo: float | None = None):
             v = env.get(name)
@@ -95,14 +95,14 @@ class AdapterConfig:
             try:
                 x = kind(v)
             except ValueError:
-                raise UserError(f"{name} must be a {kind.__name__}, got {v!r}") from None
+                raise UsageError(f"{name} must be a {kind.__name__}, got {v!r}") from None
             if lo is not None and x < lo:
-                raise UserError(f"{name} must be >= {lo}, got {v!r}")
+                raise UsageError(f"{name} must be >= {lo}, got {v!r}")
             return x
 
         b = env.get("TC_BINDING") or "none"
         if b not in bind.BINDINGS:
-            raise UserError(f"TC_BINDING must be one of {', '.join(bind.BINDINGS)}, got {b!r}")
+            raise UsageError(f"TC_BINDING must be one of {', '.join(bind.BINDINGS)}, got {b!r}")
         units = num("CPU_UNITS", int, 1)
         weight = num("TC_CPU_WEIGHT", int, 1)
         return cls(
@@ -277,7 +277,7 @@ def run(cfg: AdapterConfig) -> int:
     try:
         if cfg.binding == "exclusive":
             if not cfg.cpuset:
-                raise UserError("TC_BINDING=exclusive needs TC_CPUSET (e.g. 0,1)")
+                raise UsageError("TC_BINDING=exclusive needs TC_CPUSET (e.g. 0,1)")
             cpus = bind.parse_cpuset(cfg.cpuset)
             ev.update(binding_mechanism="affinity", cpuset=procfs.format_cpu_list(cpus))
         elif cfg.binding == "shared":
@@ -288,8 +288,8 @@ def run(cfg: AdapterConfig) -> int:
             if shared.note:
                 print(f"adapter: warning: {shared.note}", file=sys.stderr)
         Path(cfg.pid_dir).mkdir(parents=True, exist_ok=True)
-    except (UserError, OSError) as exc:
-        msg = str(exc) if isinstance(exc, UserError) else f"adapter setup failed: {exc}"
+    except (TracekitError, OSError) as exc:
+        msg = str(exc) if isinstance(exc, TracekitError) else f"adapter setup failed: {exc}"
         return _finish_pre_exec(cfg, ev, shared, msg)
 
     ts_r, ts_w = os.pipe2(os.O_CLOEXEC)
@@ -440,6 +440,6 @@ def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None) -> int:
     if args and args[0] == "--":
         args = args[1:]
     elif args and args[0].startswith("-"):
-        raise UserError(f"unknown option {args[0]!r}: put the command after '--'")
+        raise UsageError(f"unknown option {args[0]!r}: put the command after '--'")
     cfg = AdapterConfig.from_env(app_fixup(args) if app_fixup else args)
     return run(cfg)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit.core import paths
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Unsupported, UsageError
 from tracekit.node import cgroupfs
 from tracekit.node.procfs import format_cpu_list, parse_cpu_list
 
@@ -87,12 +87,12 @@ def parse_cpuset(text: str, allowed: set[int] | None = None) -> list[int]:
     try:
         cpus = parse_cpu_list(text)
     except ValueError as exc:
-        raise UserError(f"bad cpuset {text!r}: {exc}") from None
+        raise UsageError(f"bad cpuset {text!r}: {exc}") from None
     allowed = allowed if allowed is not None else os.sched_getaffinity(0)
     missing = sorted(set(cpus) - set(allowed))
     if missing:
-        raise UserError(f"cpuset {text!r} names CPUs {format_cpu_list(missing)} this node does not offer "
-                        f"(allowed: {format_cpu_list(sorted(allowed))})")
+        raise Unsupported(f"cpuset {text!r} names CPUs {format_cpu_list(missing)} this node does not offer "
+                          f"(allowed: {format_cpu_list(sorted(allowed))})")
     return cpus
 
 
@@ -112,7 +112,7 @@ def detect_shared_mechanism() -> str:
     forced = os.environ.get(MECHANISM_ENV, "auto")
     if forced != "auto":
         if forced not in MECHANISMS:
-            raise UserError(f"{MECHANISM_ENV} must be auto or one of {', '.join(MECHANISMS)}, got {forced!r}")
+            raise UsageError(f"{MECHANISM_ENV} must be auto or one of {', '.join(MECHANISMS)}, got {forced!r}")
         return forced
     if systemd_is_pid1() and shutil.which("systemd-run"):
         return "systemd-run"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tracekit.core import paths
 from tracekit.core.clock import mono_ms, wall_ms
-from tracekit.core.errors import UserError
+from tracekit.core.errors import Conflict, DependencyMissing, TracekitError, UsageError
 from tracekit.node import cgroupfs, nodeinfo, procfs, sentinel, timesync
 
 DEFAULT_INTERVAL_MS = 200
@@ -105,7 +105,7 @@ class CollectorConfig:
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> CollectorConfig:
-        """Settings from the environment; :class:`UserError` with one line when one is malformed."""
+        """Settings from the environment; :class:`UsageError` with one line when one is malformed."""
         env = os.environ if env is None else env
         rid = paths.run_id(env.get("RUN_ID"))
         node = paths.node_id(env.get("NODE_ID"))
@@ -113,9 +113,9 @@ class CollectorConfig:
         try:
             interval = float(raw)
         except ValueError:
-            raise UserError(f"PROC_INTERVAL_MS must be a number of milliseconds, got {raw!r}") from None
+            raise UsageError(f"PROC_INTERVAL_MS must be a number of milliseconds, got {raw!r}") from None
         if not 10 <= interval <= 3_600_000:
-            raise UserError(f"PROC_INTERVAL_MS must be in 10..3600000, got {raw}")
+            raise UsageError(f"PROC_INTERVAL_MS must be in 10..3600000, got {raw}")
         explicit = bool(env.get("PROC_PID_DIR"))
         pattern = env.get("PROC_MATCH", DEFAULT_MATCH)
         match = None
@@ -123,7 +123,7 @@ class CollectorConfig:
             try:
                 match = re.compile(pattern)
             except re.error as exc:
-                raise UserError(f"PROC_MATCH is not a valid regular expression: {exc}") from None
+                raise UsageError(f"PROC_MATCH is not a valid regular expression: {exc}") from None
         return cls(
             run_id=rid,
             node_id=node,
@@ -470,8 +470,8 @@ def _claim_pidfile(cfg: CollectorConfig) -> Path:
     pf.parent.mkdir(parents=True, exist_ok=True)
     other = _read_pidfile(pf)
     if other is not None and other != os.getpid() and _is_collector(other):
-        raise UserError(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {other}); "
-                        "stop it first: make stop-collect")
+        raise Conflict(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {other}); "
+                       "stop it first: make stop-collect")
     tmp = pf.with_name(f".{pf.name}.{os.getpid()}")
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, pf)
@@ -605,10 +605,10 @@ def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0
     """Start the collector in the background (own session); returns its pid once it runs."""
     running = running_collector(cfg.run_id, cfg.node_id)
     if running:
-        raise UserError(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {running[0]}); "
-                        "stop it first: make stop-collect")
+        raise Conflict(f"a collector for RUN_ID={cfg.run_id} node {cfg.node_id} already runs (pid {running[0]}); "
+                       "stop it first: make stop-collect")
     if not use_py and not SH_SCRIPT.exists():
-        raise UserError(f"USE_PY_COLLECT=0 needs {SH_SCRIPT}, which is missing")
+        raise DependencyMissing(f"USE_PY_COLLECT=0 needs {SH_SCRIPT}, which is missing", name=SH_SCRIPT.name)
     log = collector_logfile(cfg.run_id, cfg.node_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(PY_SCRIPT), "run"] if use_py else ["bash", str(SH_SCRIPT)]
@@ -626,9 +626,10 @@ def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0
             return proc.pid
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise UserError(f"collector exited at start ({proc.returncode}): {tail[0] if tail else 'see ' + str(log)}")
+            raise TracekitError(f"collector exited at start ({proc.returncode}): "
+                                f"{tail[0] if tail else 'see ' + str(log)}")
         time.sleep(0.02)
-    raise UserError(f"collector did not write its pidfile within {wait_s:g}s; see {log}")
+    raise TracekitError(f"collector did not write its pidfile within {wait_s:g}s; see {log}")
 
 
 def stop_daemons(rid: str, node: str | None, timeout_s: float = 10.0) -> list:

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from tracekit.core.clock import redis_clock_offset
-from tracekit.core.errors import UserError
+from tracekit.core.errors import TracekitError
 from tracekit.node import procfs
 
 UNKNOWN_CLOCK = {"offset_ms": None, "rtt_ms": None, "measured_at_ms": None}
@@ -63,7 +63,7 @@ def measure_clock(timeout_s: float = 2.0) -> dict:
             return redis_clock_offset(client).as_dict()
         finally:
             client.close()
-    except UserError as exc:
+    except TracekitError as exc:
         return dict(UNKNOWN_CLOCK, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - metadata must never stop the collector
         return dict(UNKNOWN_CLOCK, error=f"{type(exc).__name__}: {exc}")

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.core.errors import UserError
+from tracekit.core.errors import BadInput, DependencyMissing, TracekitError, UsageError
 
 PATTERNS = ("testsrc2", "mandelbrot", "life", "gradients", "smptehdbars", "cellauto")
 NOISE_LEVELS = (("none", 0), ("low", 8), ("medium", 20))
@@ -40,17 +40,17 @@ def parse_resolution(text: str) -> tuple[int, int]:
     """``"1920x1080"`` -> (1920, 1080); even sizes only (yuv420p)."""
     m = RES_RE.match(text or "")
     if not m:
-        raise UserError(f"bad resolution {text!r}: expected WIDTHxHEIGHT such as 1920x1080")
+        raise UsageError(f"bad resolution {text!r}: expected WIDTHxHEIGHT such as 1920x1080")
     w, h = int(m.group(1)), int(m.group(2))
     if w % 2 or h % 2:
-        raise UserError(f"bad resolution {text!r}: width and height must be even for yuv420p")
+        raise UsageError(f"bad resolution {text!r}: width and height must be even for yuv420p")
     return w, h
 
 
 def plan_clips(count: int, seed: int, out_dir: Path, prefix: str = "test_") -> list[ClipSpec]:
     """The clips to make (pure): a third without noise, a third low, a third medium noise."""
     if count < 1:
-        raise UserError(f"--count must be at least 1, got {count}")
+        raise UsageError(f"--count must be at least 1, got {count}")
     rng = random.Random(seed)
     specs = []
     for i in range(count):
@@ -102,21 +102,21 @@ def generate(count: int, duration: float, resolution: str, fps: int, seed: int, 
              bitrate: str = "8M", gop: int = 90, preset: str = "medium", progress: bool = True,
              jobs: int | None = None) -> list[Path]:
     """Synthesise ``count`` clips into ``out_dir`` (``jobs`` encoders at a time, one thread each, so the bytes
-    depend on the seed only); returns their paths. :class:`UserError` on bad input."""
+    depend on the seed only); returns their paths. :class:`TracekitError` on bad input."""
     w, h = parse_resolution(resolution)
     if not 0 < duration <= 3600:
-        raise UserError(f"--duration must be in (0, 3600] seconds, got {duration:g}")
+        raise UsageError(f"--duration must be in (0, 3600] seconds, got {duration:g}")
     if not 1 <= fps <= 240:
-        raise UserError(f"--fps must be in 1..240, got {fps}")
+        raise UsageError(f"--fps must be in 1..240, got {fps}")
     if not BITRATE_RE.match(bitrate):
-        raise UserError(f"bad --bitrate {bitrate!r}: e.g. 8M or 300k")
+        raise UsageError(f"bad --bitrate {bitrate!r}: e.g. 8M or 300k")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise UserError("ffmpeg not found: install it (apt-get install -y ffmpeg)")
+        raise DependencyMissing("ffmpeg not found: install it (apt-get install -y ffmpeg)", name="ffmpeg")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create {out_dir}: {exc.strerror}") from None
+        raise BadInput(f"cannot create {out_dir}: {exc.strerror}", path=out_dir) from None
     jobs = max(1, jobs or os.cpu_count() or 1)
     specs = plan_clips(count, seed, out_dir)
     from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -140,5 +140,5 @@ def generate(count: int, duration: float, resolution: str, fps: int, seed: int, 
                 errors.append(f"ffmpeg failed on clip {futs[fut].path.name}: {err}")
             bar.update()
     if errors:
-        raise UserError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise TracekitError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     return [spec.path for spec in specs]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tracekit.core import paths
 from tracekit.core.cli import command
-from tracekit.core.errors import EXIT_FAILURE, UserError
+from tracekit.core.errors import EXIT_FAILURE, UsageError
 from tracekit.trace import audit, cts
 from tracekit.trace.export.opendc import export
 from tracekit.trace.export.perfetto import export_timeline
@@ -74,7 +74,7 @@ def export_opendc(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.cpu_freq_mhz is not None and a.cpu_freq_mhz <= 0:
-        raise UserError("--cpu-freq-mhz must be > 0")
+        raise UsageError("--cpu-freq-mhz must be > 0")
     s = export(a.input, a.output, include_failed=a.include_failed, cpu_freq_mhz=a.cpu_freq_mhz,
                progress=not a.quiet and sys.stderr.isatty())
     print("\n".join(s.lines()))
@@ -91,7 +91,7 @@ def export_perfetto(argv: list[str] | None = None) -> int:
                     help="CPU counter points per node before averaging into bins (default 20000)")
     a = ap.parse_args(argv)
     if a.max_points < 10:
-        raise UserError("--max-points must be >= 10")
+        raise UsageError("--max-points must be >= 10")
     out = Path(a.output) if a.output else Path(a.input) / "timeline.json"
     res = export_timeline(a.input, out, max_points=a.max_points)
     print(f"timeline: {res['output']} — {res['slices']} slice(s), {res['counters']} CPU counter point(s), "
