@@ -33,7 +33,7 @@ from tracekit.cluster.emulation import (
 )
 from tracekit.cluster.setup import new_run_id, write_env_file
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, DependencyMissing, TracekitError, UsageError
+from tracekit.core.errors import EXIT_FAILURE, DependencyMissing, StepFailed, UsageError
 
 PY_MODULES = ("redis", "psutil", "pandas", "pyarrow", "numpy", "matplotlib", "tqdm")
 BINARIES = {"ffmpeg": "ffmpeg", "redis-server": "redis-server"}
@@ -181,7 +181,7 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
                 return disp.returncode
             cl.check_alive(daemons)
             if time.monotonic() > deadline:
-                raise TracekitError(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
+                raise StepFailed(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
                                     f"{done + failed}/{total} tasks finished")
             time.sleep(0.5)
 
@@ -213,7 +213,7 @@ def run_demo(cfg: DemoConfig) -> int:
     _step(f"generating small inputs in {inputs}")
     gen_log = ctl_dir / "generate_test_videos.log"
     if run_tool("videos", [*DEMO_CLIPS, "--out", str(inputs), "--no-progress"], env0, gen_log):
-        raise TracekitError(f"tools/{SCRIPTS['videos']} failed (see {gen_log})")
+        raise StepFailed(f"tools/{SCRIPTS['videos']} failed (see {gen_log})")
 
     ccfg = ClusterConfig(run_id=rid, nodes=cfg.nodes, binding=cfg.binding, ratio=cfg.ratio, weigher=cfg.weigher,
                          weigher_order=cfg.weigher_order, interval_ms=cfg.interval_ms, redis_url=cfg.redis_url,
@@ -234,7 +234,7 @@ def run_demo(cfg: DemoConfig) -> int:
         code = follow(cl, cfg.total, cfg.timeout_s)
         _step(f"dispatcher: {log_tail(cl.sup.get(CONTROLLER, 'dispatcher').log)}")
         if code not in (0, EXIT_FAILURE):
-            raise TracekitError(f"dispatcher exited with {code}: see {cl.sup.get(CONTROLLER, 'dispatcher').log}")
+            raise StepFailed(f"dispatcher exited with {code}: see {cl.sup.get(CONTROLLER, 'dispatcher').log}")
         status = 1 if code else 0
     finally:
         report = cl.stop()
@@ -252,11 +252,11 @@ def run_demo(cfg: DemoConfig) -> int:
     out_dir = paths.run_dir(rid)
     _step("exporting to OpenDC")
     if run_tool("export", ["--input", str(out_dir), "--output", str(out_dir / "opendc")], env0, ctl_dir / "export.log"):
-        raise TracekitError(f"export_opendc.py failed (see {ctl_dir / 'export.log'})")
+        raise StepFailed(f"export_opendc.py failed (see {ctl_dir / 'export.log'})")
     _step("exporting a Perfetto timeline")
     if run_tool("perfetto", ["--input", str(out_dir), "--output", str(out_dir / "timeline.json")], env0,
                 ctl_dir / "perfetto.log"):
-        raise TracekitError(f"export_perfetto.py failed (see {ctl_dir / 'perfetto.log'})")
+        raise StepFailed(f"export_perfetto.py failed (see {ctl_dir / 'perfetto.log'})")
     print_results(rid, time.monotonic() - t0)
     return status
 

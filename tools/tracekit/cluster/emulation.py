@@ -33,7 +33,7 @@ from tracekit.cluster import netns, supervisor
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.cluster.supervisor import Proc, Supervisor
 from tracekit.core import paths
-from tracekit.core.errors import DependencyMissing, RedisUnavailable, TracekitError, UsageError
+from tracekit.core.errors import DependencyMissing, RedisUnavailable, StepFailed, UsageError
 from tracekit.core.keys import PREFIX_ENV, Keys
 from tracekit.core.redis_conn import PASSWORD_ENV, PASSWORD_FILE_ENV, URL_ENV, redact, resolve_password, strip_password
 
@@ -224,7 +224,7 @@ class Cluster:
 
     def _sup(self) -> Supervisor:
         if self.sup is None:
-            raise TracekitError("the cluster is not started")
+            raise RuntimeError("the cluster is not started")  # a call out of order: a bug
         return self.sup
 
     def collector_argv(self) -> list[str]:
@@ -312,7 +312,7 @@ class Cluster:
             self.check_alive([(n, name) for n in want for name in ("collector", "worker")])
             if time.monotonic() > deadline:
                 missing = sorted(want - set(self.registered_nodes(client)))
-                raise TracekitError(f"workers of {', '.join(missing)} did not register within {timeout:g}s; "
+                raise StepFailed(f"workers of {', '.join(missing)} did not register within {timeout:g}s; "
                                     f"see {paths.daemon_log_path(self.cfg.run_id, missing[0], 'worker')}")
             time.sleep(0.1)
 
@@ -322,7 +322,7 @@ class Cluster:
         for key in which:
             p = sup.procs.get(key)
             if p is not None and not p.alive():
-                raise TracekitError(f"{p.label} exited with status {p.returncode}: {log_tail(p.log)}")
+                raise StepFailed(f"{p.label} exited with status {p.returncode}: {log_tail(p.log)}")
 
 
 def log_tail(path: Path, lines: int = 1) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from tracekit.core.errors import Conflict, TracekitError, Unsupported, UsageError
+from tracekit.core.errors import Conflict, Unsupported, UsageError
 
 STATE_DIR = Path(os.environ.get("TRACEKIT_NETNS_STATE", "/run/tracekit-netns"))
 SUBNET_PREFIX = "10.213"  # 10.213.K.0/24: private, exists only inside this machine
@@ -294,7 +294,7 @@ class Network:
     # --- addressing ---
     def _link(self, node: str) -> NodeLink:
         if self.state is None:
-            raise TracekitError("the emulated network is not created")
+            raise RuntimeError("the emulated network is not created")  # a call out of order: a bug
         for link in self.state.links:
             if link.node == node:
                 return link

@@ -66,6 +66,10 @@ class Conflict(TracekitError):
     """Something already running or already there stands in the way (a live worker, a pidfile, a busy port)."""
 
 
+class StepFailed(TracekitError):
+    """A step the command depends on did not complete: a child process failed or a wait timed out (see its log)."""
+
+
 class RunFailed(TracekitError):
     """The run itself finished, but the result is a failure (a lost task, a failed check)."""
 

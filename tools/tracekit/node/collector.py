@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tracekit.core import paths
 from tracekit.core.clock import mono_ms, wall_ms
-from tracekit.core.errors import Conflict, DependencyMissing, TracekitError, UsageError
+from tracekit.core.errors import Conflict, DependencyMissing, StepFailed, UsageError
 from tracekit.node import cgroupfs, nodeinfo, procfs, sentinel, timesync
 
 DEFAULT_INTERVAL_MS = 200
@@ -626,10 +626,10 @@ def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0
             return proc.pid
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise TracekitError(f"collector exited at start ({proc.returncode}): "
+            raise StepFailed(f"collector exited at start ({proc.returncode}): "
                                 f"{tail[0] if tail else 'see ' + str(log)}")
         time.sleep(0.02)
-    raise TracekitError(f"collector did not write its pidfile within {wait_s:g}s; see {log}")
+    raise StepFailed(f"collector did not write its pidfile within {wait_s:g}s; see {log}")
 
 
 def stop_daemons(rid: str, node: str | None, timeout_s: float = 10.0) -> list:

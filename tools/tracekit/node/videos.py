@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.core.errors import BadInput, DependencyMissing, TracekitError, UsageError
+from tracekit.core.errors import BadInput, DependencyMissing, StepFailed, UsageError
 
 PATTERNS = ("testsrc2", "mandelbrot", "life", "gradients", "smptehdbars", "cellauto")
 NOISE_LEVELS = (("none", 0), ("low", 8), ("medium", 20))
@@ -140,5 +140,5 @@ def generate(count: int, duration: float, resolution: str, fps: int, seed: int, 
                 errors.append(f"ffmpeg failed on clip {futs[fut].path.name}: {err}")
             bar.update()
     if errors:
-        raise TracekitError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise StepFailed(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     return [spec.path for spec in specs]
