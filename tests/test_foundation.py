@@ -57,7 +57,8 @@ def test_bad_payloads_are_rejected_with_reason(tmp_path, raw, reason):
 @pytest.mark.parametrize("exc, code", [
     (errors.UsageError("x"), 2), (errors.BadInput("x", path="p"), 2), (errors.BadTask("x", trace_id="t"), 2),
     (errors.BadRunFolder("x"), 2), (errors.RedisUnavailable("x"), 2), (errors.DependencyMissing("x", name="n"), 2),
-    (errors.Unsupported("x"), 2), (errors.Conflict("x"), 2), (errors.StepFailed("x"), 2), (errors.TracekitError("x"), 2),
+    (errors.Unsupported("x"), 2), (errors.Conflict("x"), 2), (errors.StepFailed("x"), 2),
+    (errors.TracekitError("x"), 2),
     (errors.RunFailed("x"), 1),
 ])
 def test_exit_code_per_error_class(exc, code):
