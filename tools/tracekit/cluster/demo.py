@@ -32,6 +32,7 @@ from tracekit.cluster.emulation import (
     script,
 )
 from tracekit.cluster.setup import new_run_id, write_env_file
+from tracekit.control.placement import ORDERS, WEIGHERS
 from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, UserError
 
@@ -287,9 +288,9 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument("--total", type=int, default=env_setting("TOTAL", 24, int), help="[TOTAL] tasks (24)")
     p.add_argument("--mix", default=env_setting("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
     p.add_argument("--seed", type=int, default=env_setting("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
-    p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=["", "instances", "vcpu"],
-                   help="[WEIGHER] '' = first-fit (default), instances, vcpu")
-    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=["min", "max"],
+    p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=WEIGHERS,
+                   help="[WEIGHER] '' = first-fit (default), " + ", ".join(name for name in WEIGHERS if name))
+    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=ORDERS,
                    help="[WEIGHER_ORDER] (min)")
     p.add_argument("--binding", default=env_setting("BINDING", "exclusive"), choices=["exclusive", "shared"],
                    help="[BINDING] worker --cpu-binding (exclusive)")
