@@ -152,15 +152,15 @@ def plain_env(rid: str) -> dict[str, str]:
     return env
 
 
-def follow(cl: Cluster, total: int, timeout_s: float) -> int:
+def follow(cluster: Cluster, total: int, timeout_s: float) -> int:
     """Live progress until the dispatcher (``--wait``) exits; its exit status."""
     from tqdm import tqdm
 
-    client = cl.client()
-    keys = cl.keys
+    client = cluster.client()
+    keys = cluster.keys
     deadline = time.monotonic() + timeout_s
-    daemons = [(n, name) for n in cl.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
-    disp = cl.sup.get(CONTROLLER, "dispatcher")
+    daemons = [(n, name) for n in cluster.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
+    disp = cluster.sup.get(CONTROLLER, "dispatcher")
     tty = sys.stdout.isatty()
     last = (-1, 0.0)  # (finished, when): off a terminal, print only on progress or every 10 s
     with tqdm(total=total, desc="tasks", unit="task", dynamic_ncols=True, file=sys.stdout) as bar:
@@ -168,7 +168,7 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
             done, failed = client.hlen(keys.done), client.hlen(keys.failed)
             pipe = client.pipeline()
             pipe.llen(keys.pending)
-            for n in cl.node_ids:
+            for n in cluster.node_ids:
                 pipe.llen(keys.running(n))
             pending, *running = pipe.execute()
             bar.n = min(total, done + failed)
@@ -179,7 +179,7 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
                 last = (bar.n, time.monotonic())
             if not disp.alive():
                 return disp.returncode
-            cl.check_alive(daemons)
+            cluster.check_alive(daemons)
             if time.monotonic() > deadline:
                 raise UserError(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
                                 f"{done + failed}/{total} tasks finished")
