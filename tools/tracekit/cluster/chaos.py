@@ -55,6 +55,9 @@ PROFILE = "chaos-synth"
 HEARTBEAT_TTL_S = 3.0  # the worker's default --heartbeat-ttl
 
 
+# ---- configuration, check results, the synthetic profile and batches ----
+
+
 @dataclass
 class ChaosConfig:
     """Settings of one chaos run (``make chaos`` variables / flags)."""
@@ -102,7 +105,9 @@ def batch_sizes(total: int, duration_s: float, gap_s: tuple[float, float]) -> li
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-# --- small Redis views -------------------------------------------------------------------------------------------
+# ---- safe Redis reads and waits during faults ----
+
+
 def _safe(fn, default=None):
     """A Redis read during an outage yields ``default`` instead of an exception (the harness keeps going)."""
     import redis
@@ -126,6 +131,9 @@ def _wait(pred, timeout: float, step: float = 0.1) -> float | None:
     return None
 
 
+# ---- fault log ----
+
+
 class FaultLog:
     """chaos.jsonl + live lines (through tqdm.write so the progress bar stays intact)."""
 
@@ -147,6 +155,9 @@ class FaultLog:
         extra = " ".join(f"{k}={v}" for k, v in info.items())
         self.write(f"chaos: +{rec['t_s']:6.1f}s {kind:9} {node or '':10} {phase:8} {extra}")
         return rec
+
+
+# ---- fault injector (one thread: feeds batches, injects worker/scheduler/redis/cut faults) ----
 
 
 class Injector:
@@ -234,6 +245,8 @@ class Injector:
         inst = self.client.hget(k.node_info(node), "instance")
         return bool(inst) and inst != old_instance and bool(self.client.exists(k.heartbeat(node)))
 
+    # ---- the faults ----
+
     def _worker(self) -> None:
         node = self._busy_node()
         k = self.cluster.keys
@@ -320,7 +333,9 @@ class Injector:
                       lambda: self.client.hget(k.node_info(node), "instance") == old))
 
 
-# --- the run -----------------------------------------------------------------------------------------------------
+# ---- following the run ----
+
+
 def _tqdm_write(msg: str) -> None:
     from tqdm import tqdm
 
@@ -371,6 +386,9 @@ def follow(cluster: Cluster, injector: Injector, total: int, cfg: ChaosConfig, a
                 deaths.append(f"timeout: the tasks did not finish within {cfg.timeout_s:g} s")
                 return deaths
             time.sleep(0.5)
+
+
+# ---- checks after the run ----
 
 
 def node_state(cluster: Cluster) -> dict:
@@ -503,6 +521,9 @@ def check_daemons(deaths: list[str], injector: Injector) -> Check:
     return Check("faults injected, no unexpected death", not problems, f"faults: {counts}", problems)
 
 
+# ---- report ----
+
+
 def recovery_stats(records: list[dict]) -> dict[str, str]:
     """Median / max of each recovery time in chaos.jsonl, per fault kind."""
     vals: dict[str, list[float]] = defaultdict(list)
@@ -545,6 +566,9 @@ def print_report(checks: list[Check], stats: dict[str, str], elapsed: float, rid
     print(f"  faults: {paths.chaos_log_path(rid)}; report: {paths.chaos_report_path(rid)}; "
           f"audit: {paths.cts_dir(rid) / 'audit_report.md'}")
     print(f"chaos: {'PASS' if all(c.ok for c in checks) else 'FAIL'}")
+
+
+# ---- the whole run ----
 
 
 def run_chaos(cfg: ChaosConfig) -> int:
@@ -622,7 +646,9 @@ def run_chaos(cfg: ChaosConfig) -> int:
     return 0 if all(c.ok for c in checks) else EXIT_FAILURE
 
 
-# --- command line ------------------------------------------------------------------------------------------------
+# ---- command line ----
+
+
 def parse_args(argv: list[str] | None = None) -> ChaosConfig:
     """Flags; each defaults to the environment variable in brackets (``make chaos NODES=3 TOTAL=100``)."""
     import argparse
