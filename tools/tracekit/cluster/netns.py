@@ -1,4 +1,5 @@
-"""Emulated cluster network: one Linux bridge, one network namespace per node (DESIGN.md §1, issue 5).
+"""Emulated cluster network: one Linux bridge, one network namespace per node (docs/cluster.md, "The emulated
+network").
 
 Layout (``tag`` = 4 hex digits, unique per live network so two emulations never collide)::
 
