@@ -6,13 +6,10 @@ on random states. It is also what ``status`` uses to explain why the head task w
 Feasible node: alive (heartbeat present), ``cap >= cpu_units`` and, when the node registered slot
 tokens (``parallel > 0``), at least one free token.
 
-Weighers (``--weigher``) and their normalisation: the raw metric is divided by the node's
-``cap_total`` so nodes of different sizes compare fairly:
-    ``instances``  run_count / cap_total   (tasks placed or running per capacity unit)
-    ``vcpu``       (cap_total - cap) / cap_total   (fraction of the node's capacity in use)
-``--weigher-order min`` prefers the smallest value, ``max`` the largest. Ties (equal fractions,
-compared exactly by cross-multiplication, never as floats) go to the first node in ``node_id`` order.
-Without a weigher the first feasible node in ``node_id`` order wins (first-fit).
+Weighers (``--weigher``) and their normalisation: the raw metric is divided by the node's ``cap_total`` so
+nodes of different sizes compare fairly. ``--weigher-order min`` prefers the smallest value, ``max`` the
+largest. Ties (equal fractions, compared exactly by cross-multiplication, never as floats) go to the first
+node in ``node_id`` order. Without a weigher the first feasible node in ``node_id`` order wins (first-fit).
 
 A weigher is one entry of :data:`WEIGHER_TABLE`: its raw metric as a Python function and the same metric
 as a Lua expression, side by side, both over ``cap``, ``cap_total`` and ``run_count``. The Lua placement
@@ -43,8 +40,10 @@ class Weigher:
 
 # Every weigher, in --weigher choice order: the one place a weigher is defined.
 WEIGHER_TABLE: dict[str, Weigher] = {
+    # tasks placed or running per capacity unit
     "instances": Weigher(lambda cap, cap_total, run_count: run_count, "run_count",
                          "run_count/cap_total"),
+    # fraction of the node's capacity in use
     "vcpu": Weigher(lambda cap, cap_total, run_count: cap_total - cap, "cap_total - cap",
                     "(cap_total-cap)/cap_total"),
 }
