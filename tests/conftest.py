@@ -1,4 +1,5 @@
-"""Shared fixtures: a real password-protected redis-server on a free loopback port, isolated run dirs."""
+"""Shared fixtures: a real password-protected redis-server on a free loopback port, isolated run dirs; the
+``system`` marker, applied here (not in the test files) to every test that needs the machine."""
 
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ from tracekit.cluster.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
+
+# ---- the `system` marker (`make test-fast` = pytest -m "not system") ----
+
+# A real redis-server (run_env and every fixture built on these use it too: pytest's fixture closure).
+SYSTEM_FIXTURES = frozenset({"redis_server", "redis_client", "run_env"})
+# Modules whose tests need the machine whatever their fixtures: a whole (emulated) cluster, network namespaces,
+# cgroups, process supervision (test_cluster_*), the demo or the chaos harness end to end, a TLS redis-server
+# with daemons, ffmpeg, the collector sampling live processes.
+SYSTEM_MODULE_PREFIXES = ("test_cluster_", "test_demo_e2e", "test_faults_chaos", "test_faults_secrets",
+                          "test_node_videos", "test_node_collector")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``system`` every test that uses a system fixture (also through another fixture) or is in a system
+    module; ``-m "not system"`` then leaves the pure-logic tests."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if SYSTEM_FIXTURES.intersection(item.fixturenames) or module.startswith(SYSTEM_MODULE_PREFIXES):
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(scope="session")

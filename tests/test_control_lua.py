@@ -7,9 +7,10 @@ import random
 
 import pytest
 
+from tracekit.control import placement
 from tracekit.control.central import LogDrain
-from tracekit.control.lua import Scripts
-from tracekit.control.placement import NodeState, choose
+from tracekit.control.lua import Scripts, weigher_lua
+from tracekit.control.placement import NodeState, Weigher, choose
 from tracekit.core.jsonl import append_line, read_jsonl
 from tracekit.core.keys import Keys
 from tracekit.core.paths import controller_dir, placements_path
@@ -78,7 +79,11 @@ def test_slots_mode_and_cap_only(redis_client, sc):
 @pytest.mark.parametrize("weigher, order", [("", "min"), ("instances", "min"), ("instances", "max"),
                                             ("vcpu", "min"), ("vcpu", "max")])
 def test_lua_matches_reference_policy_on_random_states(redis_client, sc, weigher, order):
-    r = redis_client
+    lua_matches_reference_on_random_states(redis_client, sc, weigher, order)
+
+
+def lua_matches_reference_on_random_states(r, sc, weigher, order):
+    """40 random node states: the Lua script places the head task where the pure model does."""
     rng = random.Random(f"{weigher}-{order}")
     for _ in range(40):
         r.flushdb()
@@ -104,6 +109,36 @@ def test_lua_matches_reference_policy_on_random_states(redis_client, sc, weigher
         place(sc, weigher, order, 1)
         got = next((s.node for s in states if r.llen(K.queue(s.node))), None)
         assert got == choose(states, units, weigher, order).node
+
+
+@pytest.fixture
+def free_weigher(monkeypatch):
+    """A throwaway weigher ``free`` = cap / cap_total, registered the way a real one is: one table entry."""
+    monkeypatch.setitem(placement.WEIGHER_TABLE, "free",
+                        Weigher(lambda cap, cap_total, run_count: cap, "cap", "cap/cap_total"))
+    # WEIGHERS is derived from the table at import; a registration at run time re-derives it
+    monkeypatch.setattr(placement, "WEIGHERS", ("", *placement.WEIGHER_TABLE))
+    return "free"
+
+
+@pytest.mark.parametrize("order", ["min", "max"])
+def test_a_weigher_registered_in_the_table_reaches_the_lua(redis_client, free_weigher, order):
+    sc = Scripts(redis_client, K)  # after the registration: the scripts are generated from the table
+    assert 'METRICS["free"]' in weigher_lua()
+    lua_matches_reference_on_random_states(redis_client, sc, free_weigher, order)
+    # the logged candidates and their normalised values agree too (Lua prints %.6g, Python rounds to 6 places)
+    redis_client.flushdb()
+    register(sc, "a", 4)
+    register(sc, "b", 8)
+    redis_client.set(K.cap("b"), 3)
+    redis_client.rpush(K.pending, task("t", 1))
+    place(sc, free_weigher, order, 1)
+    logged = json.loads(redis_client.xrange(K.controller_log)[-1][1]["r"])
+    states = [NodeState("a", True, 4, 4, 0), NodeState("b", True, 3, 8, 0)]
+    model = choose(states, 1, free_weigher, order)
+    assert logged["node"] == model.node == ("b" if order == "min" else "a")
+    assert [(c["node"], c["value"]) for c in logged["candidates"]] == [
+        (c["node"], pytest.approx(c["value"], abs=1e-6)) for c in model.candidates]
 
 
 def test_reap_requeues_to_head_with_attempt_and_removes_capacity(redis_client, sc):

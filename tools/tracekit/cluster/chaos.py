@@ -55,6 +55,9 @@ PROFILE = "chaos-synth"
 HEARTBEAT_TTL_S = 3.0  # the worker's default --heartbeat-ttl
 
 
+# ---- configuration, check results, the synthetic profile and batches ----
+
+
 @dataclass
 class ChaosConfig:
     """Settings of one chaos run (``make chaos`` variables / flags)."""
@@ -102,7 +105,9 @@ def batch_sizes(total: int, duration_s: float, gap_s: tuple[float, float]) -> li
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-# --- small Redis views -------------------------------------------------------------------------------------------
+# ---- safe Redis reads and waits during faults ----
+
+
 def _safe(fn, default=None):
     """A Redis read during an outage yields ``default`` instead of an exception (the harness keeps going)."""
     import redis
@@ -126,12 +131,15 @@ def _wait(pred, timeout: float, step: float = 0.1) -> float | None:
     return None
 
 
+# ---- fault log ----
+
+
 class FaultLog:
     """chaos.jsonl + live lines (through tqdm.write so the progress bar stays intact)."""
 
-    def __init__(self, rid: str, t0: float, write) -> None:
+    def __init__(self, rid: str, start_mono: float, write) -> None:
         self.path = paths.chaos_log_path(rid)
-        self.t0 = t0
+        self.t0 = start_mono
         self.write = write
         self.records: list[dict] = []
         self.lock = threading.Lock()
@@ -149,13 +157,16 @@ class FaultLog:
         return rec
 
 
+# ---- fault injector (one thread: feeds batches, injects worker/scheduler/redis/cut faults) ----
+
+
 class Injector:
     """The fault thread: injects faults one at a time until told to stop (after its mandatory first round)."""
 
-    def __init__(self, cl: Cluster, cfg: ChaosConfig, flog: FaultLog, all_done: threading.Event) -> None:
-        self.cl, self.cfg, self.flog, self.all_done = cl, cfg, flog, all_done
+    def __init__(self, cluster: Cluster, cfg: ChaosConfig, fault_log: FaultLog, all_done: threading.Event) -> None:
+        self.cluster, self.cfg, self.fault_log, self.all_done = cluster, cfg, fault_log, all_done
         self.rng = random.Random(cfg.seed)
-        self.client = cl.client()
+        self.client = cluster.client()
         self.expected_down: set[tuple[str, str]] = set()  # processes the harness killed on purpose
         self.counts: Counter = Counter()
         self.skipped: list[str] = []
@@ -198,7 +209,7 @@ class Injector:
                     self.counts[kind] += 1
                 except Exception as exc:  # a fault that could not be injected is reported, the run goes on
                     self.errors.append(f"{kind}: {exc}")
-                    self.flog(kind, None, "error", error=str(exc)[:200])
+                    self.fault_log(kind, None, "error", error=str(exc)[:200])
             step += 1
             self.all_done.wait(self.rng.uniform(*self.cfg.gap_s))
 
@@ -207,11 +218,12 @@ class Injector:
         self.batch += 1
         argv = [sys.executable, str(script("dispatcher")), "--inputs", str(paths.inputs_root()), "--mix",
                 f"{PROFILE}=1", "--total", str(n), "--seed", str(self.cfg.seed + self.batch), "--no-progress",
-                "--run-id", self.cl.cfg.run_id]
-        self.cl.start_controller_process("dispatcher", argv)
-        code = self.cl.sup.wait_exit(CONTROLLER, "dispatcher", 120)
+                "--run-id", self.cluster.cfg.run_id]
+        self.cluster.start_controller_process("dispatcher", argv)
+        code = self.cluster.sup.wait_exit(CONTROLLER, "dispatcher", 120)
         if code != 0:
-            self.fatal = f"dispatcher exited with {code}: {log_tail(self.cl.sup.get(CONTROLLER, 'dispatcher').log)}"
+            tail = log_tail(self.cluster.sup.get(CONTROLLER, "dispatcher").log)
+            self.fatal = f"dispatcher exited with {code}: {tail}"
             self.errors.append(self.fatal)
             return False
         self.fed += n
@@ -222,103 +234,108 @@ class Injector:
         busy: list[str] = []
         deadline = time.monotonic() + 3.0
         while not busy and time.monotonic() < deadline and not self.all_done.is_set():
-            busy = [n for n in self.cl.node_ids if _safe(lambda n=n: self.client.llen(self.cl.keys.running(n)), 0)]
+            busy = [n for n in self.cluster.node_ids
+                    if _safe(lambda n=n: self.client.llen(self.cluster.keys.running(n)), 0)]
             if not busy:
                 time.sleep(0.05)
-        return self.rng.choice(busy or self.cl.node_ids)
+        return self.rng.choice(busy or self.cluster.node_ids)
 
     def _registered(self, node: str, old_instance: str | None) -> bool:
-        k = self.cl.keys
+        k = self.cluster.keys
         inst = self.client.hget(k.node_info(node), "instance")
         return bool(inst) and inst != old_instance and bool(self.client.exists(k.heartbeat(node)))
 
+    # ---- the faults ----
+
     def _worker(self) -> None:
         node = self._busy_node()
-        k = self.cl.keys
+        k = self.cluster.keys
         old = _safe(lambda: self.client.hget(k.node_info(node), "instance"))
         running = _safe(lambda: self.client.llen(k.running(node)), 0)
         down = round(self.rng.uniform(0.3, 1.5 * HEARTBEAT_TTL_S), 2)
         self.expected_down.add((node, "worker"))
-        self.cl.kill(node, "worker", signal.SIGKILL)
-        self.flog("worker", node, "killed", signal="SIGKILL", running=running, down_s=down)
+        self.cluster.kill(node, "worker", signal.SIGKILL)
+        self.fault_log("worker", node, "killed", signal="SIGKILL", running=running, down_s=down)
         time.sleep(down)
         reaped = _safe(lambda: self.client.zscore(k.nodes, node) is None, False)
-        self.cl.restart(node, "worker")
+        self.cluster.restart(node, "worker")
         self.expected_down.discard((node, "worker"))
         back = _wait(lambda: self._registered(node, old), 30)
-        self.flog("worker", node, "restored", reaped_before_restart=reaped,
+        self.fault_log("worker", node, "restored", reaped_before_restart=reaped,
                   back_s=None if back is None else round(back, 2))
 
     def _scheduler(self) -> None:
-        k = self.cl.keys
+        k = self.cluster.keys
         self.expected_down.add((CONTROLLER, "scheduler"))
-        self.cl.kill(CONTROLLER, "scheduler", signal.SIGKILL)
+        self.cluster.kill(CONTROLLER, "scheduler", signal.SIGKILL)
         down = round(self.rng.uniform(0.2, 2.0), 2)
-        self.flog("scheduler", CONTROLLER, "killed", signal="SIGKILL", down_s=down)
+        self.fault_log("scheduler", CONTROLLER, "killed", signal="SIGKILL", down_s=down)
         time.sleep(down)
-        proc = self.cl.restart(CONTROLLER, "scheduler")
+        proc = self.cluster.restart(CONTROLLER, "scheduler")
         self.expected_down.discard((CONTROLLER, "scheduler"))
         back = _wait(lambda: f":{proc.pid}:" in (self.client.get(k.scheduler_lock) or ""), 30)
-        self.flog("scheduler", CONTROLLER, "restored", back_s=None if back is None else round(back, 2))
+        self.fault_log("scheduler", CONTROLLER, "restored", back_s=None if back is None else round(back, 2))
 
     def _redis(self) -> None:
-        srv = self.cl.redis
+        srv = self.cluster.redis
         if srv is None:
             self.skipped.append("redis: an external Redis (REDIS_URL) is not restarted by the harness")
-            self.flog("redis", None, "skipped", reason="external Redis")
+            self.fault_log("redis", None, "skipped", reason="external Redis")
             return
         down = round(self.rng.uniform(0.5, 2.0), 2)
         srv.stop()  # SIGTERM: redis-server flushes the AOF before it exits
-        self.flog("redis", None, "stopped", down_s=down)
+        self.fault_log("redis", None, "stopped", down_s=down)
         time.sleep(down)
         t = time.monotonic()
         srv.start(timeout=30)  # same port, same data dir: the AOF replays the queues
-        if self.cl.sup is not None and hasattr(self.cl.sup, "adopt") and srv.proc is not None:
-            self.cl.sup.adopt(srv.proc.pid)  # a crashed harness must not leave the new server behind
+        if self.cluster.sup is not None and hasattr(self.cluster.sup, "adopt") and srv.proc is not None:
+            self.cluster.sup.adopt(srv.proc.pid)  # a crashed harness must not leave the new server behind
         up = time.monotonic() - t
-        k = self.cl.keys
+        k = self.cluster.keys
         # recovered = every worker beat again since the restart: the AOF replays hb:<node> with what was left of
         # its TTL (<= TTL - down_s), a fresh beat sets it back above that
         fresh_ms = (HEARTBEAT_TTL_S - 0.5) * 1000
         seen: set[str] = set()  # nodes beat at different phases: each is back once seen fresh
 
         def all_beat() -> bool:
-            seen.update(n for n in self.cl.node_ids if self.client.pttl(k.heartbeat(n)) > fresh_ms)
-            return len(seen) == len(self.cl.node_ids)
+            seen.update(n for n in self.cluster.node_ids if self.client.pttl(k.heartbeat(n)) > fresh_ms)
+            return len(seen) == len(self.cluster.node_ids)
         beats = _wait(all_beat, 30, 0.05)
-        self.flog("redis", None, "restored", up_s=round(up, 2), heartbeats_back_s=None if beats is None
+        self.fault_log("redis", None, "restored", up_s=round(up, 2), heartbeats_back_s=None if beats is None
                   else round(beats, 2))
 
     def _cut(self) -> None:
         node = self._busy_node()
-        k = self.cl.keys
+        k = self.cluster.keys
         running = _safe(lambda: self.client.llen(k.running(node)), 0)
         old = _safe(lambda: self.client.hget(k.node_info(node), "instance"))
-        if self.cl.emulated:
-            self.cl.cut(node)
+        if self.cluster.emulated:
+            self.cluster.cut(node)
             how = "veth down"
         else:  # no namespaces: freeze the worker instead (no heartbeat; its tasks keep running)
-            self.cl.kill(node, "worker", signal.SIGSTOP)
+            self.cluster.kill(node, "worker", signal.SIGSTOP)
             how = "SIGSTOP (no network namespaces)"
             self.skipped.append(f"cut emulated by SIGSTOP of {node}'s worker: no network namespaces")
         t0 = time.monotonic()
-        self.flog("cut", node, "cut", how=how, running=running)
+        self.fault_log("cut", node, "cut", how=how, running=running)
         detected = _wait(lambda: self.client.zscore(k.nodes, node) is None, max(30.0, self.cfg.cut_s * 3))
         rest = max(0.0, self.cfg.cut_s - (time.monotonic() - t0))
         time.sleep(rest + (1.0 if detected is not None else 0.0))
         length = time.monotonic() - t0
-        if self.cl.emulated:
-            self.cl.heal(node)
+        if self.cluster.emulated:
+            self.cluster.heal(node)
         else:
-            self.cl.kill(node, "worker", signal.SIGCONT)
+            self.cluster.kill(node, "worker", signal.SIGCONT)
         back = _wait(lambda: self._registered(node, None) and self.client.zscore(k.nodes, node) is not None, 30)
-        self.flog("cut", node, "healed", cut_s=round(length, 2),
+        self.fault_log("cut", node, "healed", cut_s=round(length, 2),
                   declared_dead_after_s=None if detected is None else round(detected, 2),
                   rejoined_s=None if back is None else round(back, 2), old_instance_kept=_safe(
                       lambda: self.client.hget(k.node_info(node), "instance") == old))
 
 
-# --- the run -----------------------------------------------------------------------------------------------------
+# ---- following the run ----
+
+
 def _tqdm_write(msg: str) -> None:
     from tqdm import tqdm
 
@@ -326,14 +343,14 @@ def _tqdm_write(msg: str) -> None:
     sys.stdout.flush()
 
 
-def follow(cl: Cluster, inj: Injector, total: int, cfg: ChaosConfig, all_done: threading.Event) -> list[str]:
+def follow(cluster: Cluster, injector: Injector, total: int, cfg: ChaosConfig, all_done: threading.Event) -> list[str]:
     """Progress bar until every task has a done/failed record; returns unexpected daemon deaths."""
     from tqdm import tqdm
 
-    client = cl.client()
-    k = cl.keys
+    client = cluster.client()
+    k = cluster.keys
     deadline = time.monotonic() + cfg.timeout_s
-    daemons = [(n, name) for n in cl.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
+    daemons = [(n, name) for n in cluster.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
     deaths: list[str] = []
     tty = sys.stdout.isatty()
     last = (-1, 0.0)
@@ -344,26 +361,26 @@ def follow(cl: Cluster, inj: Injector, total: int, cfg: ChaosConfig, all_done: t
             if finished is not None:
                 failed = _safe(lambda: client.hlen(k.failed), 0)
                 bar.n = min(total, finished)
-                bar.set_postfix_str(f"failed={failed} faults={sum(inj.counts.values())}", refresh=False)
+                bar.set_postfix_str(f"failed={failed} faults={sum(injector.counts.values())}", refresh=False)
                 if tty or bar.n != last[0] or time.monotonic() - last[1] > 10:
                     bar.refresh()
                     last = (bar.n, time.monotonic())
                 if finished >= total:
                     all_done.set()
                     return deaths
-            if inj.fatal:
+            if injector.fatal:
                 all_done.set()
-                deaths.append(inj.fatal)
+                deaths.append(injector.fatal)
                 return deaths
             for key in daemons:
-                p = cl.sup.procs.get(key)
-                if p is not None and not p.alive() and key not in inj.expected_down:
+                p = cluster.sup.procs.get(key)
+                if p is not None and not p.alive() and key not in injector.expected_down:
                     time.sleep(0.3)  # the injector may be between its kill and its bookkeeping
-                    if p.alive() or key in inj.expected_down:
+                    if p.alive() or key in injector.expected_down:
                         continue
                     deaths.append(f"{p.label} exited with {p.returncode}: {log_tail(p.log)}")
                     _tqdm_write(f"chaos: UNEXPECTED {deaths[-1]}; restarting it")
-                    cl.restart(*key)
+                    cluster.restart(*key)
             if time.monotonic() > deadline:
                 all_done.set()
                 deaths.append(f"timeout: the tasks did not finish within {cfg.timeout_s:g} s")
@@ -371,32 +388,35 @@ def follow(cl: Cluster, inj: Injector, total: int, cfg: ChaosConfig, all_done: t
             time.sleep(0.5)
 
 
-def node_state(cl: Cluster) -> dict:
+# ---- checks after the run ----
+
+
+def node_state(cluster: Cluster) -> dict:
     """Per node cap / cap_total / run_count / queue lengths, plus q:pending and free slot tokens."""
-    c = cl.client()
-    k = cl.keys
+    c = cluster.client()
+    k = cluster.keys
     out: dict = {"pending": c.llen(k.pending), "slots": c.llen(k.slots), "nodes": {}}
-    for n in cl.node_ids:
+    for n in cluster.node_ids:
         cap, total, rc = c.mget(k.cap(n), k.cap_total(n), k.run_count(n))
         out["nodes"][n] = {"cap": cap, "cap_total": total, "run_count": rc, "queued": c.llen(k.queue(n)),
                            "running": c.llen(k.running(n)), "registered": c.zscore(k.nodes, n) is not None}
     return out
 
 
-def quiesce(cl: Cluster, timeout: float = 30.0) -> dict:
+def quiesce(cluster: Cluster, timeout: float = 30.0) -> dict:
     """Wait until every queue is empty and every node idle (late completions settled); the state then."""
     def idle() -> bool:
-        st = node_state(cl)
+        st = node_state(cluster)
         return st["pending"] == 0 and all(v["registered"] and v["queued"] == 0 and v["running"] == 0
                                           and v["run_count"] == "0" for v in st["nodes"].values())
     _wait(idle, timeout, 0.2)
-    return node_state(cl)
+    return node_state(cluster)
 
 
-def check_state(st: dict) -> Check:
+def check_state(state: dict) -> Check:
     """Every node: cap == cap_total, run_count == 0, nothing queued or running; no slot token; q:pending empty."""
     problems = []
-    for n, v in st["nodes"].items():
+    for n, v in state["nodes"].items():
         if not v["registered"]:
             problems.append(f"{n} is not registered at the end")
         if v["cap"] != v["cap_total"] or v["cap"] is None:
@@ -405,11 +425,11 @@ def check_state(st: dict) -> Check:
             problems.append(f"{n}: run_count {v['run_count']}")
         if v["queued"] or v["running"]:
             problems.append(f"{n}: {v['queued']} queued, {v['running']} in running:{n}")
-    if st["pending"]:
-        problems.append(f"q:pending holds {st['pending']} task(s)")
-    if st["slots"]:
-        problems.append(f"{st['slots']} slot token(s) left in slots:available (cap-only run)")
-    caps = ", ".join(f"{n} {v['cap']}/{v['cap_total']}" for n, v in st["nodes"].items())
+    if state["pending"]:
+        problems.append(f"q:pending holds {state['pending']} task(s)")
+    if state["slots"]:
+        problems.append(f"{state['slots']} slot token(s) left in slots:available (cap-only run)")
+    caps = ", ".join(f"{n} {v['cap']}/{v['cap_total']}" for n, v in state["nodes"].items())
     return Check("node state", not problems, f"cap/cap_total {caps}; run_count 0; queues empty", problems)
 
 
@@ -432,10 +452,10 @@ def check_records(done: dict, failed: dict, dispatched: list[str], max_attempts:
     return Check("every task done or failed", not problems, detail, problems)
 
 
-def check_cts(inv: list[dict], done: dict, failed: dict) -> Check:
+def check_cts(invocations: list[dict], done: dict, failed: dict) -> Check:
     """CTS: exactly one ok invocation per done trace_id (the accepted attempt), none for a failed one."""
     ok = defaultdict(list)
-    for i in inv:
+    for i in invocations:
         if i.get("status") == "ok":
             ok[i["trace_id"]].append(i)
     problems = []
@@ -449,18 +469,18 @@ def check_cts(inv: list[dict], done: dict, failed: dict) -> Check:
     for tid in failed:
         if ok.get(tid):
             problems.append(f"{tid}: failed in Redis but {len(ok[tid])} ok invocation(s) in CTS")
-    fenced = sum(1 for i in inv if i.get("status") == "fenced")
-    retried = len({i["trace_id"] for i in inv if (i.get("attempt") or 1) > 1})
+    fenced = sum(1 for i in invocations if i.get("status") == "fenced")
+    retried = len({i["trace_id"] for i in invocations if (i.get("attempt") or 1) > 1})
     return Check("exactly one success per trace_id", not problems,
-                 f"{len(inv)} invocations: {sum(len(v) for v in ok.values())} ok, {fenced} fenced, "
-                 f"{sum(1 for i in inv if i.get('status') == 'failed')} failed; {retried} task(s) re-ran",
+                 f"{len(invocations)} invocations: {sum(len(v) for v in ok.values())} ok, {fenced} fenced, "
+                 f"{sum(1 for i in invocations if i.get('status') == 'failed')} failed; {retried} task(s) re-ran",
                  problems[:20])
 
 
 DONE_LINE = re.compile(r"\bdone (\S+) attempt (\d+) \(exit 0\)")
 
 
-def check_outputs(rid: str, nodes: list[str], inv: list[dict], done: dict) -> Check:
+def check_outputs(rid: str, nodes: list[str], invocations: list[dict], done: dict) -> Check:
     """Outputs: each done task's final file exists, is its accepted attempt's file, was renamed once; no .part."""
     problems = []
     renames: dict[str, set] = defaultdict(set)
@@ -472,7 +492,7 @@ def check_outputs(rid: str, nodes: list[str], inv: list[dict], done: dict) -> Ch
     twice = {t: sorted(v) for t, v in renames.items() if len(v) > 1}
     if twice:
         problems.append(f"{len(twice)} output(s) written by more than one attempt: {list(twice.items())[:3]}")
-    accepted = {(i["trace_id"], i.get("attempt")): i for i in inv if i.get("status") == "ok"}
+    accepted = {(i["trace_id"], i.get("attempt")): i for i in invocations if i.get("status") == "ok"}
     out_dir = paths.outputs_root() / rid
     for tid, rec in done.items():
         i = accepted.get((tid, rec.get("attempt")))
@@ -492,13 +512,16 @@ def check_outputs(rid: str, nodes: list[str], inv: list[dict], done: dict) -> Ch
                  f"{len(finals)} final outputs, {len(parts)} .part file(s), {len(twice)} renamed twice", problems[:20])
 
 
-def check_daemons(deaths: list[str], inj: Injector) -> Check:
-    problems = list(deaths) + [f"could not inject {e}" for e in inj.errors]
-    missing = [f for f in (inj.cfg.faults or FAULTS) if not inj.counts.get(f)]  # FAULTS=...: only those asked
+def check_daemons(deaths: list[str], injector: Injector) -> Check:
+    problems = list(deaths) + [f"could not inject {e}" for e in injector.errors]
+    missing = [f for f in (injector.cfg.faults or FAULTS) if not injector.counts.get(f)]  # FAULTS=...: only those asked
     if missing:
         problems.append(f"fault kinds never injected: {', '.join(missing)}")
-    counts = ", ".join(f"{f} {inj.counts.get(f, 0)}" for f in FAULTS)
+    counts = ", ".join(f"{f} {injector.counts.get(f, 0)}" for f in FAULTS)
     return Check("faults injected, no unexpected death", not problems, f"faults: {counts}", problems)
+
+
+# ---- report ----
 
 
 def recovery_stats(records: list[dict]) -> dict[str, str]:
@@ -543,6 +566,9 @@ def print_report(checks: list[Check], stats: dict[str, str], elapsed: float, rid
     print(f"  faults: {paths.chaos_log_path(rid)}; report: {paths.chaos_report_path(rid)}; "
           f"audit: {paths.cts_dir(rid) / 'audit_report.md'}")
     print(f"chaos: {'PASS' if all(c.ok for c in checks) else 'FAIL'}")
+
+
+# ---- the whole run ----
 
 
 def run_chaos(cfg: ChaosConfig) -> int:
@@ -620,7 +646,9 @@ def run_chaos(cfg: ChaosConfig) -> int:
     return 0 if all(c.ok for c in checks) else EXIT_FAILURE
 
 
-# --- command line ------------------------------------------------------------------------------------------------
+# ---- command line ----
+
+
 def parse_args(argv: list[str] | None = None) -> ChaosConfig:
     """Flags; each defaults to the environment variable in brackets (``make chaos NODES=3 TOTAL=100``)."""
     import argparse

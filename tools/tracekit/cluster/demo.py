@@ -32,6 +32,7 @@ from tracekit.cluster.emulation import (
     script,
 )
 from tracekit.cluster.setup import new_run_id, write_env_file
+from tracekit.control.placement import ORDERS, WEIGHERS
 from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, DependencyMissing, StepFailed, UsageError
 
@@ -152,15 +153,15 @@ def plain_env(rid: str) -> dict[str, str]:
     return env
 
 
-def follow(cl: Cluster, total: int, timeout_s: float) -> int:
+def follow(cluster: Cluster, total: int, timeout_s: float) -> int:
     """Live progress until the dispatcher (``--wait``) exits; its exit status."""
     from tqdm import tqdm
 
-    client = cl.client()
-    keys = cl.keys
+    client = cluster.client()
+    keys = cluster.keys
     deadline = time.monotonic() + timeout_s
-    daemons = [(n, name) for n in cl.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
-    disp = cl.sup.get(CONTROLLER, "dispatcher")
+    daemons = [(n, name) for n in cluster.node_ids for name in ("collector", "worker")] + [(CONTROLLER, "scheduler")]
+    disp = cluster.sup.get(CONTROLLER, "dispatcher")
     tty = sys.stdout.isatty()
     last = (-1, 0.0)  # (finished, when): off a terminal, print only on progress or every 10 s
     with tqdm(total=total, desc="tasks", unit="task", dynamic_ncols=True, file=sys.stdout) as bar:
@@ -168,7 +169,7 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
             done, failed = client.hlen(keys.done), client.hlen(keys.failed)
             pipe = client.pipeline()
             pipe.llen(keys.pending)
-            for n in cl.node_ids:
+            for n in cluster.node_ids:
                 pipe.llen(keys.running(n))
             pending, *running = pipe.execute()
             bar.n = min(total, done + failed)
@@ -179,7 +180,7 @@ def follow(cl: Cluster, total: int, timeout_s: float) -> int:
                 last = (bar.n, time.monotonic())
             if not disp.alive():
                 return disp.returncode
-            cl.check_alive(daemons)
+            cluster.check_alive(daemons)
             if time.monotonic() > deadline:
                 raise StepFailed(f"the run did not finish within {timeout_s:g}s (TIMEOUT); "
                                     f"{done + failed}/{total} tasks finished")
@@ -288,9 +289,9 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument("--total", type=int, default=env_setting("TOTAL", 24, int), help="[TOTAL] tasks (24)")
     p.add_argument("--mix", default=env_setting("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
     p.add_argument("--seed", type=int, default=env_setting("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
-    p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=["", "instances", "vcpu"],
-                   help="[WEIGHER] '' = first-fit (default), instances, vcpu")
-    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=["min", "max"],
+    p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=WEIGHERS,
+                   help="[WEIGHER] '' = first-fit (default), " + ", ".join(name for name in WEIGHERS if name))
+    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=ORDERS,
                    help="[WEIGHER_ORDER] (min)")
     p.add_argument("--binding", default=env_setting("BINDING", "exclusive"), choices=["exclusive", "shared"],
                    help="[BINDING] worker --cpu-binding (exclusive)")

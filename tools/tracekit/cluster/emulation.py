@@ -40,7 +40,7 @@ from tracekit.core.redis_conn import PASSWORD_ENV, PASSWORD_FILE_ENV, URL_ENV, r
 TOOLS = paths.REPO_ROOT / "tools"
 CONTROLLER = paths.CONTROLLER_DIR  # the node name of controller-side processes (logs/$RUN_ID/controller/)
 
-# user-facing scripts the cluster runs (DESIGN.md §1), relative to tools/
+# the user-facing scripts (the same a real cluster runs), relative to tools/
 SCRIPTS = {
     "collector": "collect_sys.py",
     "worker": "scheduler/worker.py",

@@ -1,4 +1,5 @@
-"""Emulated cluster network: one Linux bridge, one network namespace per node (DESIGN.md §1, issue 5).
+"""Emulated cluster network: one Linux bridge, one network namespace per node (docs/cluster.md, "The emulated
+network").
 
 Layout (``tag`` = 4 hex digits, unique per live network so two emulations never collide)::
 
@@ -402,10 +403,10 @@ def make_network(nodes: list[str], mode: str | None = None) -> Network | PlainNe
     return Network(nodes).create()
 
 
-def wait_reachable(net: Network | PlainNetwork, node: str, host: str, port: int, timeout: float = 5.0) -> bool:
+def wait_reachable(network: Network | PlainNetwork, node: str, host: str, port: int, timeout: float = 5.0) -> bool:
     """Whether a TCP connect from inside ``node`` to host:port succeeds within ``timeout``."""
     code = ("import socket,sys,time\nd=time.time()+float(sys.argv[3])\n"
             "while True:\n try:\n  socket.create_connection((sys.argv[1],int(sys.argv[2])),1).close();break\n"
             " except OSError:\n  time.sleep(0.05)\n  if time.time()>d: sys.exit(1)\n")
-    argv = net.wrap(node, [sys.executable, "-c", code, host, str(port), str(timeout)])
+    argv = network.wrap(node, [sys.executable, "-c", code, host, str(port), str(timeout)])
     return subprocess.run(argv, capture_output=True, timeout=timeout + 10).returncode == 0

@@ -41,17 +41,17 @@ COMMON = {
 }
 
 
-def password_weakness(pw: str) -> str | None:
-    """Why ``pw`` is too weak for a Redis reachable over a network, or None when it is acceptable."""
-    if len(pw) < MIN_PASSWORD_LEN:
+def password_weakness(password: str) -> str | None:
+    """Why ``password`` is too weak for a Redis reachable over a network, or None when it is acceptable."""
+    if len(password) < MIN_PASSWORD_LEN:
         return f"shorter than {MIN_PASSWORD_LEN} characters"
-    if any(c.isspace() for c in pw) or '"' in pw or "'" in pw:
+    if any(c.isspace() for c in password) or '"' in password or "'" in password:
         return "contains whitespace or quotes (they break redis.conf)"
-    low = pw.lower()
+    low = password.lower()
     stem = re.sub(r"[^a-z]", "", low)
     if low in COMMON or _common_words(stem) or re.sub(r"[\d\W_]+$", "", low) in COMMON:
         return "a common password"
-    if len(set(pw)) < 8:
+    if len(set(password)) < 8:
         return "too few distinct characters"
     if _sequential(low):
         return "a keyboard or counting sequence"

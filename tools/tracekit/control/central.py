@@ -128,15 +128,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(client: redis.Redis, keys: Keys, me: str) -> None:
+def acquire_lock(client: redis.Redis, keys: Keys, owner: str) -> None:
     """Take the scheduler lock or raise :class:`Conflict` naming the holder."""
-    if client.set(keys.scheduler_lock, me, nx=True, px=LOCK_TTL_MS):
+    if client.set(keys.scheduler_lock, owner, nx=True, px=LOCK_TTL_MS):
         return
     holder = client.get(keys.scheduler_lock) or ""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
     if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-        client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)  # its previous owner died on this host
+        client.set(keys.scheduler_lock, owner, px=LOCK_TTL_MS)  # its previous owner died on this host
         return
     raise Conflict(f"another central scheduler holds {keys.scheduler_lock} ({holder}); stop it first "
                    "(or wait 5 s if it died on another host)")

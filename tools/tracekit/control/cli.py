@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from tracekit.control import admin, central, dispatch, status
+from tracekit.control import admin, central, dispatch, placement, status
 from tracekit.control.worker import Worker, WorkerConfig
 from tracekit.core import paths
 from tracekit.core.cli import command
@@ -146,10 +146,10 @@ def scheduler_central(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=SCHEDULER_CENTRAL_DOC,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_redis_args(ap)
-    ap.add_argument("--weigher", default="", choices=["", "instances", "vcpu"],
-                    help='"" = first-fit in node_id order (default); instances = run_count/cap_total; '
-                         "vcpu = (cap_total-cap)/cap_total")
-    ap.add_argument("--weigher-order", default="min", choices=["min", "max"],
+    ap.add_argument("--weigher", default="", choices=placement.WEIGHERS,
+                    help='"" = first-fit in node_id order (default); '
+                         + "; ".join(f"{name} = {entry.help}" for name, entry in placement.WEIGHER_TABLE.items()))
+    ap.add_argument("--weigher-order", default="min", choices=placement.ORDERS,
                     help="prefer the smallest (min, default) or largest (max) weigher value; ties: node_id order")
     ap.add_argument("--max-attempts", type=int, default=3,
                     help="attempts per task before a task of a lost node is recorded failed (default 3)")

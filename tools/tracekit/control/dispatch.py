@@ -170,7 +170,7 @@ def redis_ms(client: redis.Redis) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], seq0: int) -> None:
+def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], first_seq: int) -> None:
     """Stamp ``ts_enqueue`` (Redis TIME) and RPUSH a batch + wake in one transaction; log dispatch.jsonl."""
     now = redis_ms(client)
     raws = []
@@ -184,7 +184,7 @@ def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], seq0: 
     pipe.ltrim(keys.wake, 0, 0)
     pipe.execute()
     for i, d in enumerate(batch):
-        append_line(paths.dispatch_path(run_id), {"seq": d.get("seq", seq0 + i), "trace_id": d["trace_id"],
+        append_line(paths.dispatch_path(run_id), {"seq": d.get("seq", first_seq + i), "trace_id": d["trace_id"],
                                                   "profile": d["profile"], "cpu_units": d["cpu_units"],
                                                   "ts_enqueue": now, "input": d.get("input"),
                                                   "output": d.get("output")})
@@ -223,16 +223,17 @@ def batches(cfg: FeedConfig, client: redis.Redis, keys: Keys, n_left: int, stop:
             yield k
 
 
-def wait_all(client: redis.Redis, keys: Keys, tids: list[str], stop: threading.Event, bar) -> tuple[dict, dict]:
+def wait_all(client: redis.Redis, keys: Keys, trace_ids: list[str], stop: threading.Event,
+             progress_bar) -> tuple[dict, dict]:
     """Block until every trace id has a done or failed record; wakes on the events stream (no polling).
     Survives a Redis outage (retries with backoff: everything here is a read)."""
     state = {"last": "$"}
-    remaining = set(tids)
+    remaining = set(trace_ids)
     done: dict[str, dict] = {}
     failed: dict[str, dict] = {}
     retry = Retrier(logging.getLogger("dispatcher"), stop)
     while remaining and not stop.is_set():
-        retry(lambda: _wait_round(client, keys, remaining, done, failed, bar, state), "wait")
+        retry(lambda: _wait_round(client, keys, remaining, done, failed, progress_bar, state), "wait")
     return done, failed
 
 

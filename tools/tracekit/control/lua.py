@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import redis
 
+from tracekit.control.placement import WEIGHER_TABLE
 from tracekit.core.keys import Keys
 
 _MARK = "\x01NODE\x01"
@@ -44,6 +45,18 @@ def _prelude(keys: Keys) -> str:
         pre, post = getattr(keys, name)(_MARK).split(_MARK)
         lines.append(f"K.{name} = function(n) return {_lua_str(pre)} .. n .. {_lua_str(post)} end")
     return "\n".join(lines) + "\n" + _COMMON
+
+
+def weigher_lua() -> str:
+    """The Lua table ``METRICS``: weigher name -> function(cap, cap_total, run_count) returning its raw metric.
+
+    Generated from :data:`tracekit.control.placement.WEIGHER_TABLE` (each entry's Lua expression), so the
+    placement script and the pure model read the same one table.
+    """
+    lines = ["local METRICS = {}"]
+    lines += [f"METRICS[{_lua_str(name)}] = function(cap, cap_total, run_count) return {entry.lua} end"
+              for name, entry in WEIGHER_TABLE.items()]
+    return "\n".join(lines) + "\n"
 
 
 _COMMON = r"""
@@ -135,8 +148,9 @@ end
 """
 
 PLACE = r"""
--- ARGV: weigher ('' | instances | vcpu), order (min | max), limit (max placements in this call)
+-- ARGV: weigher ('' = first-fit, or a name of METRICS), order (min | max), limit (max placements in this call)
 local weigher, order, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local metric = METRICS[weigher] or function() return 0 end
 local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
 local n = #nodes
 local alive, cap, total, rc, par, slots = {}, {}, {}, {}, {}, {}
@@ -187,8 +201,7 @@ while placed < limit do
     local cands = {}
     for i = 1, n do
       if alive[i] and cap[i] >= units and (par[i] <= 0 or slots[i] > 0) then
-        local m = 0
-        if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
+        local m = metric(cap[i], total[i], rc[i])
         table.insert(cands, i)
         if weigher == '' then best = i; bestm = m; break end
         if best == nil then
@@ -207,8 +220,7 @@ while placed < limit do
     local clist = {}
     for _, i in ipairs(cands) do
       if not cstr[i] then
-        local m = 0
-        if weigher == 'instances' then m = rc[i] elseif weigher == 'vcpu' then m = total[i] - cap[i] end
+        local m = metric(cap[i], total[i], rc[i])
         local val = 0
         if total[i] > 0 then val = m / total[i] end
         if not qname[i] then qname[i] = cjson.encode(nodes[i]) end
@@ -357,12 +369,12 @@ class Scripts:
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
-        for name, body in _bodies(keys.prefix).items():
+        for name, body in _bodies(keys.prefix, weigher_lua()).items():
             setattr(self, name, client.register_script(body))
 
 
 @lru_cache(maxsize=16)
-def _bodies(prefix: str) -> dict[str, str]:
+def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     pre = _prelude(Keys(prefix))
-    return {"place": pre + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
+    return {"place": pre + metrics + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
             "reap": pre + REAP, "leave": pre + LEAVE}

@@ -1,26 +1,54 @@
 """Placement policy, pure: strict FIFO head -> first-fit or weigher over feasible nodes.
 
-This module is the reference the Lua placement script (``scripts.py``) mirrors; tests compare the two
+This module is the reference the Lua placement script (``lua.py``) mirrors; tests compare the two
 on random states. It is also what ``status`` uses to explain why the head task waits.
 
 Feasible node: alive (heartbeat present), ``cap >= cpu_units`` and, when the node registered slot
 tokens (``parallel > 0``), at least one free token.
 
-Weighers (``--weigher``) and their normalisation: the raw metric is divided by the node's
-``cap_total`` so nodes of different sizes compare fairly:
-    ``instances``  run_count / cap_total   (tasks placed or running per capacity unit)
-    ``vcpu``       (cap_total - cap) / cap_total   (fraction of the node's capacity in use)
-``--weigher-order min`` prefers the smallest value, ``max`` the largest. Ties (equal fractions,
-compared exactly by cross-multiplication, never as floats) go to the first node in ``node_id`` order.
-Without a weigher the first feasible node in ``node_id`` order wins (first-fit).
+Weighers (``--weigher``) and their normalisation: the raw metric is divided by the node's ``cap_total`` so
+nodes of different sizes compare fairly. ``--weigher-order min`` prefers the smallest value, ``max`` the
+largest. Ties (equal fractions, compared exactly by cross-multiplication, never as floats) go to the first
+node in ``node_id`` order. Without a weigher the first feasible node in ``node_id`` order wins (first-fit).
+
+A weigher is one entry of :data:`WEIGHER_TABLE`: its raw metric as a Python function and the same metric
+as a Lua expression, side by side, both over ``cap``, ``cap_total`` and ``run_count``. The Lua placement
+script, the ``--weigher`` choices and help texts are all generated from that table; the parity tests
+(tests/test_control_lua.py) check that the two columns agree on random states.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-WEIGHERS = ("", "instances", "vcpu")
 ORDERS = ("min", "max")
+
+
+@dataclass(frozen=True)
+class Weigher:
+    """One weigher: its raw metric (the numerator; placement divides by ``cap_total``) in Python and in Lua.
+
+    ``metric(cap, cap_total, run_count)`` and the Lua expression ``lua`` over the same three names must
+    compute the same integer; ``help`` is the formula shown by ``--help``.
+    """
+
+    metric: Callable[[int, int, int], int]
+    lua: str
+    help: str
+
+
+# Every weigher, in --weigher choice order: the one place a weigher is defined.
+WEIGHER_TABLE: dict[str, Weigher] = {
+    # tasks placed or running per capacity unit
+    "instances": Weigher(lambda cap, cap_total, run_count: run_count, "run_count",
+                         "run_count/cap_total"),
+    # fraction of the node's capacity in use
+    "vcpu": Weigher(lambda cap, cap_total, run_count: cap_total - cap, "cap_total - cap",
+                    "(cap_total-cap)/cap_total"),
+}
+# The --weigher choices: '' (first-fit, no weigher) then the table's names.
+WEIGHERS = ("", *WEIGHER_TABLE)
 
 
 @dataclass(frozen=True)
@@ -45,23 +73,20 @@ class Decision:
     reason: str = ""
 
 
-def metric(n: NodeState, weigher: str) -> int:
-    """The raw weigher metric of a node (numerator of its normalised value)."""
-    if weigher == "instances":
-        return n.run_count
-    if weigher == "vcpu":
-        return n.cap_total - n.cap
-    return 0
+def metric(node: NodeState, weigher: str) -> int:
+    """The raw weigher metric of a node (numerator of its normalised value); 0 without a weigher."""
+    entry = WEIGHER_TABLE.get(weigher)
+    return entry.metric(node.cap, node.cap_total, node.run_count) if entry else 0
 
 
-def value(n: NodeState, weigher: str) -> float:
+def value(node: NodeState, weigher: str) -> float:
     """The normalised weigher value logged for a candidate (metric / cap_total)."""
-    return round(metric(n, weigher) / n.cap_total, 6) if n.cap_total > 0 else 0.0
+    return round(metric(node, weigher) / node.cap_total, 6) if node.cap_total > 0 else 0.0
 
 
-def feasible(n: NodeState, cpu_units: int) -> bool:
+def feasible(node: NodeState, cpu_units: int) -> bool:
     """Alive, enough free capacity and, in slots mode, a free slot token."""
-    return n.alive and n.cap >= cpu_units and (n.parallel <= 0 or n.free_slots > 0)
+    return node.alive and node.cap >= cpu_units and (node.parallel <= 0 or node.free_slots > 0)
 
 
 def _better(a: NodeState, b: NodeState, weigher: str, order: str) -> bool:

@@ -51,36 +51,36 @@ def _read(path: Path) -> dict:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def check_profile(name: str, prof: dict) -> dict:
+def check_profile(name: str, profile: dict) -> dict:
     """Validate one profile definition; return it with defaults filled in."""
     where = f"profile {name!r}"
-    if not isinstance(prof, dict):
+    if not isinstance(profile, dict):
         raise BadInput(f"{where}: expected an object")
-    app = prof.get("app", "ffmpeg")
+    app = profile.get("app", "ffmpeg")
     if app not in APPS:
         raise BadInput(f"{where}: app must be one of {', '.join(APPS)}")
-    units = prof.get("cpu_units")
+    units = profile.get("cpu_units")
     if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1024:
         raise BadInput(f"{where}: cpu_units must be an integer 1..1024")
-    out = {"app": app, "cpu_units": units, "threads": int(prof.get("threads", units))}
+    out = {"app": app, "cpu_units": units, "threads": int(profile.get("threads", units))}
     if app in ("ffmpeg", "ffmpeg-synth"):
         out.update(
-            scale=prof.get("scale", "1920x1080"),
-            codec=prof.get("codec", "libx264"),
-            preset=prof.get("preset", "medium"),
-            crf=int(prof.get("crf", 23)),
+            scale=profile.get("scale", "1920x1080"),
+            codec=profile.get("codec", "libx264"),
+            preset=profile.get("preset", "medium"),
+            crf=int(profile.get("crf", 23)),
         )
         if out["codec"] not in CODECS or out["preset"] not in PRESETS:
             raise BadInput(f"{where}: codec must be one of {CODECS}, preset one of {PRESETS}")
     if app == "ffmpeg-synth":
-        out["seconds"] = float(prof.get("seconds", 1.0))
+        out["seconds"] = float(profile.get("seconds", 1.0))
     if app == "command":
-        argv = prof.get("argv")
+        argv = profile.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise BadInput(f"{where}: argv must be a non-empty list of strings")
         out["argv"] = argv
-        out["needs_input"] = bool(prof.get("needs_input", "{input}" in argv))
-        out["seconds"] = float(prof.get("seconds", 0))
+        out["needs_input"] = bool(profile.get("needs_input", "{input}" in argv))
+        out["seconds"] = float(profile.get("seconds", 0))
     out["needs_input"] = app == "ffmpeg" or out.get("needs_input", False)
     return out
 

@@ -23,11 +23,11 @@ class Retrier:
         self._down = False
         self._lock = threading.Lock()
 
-    def __call__(self, fn: Callable[[], T], what: str) -> T:
+    def __call__(self, operation: Callable[[], T], what: str) -> T:
         delay = 0.2
         while True:
             try:
-                out = fn()
+                out = operation()
             except TRANSIENT as exc:
                 with self._lock:
                     if not self._down:

@@ -55,19 +55,19 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
             "scheduler": lock, "slot_tokens": len(slots)}
 
 
-def render(s: dict) -> str:
+def render(snapshot: dict) -> str:
     """The snapshot as a small text table."""
-    out = [f"scheduler: {s['scheduler'] or 'not running'}    q:pending {s['pending']}    "
-           f"done {s['done']}    failed {s['failed']}"]
-    if s["head"]:
-        h = s["head"]
+    out = [f"scheduler: {snapshot['scheduler'] or 'not running'}    q:pending {snapshot['pending']}    "
+           f"done {snapshot['done']}    failed {snapshot['failed']}"]
+    if snapshot["head"]:
+        h = snapshot["head"]
         out.append(f"head: {h.get('trace_id')} {h.get('profile', '')} cpu_units={h.get('cpu_units', '?')} "
                    f"attempt={h.get('attempt', '?')}: {h['why']}")
     cols = ("node", "alive", "cap", "cap_total", "run_count", "free_slots", "queued", "running", "binding")
-    table = [cols] + [tuple("-" if r[c] is None else str(r[c]) for c in cols) for r in s["nodes"]]
+    table = [cols] + [tuple("-" if r[c] is None else str(r[c]) for c in cols) for r in snapshot["nodes"]]
     w = [max(len(row[i]) for row in table) for i in range(len(cols))]
     out += ["  ".join(v.ljust(w[i]) for i, v in enumerate(row)) for row in table]
-    if not s["nodes"]:
+    if not snapshot["nodes"]:
         out.append("(no worker registered)")
     return "\n".join(out)
 

@@ -1,4 +1,4 @@
-"""The task payload (DESIGN.md §5): parse, validate, and turn into an exact argv. No shell, ever.
+"""The task payload: parse, validate, and turn into an exact argv. No shell, ever.
 
 A payload is one JSON object:
     trace_id    str, unique in the run (letters, digits, '_', '.', '-')

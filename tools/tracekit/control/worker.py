@@ -54,6 +54,9 @@ ADAPTERS = paths.REPO_ROOT / "tools" / "adapters"
 BEAT_EVERY_S = 1.0
 
 
+# ---- configuration ----
+
+
 @dataclass
 class WorkerConfig:
     """The worker's flags."""
@@ -70,6 +73,9 @@ class WorkerConfig:
     clear_queue: bool = False
     heartbeat_ttl_ms: int = 3000
     exit_when_idle: bool = False  # tests: leave once nothing is placed or running for ~2 s
+
+
+# ---- capacity, running tasks, pidfiles and stale outputs ----
 
 
 def capacity_for(ratio: float, cores: int, units: int = 0) -> int:
@@ -115,6 +121,9 @@ def _remove_superseded_tmp(output: Path, trace_id: str, attempt: int) -> None:
             tmp_output_for(output, trace_id, a).unlink(missing_ok=True)
 
 
+# ---- the worker ----
+
+
 class Worker:
     """One worker process for one node."""
 
@@ -137,7 +146,8 @@ class Worker:
         self.task_log = paths.daemon_log_path(cfg.run_id, cfg.node, "tasks")
         self.replaced = False
 
-    # --- registration ---
+    # ---- registration, orphans, heartbeat ----
+
     def _claim_pidfile(self) -> None:
         try:
             old = int(self.pidfile.read_text().split()[0])
@@ -254,7 +264,8 @@ class Worker:
                 log.error("heartbeat: %s", exc)
             self.done_event.wait(BEAT_EVERY_S)
 
-    # --- events ---
+    # ---- events ----
+
     def _event(self, fields: tuple, **values) -> None:
         rec = {k: values.get(k) for k in fields}
         append_line(self.events, rec)
@@ -262,7 +273,8 @@ class Worker:
     def _ctl_ms(self) -> int:
         return int(round(wall_ms() + self.offset_ms))
 
-    # --- one task ---
+    # ---- one task: take, launch, wait, complete ----
+
     def _reject(self, raw: str, exc: Exception, tid: str | None, attempt: int, profile: str | None) -> None:
         reason = str(exc)
         tid = tid or "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12]  # as the Lua steps name it
@@ -474,7 +486,8 @@ class Worker:
                         node_id=self.cfg.node, ts=round(wall_ms(), 3), reason=reason)
             log.warning("fenced %s attempt %d: %s", task.trace_id, task.attempt, reason)
 
-    # --- signals and main loop ---
+    # ---- signals and main loop ----
+
     def _on_signal(self, signum, _frame) -> None:
         self.signals += 1
         if self.signals == 1:

@@ -1,6 +1,6 @@
 """Clocks: wall time in epoch milliseconds, monotonic durations, and the offset to the controller.
 
-The controller's time base is the Redis server's ``TIME`` (DESIGN.md §3). A node measures
+The controller's time base is the Redis server's ``TIME``. A node measures
 ``offset_ms = redis_time - local_wall`` with the round trip of the best of a few probes; the parser
 adds the offset to node timestamps. Nothing here steps the system clock.
 """

@@ -1,4 +1,4 @@
-"""Redis key names (DESIGN.md §4). The only place a key name is spelled.
+"""Redis key names (listed in docs/control-plane.md, "Redis keys"). The only place a key name is spelled.
 
 Every key may carry one prefix so several runs can share one Redis (``--key-prefix`` /
 ``TRACEKIT_KEY_PREFIX``; default none).
@@ -25,7 +25,7 @@ class Keys:
     def _k(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    # --- public keys fixed by DESIGN.md §4 ---
+    # --- public keys: part of the public contract (other tools read them), never renamed ---
     @property
     def pending(self) -> str:
         """List of tasks waiting for placement; head (index 0) = oldest."""

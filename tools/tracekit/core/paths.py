@@ -1,4 +1,4 @@
-"""Where things live: the run id, the node id and the files of a run (DESIGN.md §2-3).
+"""Where things live: the run id, the node id and the files of a run.
 
 Layout of ``logs/$RUN_ID/`` (documented in README "Files and formats"):
 

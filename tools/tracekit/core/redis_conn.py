@@ -1,6 +1,6 @@
 """Redis URL and password resolution, and a connection that fails with one clear line.
 
-Order (DESIGN.md §10): ``--redis URL`` flag, else ``TRACEKIT_REDIS_URL`` (or ``REDIS_URL``), else the
+Order: ``--redis URL`` flag, else ``TRACEKIT_REDIS_URL`` (or ``REDIS_URL``), else the
 local default. The password may sit in the URL (``redis://:PASS@host`` or ``?password=PASS``, as the
 original toolkit did), in ``TRACEKIT_REDIS_PASSWORD``, or in a file named by
 ``TRACEKIT_REDIS_PASSWORD_FILE`` / ``--redis-password-file``. It is never printed: use

@@ -1,4 +1,4 @@
-"""The adapter core: run one execution of an application and measure it exactly (DESIGN.md §6).
+"""The adapter core: run one execution of an application and measure it exactly.
 
 Sequence (docs/node-side.md "Exactness"):
 1. The parent prepares the binding (shared mode: creates the task cgroup) and forks.

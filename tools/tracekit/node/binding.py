@@ -75,11 +75,11 @@ def v2_weight(weight: int) -> int:
     return max(1, min(10000, int(weight)))
 
 
-def quota_us(pct: float | None, period_us: int = cgroupfs.CFS_PERIOD_US) -> int | None:
-    """CFS quota per period for ``pct`` % of one CPU (None/<=0 = unlimited; at least 1 ms as the kernel needs)."""
-    if pct is None or pct <= 0:
+def quota_us(percent: float | None, period_us: int = cgroupfs.CFS_PERIOD_US) -> int | None:
+    """CFS quota per period for ``percent`` % of one CPU (None/<=0 = unlimited; at least 1 ms as the kernel needs)."""
+    if percent is None or percent <= 0:
         return None
-    return max(1000, round(pct / 100.0 * period_us))
+    return max(1000, round(percent / 100.0 * period_us))
 
 
 def parse_cpuset(text: str, allowed: set[int] | None = None) -> list[int]:
@@ -191,9 +191,9 @@ def prepare_shared(run_id: str, node_id: str, trace_id: str, attempt: int, weigh
     return b
 
 
-def apply_quota(mechanism: str, name: str, pct: float | None) -> bool:
+def apply_quota(mechanism: str, name: str, percent: float | None) -> bool:
     """Set the CPU quota (% of one CPU) of a running task's cgroup/scope; False when it is gone."""
-    q = quota_us(pct)
+    q = quota_us(percent)
     try:
         if mechanism == "cgroup-v1":
             cg = cgroupfs.v1_dirs(name)
@@ -206,7 +206,7 @@ def apply_quota(mechanism: str, name: str, pct: float | None) -> bool:
                 return False
             cgroupfs.set_quota(cg, q)
         elif mechanism == "systemd-run":
-            value = f"CPUQuota={pct:.0f}%" if pct else "CPUQuota="
+            value = f"CPUQuota={percent:.0f}%" if percent else "CPUQuota="
             r = subprocess.run(["systemctl", "set-property", "--runtime", scope_unit_name(name), value],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
             return r.returncode == 0

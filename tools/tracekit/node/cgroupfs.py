@@ -100,10 +100,10 @@ def create_v2(name: str, weight: int, quota_us: int | None, root: Path = CGROUP_
     return cg
 
 
-def set_quota(cg: dict, quota_us: int | None) -> None:
+def set_quota(cgroup: dict, quota_us: int | None) -> None:
     """Set the CFS quota of an existing task cgroup (None = unlimited); OSError when it is gone."""
-    p = Path(cg["cpu"])
-    if cg["version"] == 2:
+    p = Path(cgroup["cpu"])
+    if cgroup["version"] == 2:
         _write(p / "cpu.max", f"{int(quota_us) if quota_us else 'max'} {CFS_PERIOD_US}")
     else:
         _write(p / "cpu.cfs_quota_us", str(int(quota_us)) if quota_us else "-1")
@@ -114,9 +114,9 @@ def _dirs(cg: dict) -> list[str]:
     return list(dict.fromkeys(d for key in ("cpu", "cpuacct", "memory") if (d := cg.get(key))))
 
 
-def attach(cg: dict, pid: int) -> None:
+def attach(cgroup: dict, pid: int) -> None:
     """Move ``pid`` into every dir of the task cgroup (called by the child before exec)."""
-    for d in _dirs(cg):
+    for d in _dirs(cgroup):
         _write(Path(d) / "cgroup.procs", str(pid))
 
 
@@ -127,17 +127,17 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def cpu_usage_us(cg: dict) -> int | None:
+def cpu_usage_us(cgroup: dict) -> int | None:
     """Cumulative CPU of the task cgroup in µs, or None."""
-    if cg.get("version") == 2:
+    if cgroup.get("version") == 2:
         try:
-            for line in (Path(cg["cpu"]) / "cpu.stat").read_text().splitlines():
+            for line in (Path(cgroup["cpu"]) / "cpu.stat").read_text().splitlines():
                 if line.startswith("usage_usec "):
                     return int(line.split()[1])
         except (OSError, ValueError):
             return None
         return None
-    ns = _read_int(Path(cg["cpuacct"]) / "cpuacct.usage") if cg.get("cpuacct") else None
+    ns = _read_int(Path(cgroup["cpuacct"]) / "cpuacct.usage") if cgroup.get("cpuacct") else None
     return None if ns is None else ns // 1000
 
 
@@ -148,20 +148,20 @@ def _memory_kb(cg: dict, v2_file: str, v1_file: str) -> int | None:
     return None if b is None else b // 1024
 
 
-def memory_kb(cg: dict) -> int | None:
+def memory_kb(cgroup: dict) -> int | None:
     """Current memory of the task cgroup in KiB, or None."""
-    return _memory_kb(cg, "memory.current", "memory.usage_in_bytes")
+    return _memory_kb(cgroup, "memory.current", "memory.usage_in_bytes")
 
 
-def memory_peak_kb(cg: dict) -> int | None:
+def memory_peak_kb(cgroup: dict) -> int | None:
     """Peak memory of the task cgroup in KiB (v2 needs ``memory.peak``, kernel >= 5.19), or None."""
-    return _memory_kb(cg, "memory.peak", "memory.max_usage_in_bytes")
+    return _memory_kb(cgroup, "memory.peak", "memory.max_usage_in_bytes")
 
 
-def remove(cg: dict) -> list[str]:
+def remove(cgroup: dict) -> list[str]:
     """Remove the task cgroup dirs; returns the dirs that could not be removed (still busy)."""
     left: list[str] = []
-    for d in _dirs(cg):
+    for d in _dirs(cgroup):
         try:
             os.rmdir(d)
         except FileNotFoundError:

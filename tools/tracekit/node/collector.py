@@ -42,6 +42,9 @@ PY_SCRIPT = TOOLS / "collect_sys.py"
 SH_SCRIPT = TOOLS / "collect_sys.sh"
 
 
+# ---- pidfiles, logs and running collectors ----
+
+
 def collector_pidfile(rid: str, node: str) -> Path:
     """``logs/$RUN_ID/<node>/collector.pid`` (the same file the process supervisor uses)."""
     return paths.daemon_pidfile_path(rid, node, "collector")
@@ -87,7 +90,7 @@ def running_collector(rid: str, node: str) -> tuple[int, float] | None:
     return pid, float(interval)
 
 
-# ---------------------------------------------------------------- configuration
+# ---- configuration ----
 
 
 @dataclass
@@ -141,7 +144,7 @@ class CollectorConfig:
         return "py-whitelist" if self.match is None else "py-whitelist+match"
 
 
-# ---------------------------------------------------------------- sampling
+# ---- sampling (/proc reads, tracked processes, one tick) ----
 
 
 def _open_stat(path: str) -> int:
@@ -436,7 +439,7 @@ class Sampler:
         return rows
 
 
-# ---------------------------------------------------------------- daemon
+# ---- the sampling loop (tick lines, stop flag, foreground run) ----
 
 # One encoder for the life of the collector: json.dumps with options builds a new one per call, which
 # costs more than encoding a tick of 64 rows (bench/bench_collector.py).
@@ -599,6 +602,9 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
              f"cpu_s={info['cpu_s']} ({100 * info['cpu_s'] / max(1e-9, (info['stopped_ms'] - started) / 1000):.2f}%"
              " of one CPU)")
     return 0
+
+
+# ---- start and stop the daemon ----
 
 
 def start_daemon(cfg: CollectorConfig, use_py: bool = True, wait_s: float = 10.0) -> int:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections import Counter
 
 
-def allocate(cores: list[int], held: dict[object, list[int]], n: int) -> list[int]:
-    """Cores for a new task of ``n`` units, given the cores ``held`` by running tasks."""
+def allocate(cores: list[int], held: dict[object, list[int]], units: int) -> list[int]:
+    """Cores for a new task of ``units`` CPU units, given the cores ``held`` by running tasks."""
     if not cores:
         return []
-    n = max(1, min(n, len(cores)))
+    units = max(1, min(units, len(cores)))
     use = Counter(c for cs in held.values() for c in cs)
     free = [c for c in sorted(cores) if use[c] == 0]
-    if len(free) >= n:
-        return free[:n]
+    if len(free) >= units:
+        return free[:units]
     busy = sorted((c for c in cores if use[c] > 0), key=lambda c: (use[c], c))
-    return sorted(free + busy[: n - len(free)])
+    return sorted(free + busy[: units - len(free)])

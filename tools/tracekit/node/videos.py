@@ -62,9 +62,9 @@ def plan_clips(count: int, seed: int, out_dir: Path, prefix: str = "test_") -> l
     return specs
 
 
-def source_filter(spec: ClipSpec, w: int, h: int, fps: int, duration: float) -> str:
+def source_filter(spec: ClipSpec, width: int, height: int, fps: int, duration: float) -> str:
     """The lavfi source graph of a clip (pattern + optional temporal noise), deterministic."""
-    size = f"size={w}x{h}:rate={fps}"
+    size = f"size={width}x{height}:rate={fps}"
     src = {
         "testsrc2": f"testsrc2={size}",
         "mandelbrot": f"mandelbrot={size}",
@@ -79,11 +79,11 @@ def source_filter(spec: ClipSpec, w: int, h: int, fps: int, duration: float) -> 
     return graph
 
 
-def ffmpeg_argv(spec: ClipSpec, w: int, h: int, fps: int, duration: float, bitrate: str, gop: int,
+def ffmpeg_argv(spec: ClipSpec, width: int, height: int, fps: int, duration: float, bitrate: str, gop: int,
                 preset: str, ffmpeg: str = "ffmpeg") -> list:
     """The exact ffmpeg command for one clip (H.264 yuv420p, CBR-like bitrate, fixed GOP)."""
     return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", source_filter(spec, w, h, fps, duration),
+            "-f", "lavfi", "-i", source_filter(spec, width, height, fps, duration),
             # one encoder thread: x264's frame threads with VBV rate control are not bit-reproducible
             "-c:v", "libx264", "-threads", "1", "-preset", preset, "-pix_fmt", "yuv420p", "-r", str(fps),
             "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", _double(bitrate),
