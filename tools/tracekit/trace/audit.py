@@ -1,6 +1,6 @@
 """Audit of a parsed run: checks with a verdict (PASS / WARN / FAIL) and numbers, rendered as markdown.
 
-Input is the ``cts.ParseResult`` of the parse (it carries what was observed while streaming, so the audit never
+Input is the ``model.ParseResult`` of the parse (it carries what was observed while streaming, so the audit never
 re-reads the samples). ``run_checks`` is pure over that object; ``write_report`` renders ``audit_report.md``.
 """
 
@@ -12,8 +12,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.trace.cts import ParseResult, has_run, no_cyclic_gc, parse_run, task_key
+from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
+from tracekit.trace.model import ParseResult
+from tracekit.trace.vocabulary import has_run, no_cyclic_gc, task_key
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 REPORT = "audit_report.md"
@@ -308,7 +310,7 @@ def check_failed(r: ParseResult) -> Check:
 
 
 def run_checks(r: ParseResult) -> list[Check]:
-    """All checks of issue 4 §2, in report order."""
+    """Every audit check (the list in docs/traces.md), in report order."""
     return [check_inputs(r), check_nodes(r), check_fields(r), check_temporal(r), check_xref(r), check_cpu(r),
             check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r)]
 
@@ -361,15 +363,15 @@ def overall(checks: list[Check]) -> str:
 
 
 def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool = True,
-                    progress: bool = False, engine: str = "python") -> tuple[ParseResult, list[Check], Path]:
+                    progress: bool = False) -> tuple[ParseResult, list[Check], Path]:
     """The whole ``make parse``: raw logs -> CTS files, plots, ``audit_report.md``."""
     with no_cyclic_gc():  # the checks and plots walk the run's long-lived containers too
-        return _parse_and_audit(run_dir, out_dir, with_plots, progress, engine)
+        return _parse_and_audit(run_dir, out_dir, with_plots, progress)
 
 
-def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool, progress: bool,
-                     engine: str) -> tuple[ParseResult, list[Check], Path]:
-    r = parse_run(run_dir, out_dir, progress=progress, engine=engine)
+def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool,
+                     progress: bool) -> tuple[ParseResult, list[Check], Path]:
+    r = parse_run(run_dir, out_dir, progress=progress)
     figs = None
     if not with_plots:
         return r, (checks := run_checks(r)), write_report(r, checks, figs)

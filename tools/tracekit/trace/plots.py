@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from tracekit.trace.cts import ParseResult  # noqa: E402
 from tracekit.trace.intervals import assign_lanes  # noqa: E402
+from tracekit.trace.model import ParseResult  # noqa: E402
 
 GANTT, UTIL, WAIT = "gantt.png", "cpu_utilisation.png", "queue_wait.png"
 STATUS_HATCH = {"ok": None, "failed": "xx", "fenced": "//"}
