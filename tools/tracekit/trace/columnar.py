@@ -44,6 +44,9 @@ _PID_BITS = 22  # Linux pid_max <= 2^22; (pid, starttime) packs into one int64 k
 _ST_LIMIT = 1 << 40
 
 
+# ---- reading the file ----
+
+
 class NeedsStreaming(Exception):
     """The file holds something only the streaming reference reads exactly; the message says what."""
 
@@ -108,6 +111,9 @@ def _report_bad_lines(bad: BadLines, path: Path, numbers: list[int]) -> None:
             bad.add(f"{path}:{lineno}", why)
 
 
+# ---- JSON values as arrays ----
+
+
 def _numbers(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
     """JSON number texts -> (float64 values with 0 for null, present mask); anything else is NeedsStreaming."""
     try:
@@ -137,6 +143,9 @@ def _strings(arr: pa.Array, what: str) -> pa.Array:
         if not pc.all(quoted.fill_null(True)).as_py() or pc.any(pc.match_substring(arr, "\\")).as_py():
             raise NeedsStreaming(f"a {what} value is not a plain JSON string")
     return pc.utf8_slice_codeunits(arr, 1, -1)
+
+
+# ---- one batch of samples, and the fast tasks ----
 
 
 class _Samples:
@@ -252,6 +261,9 @@ class _FastTasks:
         return np.where(self.keys[pos] == keys, self.order[pos], -1)
 
 
+# ---- line text (pass 2 formatting, pass 1 lengths) ----
+
+
 _DECIMALS = pa.array([f".{k:03d}" for k in range(1000)])  # the µs part of cpu_ms, by table (faster than padding)
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
@@ -333,6 +345,9 @@ def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArr
     return pc.binary_join_element_wise(*pieces, "")
 
 
+# ---- pass 2: write_rows ----
+
+
 def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int]], final_path: Path,
                cache: tuple[Path, int] | None = None) -> None:
     """Pass 2 for one columnar scratch file: format each block ``(row offset, rows, text bytes, offset in the
@@ -382,6 +397,9 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+# ---- pass 1: cut_node ----
 
 
 def cut_node(cut: NodeCut, tasks: list[Task], path: Path, scratch: BinaryIO, cols: BinaryIO,

@@ -160,19 +160,19 @@ def _shifted(a: np.ndarray, starts: np.ndarray, fill: np.ndarray | int) -> np.nd
     return out
 
 
-def cut_rows_columnar(task: np.ndarray, t: np.ndarray, cum: np.ndarray, has_cum: np.ndarray, rss: np.ndarray,
+def cut_rows_columnar(task: np.ndarray, t_ms: np.ndarray, cum: np.ndarray, has_cum: np.ndarray, rss: np.ndarray,
                       has_rss: np.ndarray, b_start: np.ndarray, b_end: np.ndarray, total_us: np.ndarray,
                       rss_fb: np.ndarray, has_fb: np.ndarray) -> ColumnarCut:
     """``cut_rows`` for n tasks in array form (same rows and stats, without a Python loop per sample).
 
-    Samples: ``task`` (sorted, 0..n-1; each task's samples in time order), ``t`` controller ms, cumulative CPU
+    Samples: ``task`` (sorted, 0..n-1; each task's samples in time order), ``t_ms`` controller ms, cumulative CPU
     ``cum`` µs where ``has_cum`` (samples without one are ignored, as ``cut_rows`` never sees them) and RSS ``rss`` KB
     where ``has_rss``. Tasks: ``b_start``/``b_end``/``total_us`` as ``TaskWindow`` computes them, RSS fallback
     ``rss_fb`` where ``has_fb``. Raises OverflowError for values beyond int64 arithmetic (callers fall back).
     """
     n = len(b_start)
     ok = np.flatnonzero(has_cum)
-    task, t, cum, rss, has_rss = task[ok], t[ok], cum[ok], rss[ok], has_rss[ok]
+    task, t, cum, rss, has_rss = task[ok], t_ms[ok], cum[ok], rss[ok], has_rss[ok]
     b = np.floor(t + 0.5).astype(np.int64)  # round_ms
     bs = b_start[task]
     before = b <= bs

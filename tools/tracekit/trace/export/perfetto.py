@@ -52,7 +52,9 @@ class NodeCpu:
         self.kept = 0
         self.keep_rows = 4 * max_points if keep_rows is None else keep_rows
 
-    def add(self, a: np.ndarray, b: np.ndarray, rate: np.ndarray) -> None:
+    def add(self, starts: np.ndarray, ends: np.ndarray, rate: np.ndarray) -> None:
+        """Rows ``[starts, ends)`` (ms) at ``rate`` cores."""
+        a, b = starts, ends
         if self.rows is not None:
             self.rows.append((a, b, rate))
             self.kept += len(a)
