@@ -35,7 +35,7 @@ from tracekit.trace.intervals import ColumnarCut, cut_rows_columnar
 from tracekit.trace.model import Block, Task
 from tracekit.trace.rowcache import ROW_DTYPE
 from tracekit.trace.streaming import NodeCut, processes
-from tracekit.trace.vocabulary import MAX_VALUES, MIN_VALUES, VAR_ORDER, json_value, read_tick, task_key
+from tracekit.trace.vocabulary import BAD_ENTRY, MAX_VALUES, MIN_VALUES, VAR_ORDER, json_value, read_tick, task_key
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
 FORMAT_ROWS = 1 << 18  # proc_metrics lines formatted per pyarrow call (~40 MB of text: bounds the memory)
@@ -173,7 +173,7 @@ class _Samples:
         entries = procs.flatten()
         lengths = np.asarray(pc.list_value_length(entries).fill_null(-1))
         if ((lengths < MIN_VALUES) | (lengths > MAX_VALUES)).any():
-            raise NeedsStreaming(f"a sample entry is not a list of {MIN_VALUES} to {MAX_VALUES} values")
+            raise NeedsStreaming(f"a {BAD_ENTRY}")
         tick = np.repeat(np.arange(len(ts)), np.asarray(pc.list_value_length(procs).fill_null(0)))
         keep = accepted[tick]
         sel = np.flatnonzero(keep)
