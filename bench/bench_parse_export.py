@@ -6,8 +6,8 @@ Synthetic raw logs (``tracekit.cluster.synthlogs``, exact raw formats) of N proc
 RSS are measured per step (``wait4``). The export runs twice: as a user runs it after ``make parse`` (it reads the
 parser's binary row cache) and from ``proc_metrics.jsonl`` alone (cache removed: the like-for-like comparison).
 The baseline, in the same invocation, is DuckDB reading the CTS ``proc_metrics.jsonl`` the parse wrote and
-writing it to parquet. Quick mode: ~300 k samples (< 60 s); full mode (``--full``): 10 M samples (issue 4 §5:
-within 2 GB, target <= 1.5x DuckDB).
+writing it to parquet. Quick mode: ~300 k samples (< 60 s); full mode (``--full``): 10 M samples (its targets:
+peak RSS within 2 GB, time <= 1.5x DuckDB).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchlib import print_table
 from tracekit.cluster.synthlogs import SynthSpec, generate
-from tracekit.trace import columnar
+from tracekit.trace import rowcache
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE.parent / "tools"
@@ -76,7 +76,7 @@ def run(quick: bool, samples: int | None = None, keep: bool = False) -> list[dic
         export = [sys.executable, str(TOOLS / "export_opendc.py"), "--input", str(run_dir), "--quiet", "--output"]
         export_s, export_mb = _timed([*export, str(tmp / "opendc")], env)
         cts_dir = run_dir / "CTS"
-        columnar.drop_rows_cache(cts_dir)
+        rowcache.drop_rows_cache(cts_dir)
         json_s, json_mb = _timed([*export, str(tmp / "opendc-json")], env)
         pm = cts_dir / "proc_metrics.jsonl"
         duck_s, duck_mb = _timed([sys.executable, "-c", DUCKDB_SCRIPT, str(pm), str(tmp / "duck.parquet")], env)

@@ -80,7 +80,6 @@ def test_lower_layers_never_import_higher_ones():
     assert not bad, "layer violations:\n" + "\n".join(sorted(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="trace.cts <-> trace.columnar until the parse has one engine")
 def test_no_import_cycles():
     deps = {m: {d for d in ds if d != m and not m.startswith(d + ".")} for m, ds in graph().items()}
     state: dict[str, int] = {}

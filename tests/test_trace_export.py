@@ -14,8 +14,8 @@ import pytest
 from conftest import run_script
 from tracekit.cluster import synthlogs
 from tracekit.cluster.synthlogs import SynthSpec
-from tracekit.core.errors import UserError
-from tracekit.trace import audit, cts
+from tracekit.core.errors import BadInput, UsageError
+from tracekit.trace import audit, cts, reader, rowcache, vocabulary
 from tracekit.trace.export import opendc, perfetto
 
 GOLDEN = Path("/work/shared/opendc_examples/bitbrains-small")
@@ -104,7 +104,7 @@ def test_include_failed_and_fenced_never(parsed, tmp_path):
 
 def test_mhz_comes_from_metadata_or_flag_never_a_constant(parsed, tmp_path):
     truth = parsed(tasks=6, cpu_freq_mhz=None)
-    with pytest.raises(UserError, match="--cpu-freq-mhz"):
+    with pytest.raises(UsageError, match="--cpu-freq-mhz"):
         opendc.export(truth.run_dir, tmp_path / "x")
     p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "x"))
     assert p.returncode == 2 and "--cpu-freq-mhz" in p.stderr and "Traceback" not in p.stderr
@@ -154,14 +154,14 @@ def test_row_order_does_not_matter_and_broken_cts_is_a_clear_error(parsed, tmp_p
     for name in ("tasks.parquet", "fragments.parquet"):
         assert pq.read_table(tmp_path / "a" / name).equals(pq.read_table(tmp_path / "b" / name))
     pm.write_text(lines[0] + "\n" + '{"ts_ms": "x", "dt_ms": \n')
-    with pytest.raises(UserError, match="re-run make parse"):
+    with pytest.raises(BadInput, match="re-run make parse"):
         opendc.export(truth.run_dir, tmp_path / "c")
     assert not (tmp_path / "c" / "fragments.parquet").exists(), "no half-written trace"
     assert not list((tmp_path / "c").glob("*.tmp")) and not (tmp_path / "c" / ".export-spill").exists()
     p = run_script("export_opendc.py", "--input", str(truth.run_dir), "--output", str(tmp_path / "c"))
     assert p.returncode == 2 and "re-run make parse" in p.stderr and "Traceback" not in p.stderr
     pm.write_text("\n".join(x for x in lines if '"trace_id":"tr000003"' not in x) + "\n")
-    with pytest.raises(UserError, match="no proc_metrics rows"):
+    with pytest.raises(BadInput, match="no proc_metrics rows"):
         opendc.export(truth.run_dir, tmp_path / "d")
     p = run_script("export_opendc.py", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "od"))
     assert p.returncode == 2 and p.stderr.count("\n") == 1
@@ -188,11 +188,7 @@ def test_perfetto_timeline_slices_and_cpu_counters(parsed, tmp_path):
         pts = sorted((e["ts"], e["args"]["cores"]) for e in ev if e["ph"] == "C" and e["pid"] == pid)
         total += sum((b[0] - a[0]) / 1000 * a[1] for a, b in zip(pts, pts[1:]))
     assert total == pytest.approx(sum(i["cpu_ms"] for i in invs if i["pid"] is not None), rel=1e-3)
-    from tracekit.trace import (
-        columnar as columnar,  # the same timeline from proc_metrics.jsonl as from the parser's row cache
-    )
-
-    columnar.drop_rows_cache(truth.run_dir / "CTS")
+    rowcache.drop_rows_cache(truth.run_dir / "CTS")  # the same timeline from proc_metrics.jsonl as from the cache
     perfetto.export_timeline(truth.run_dir, tmp_path / "from-json.json")
     assert (tmp_path / "from-json.json").read_bytes() == out.read_bytes()
 
@@ -230,7 +226,7 @@ def test_order_key_is_shared_by_parse_and_export():
     invs = [{"trace_id": "b", "attempt": 1, "node_id": "n", "ts_enqueue": 5},
             {"trace_id": "a", "attempt": 2, "node_id": "n", "ts_enqueue": None, "ts_dispatch": 3},
             {"trace_id": "a", "attempt": 1, "node_id": "n", "ts_enqueue": 5}]
-    assert [(i["trace_id"], i["attempt"]) for i in sorted(invs, key=cts.invocation_order_key)] == \
+    assert [(i["trace_id"], i["attempt"]) for i in sorted(invs, key=vocabulary.invocation_order_key)] == \
         [("a", 2), ("a", 1), ("b", 1)]
 
 
@@ -241,7 +237,7 @@ def test_parser_output_takes_the_streaming_path(parsed, tmp_path, monkeypatch):
     def no_fallback(*_a, **_k):
         raise AssertionError("the join + sort fallback was used on the parser's own output")
 
-    monkeypatch.setattr(opendc, "_fragment_rows", no_fallback)
+    monkeypatch.setattr(reader.CtsFolder, "sorted_task_rows", no_fallback)
     s = opendc.export(truth.run_dir, tmp_path / "od", include_failed=True)
     assert s.tasks == 15 and s.fragments == len(pq.read_table(tmp_path / "od" / "fragments.parquet"))
 
@@ -255,18 +251,18 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
         pytest.skip("duckdb is not installed")
     truth = parsed(nodes=2, tasks=25, failed=2, fenced=1, cgroup=True)
     cts_dir = truth.run_dir / "CTS"
-    assert (cts_dir / columnar.ROWS_CACHE).exists()
+    assert (cts_dir / rowcache.ROWS_CACHE).exists()
     s = opendc.export(truth.run_dir, tmp_path / "cached", include_failed=True)
     assert any("row cache" in n for n in s.notes)
     pm = cts_dir / "proc_metrics.jsonl"
     text, mtime = pm.read_bytes(), pm.stat().st_mtime_ns
     pm.write_bytes(text)
     os.utime(pm, ns=(mtime, mtime))
-    assert columnar.read_rows_cache(cts_dir) is not None, "same file, same stamp"
+    assert rowcache.read_rows_cache(cts_dir) is not None, "same file, same stamp"
     digit = text.index(b'"cpu_ms":') + len(b'"cpu_ms":')
     pm.write_bytes(text[:digit] + (b"1" if text[digit:digit + 1] != b"1" else b"2") + text[digit + 1:])
     os.utime(pm, ns=(mtime, mtime))  # an edit of the same size within the same mtime tick: the CRC sees it
-    assert columnar.read_rows_cache(cts_dir) is None
+    assert rowcache.read_rows_cache(cts_dir) is None
     pm.write_bytes(text)
     s = opendc.export(truth.run_dir, tmp_path / "json", include_failed=True)
     assert not any("row cache" in n for n in s.notes)
@@ -275,4 +271,4 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
     streamed = synthlogs.generate(tmp_path / "streamed", SynthSpec(tasks=8))
     monkeypatch.setattr(cts, "COLUMNAR", False)
     audit.parse_and_audit(streamed.run_dir, with_plots=False)
-    assert not (streamed.run_dir / "CTS" / columnar.ROWS_CACHE).exists(), "a streamed node has no binary rows"
+    assert not (streamed.run_dir / "CTS" / rowcache.ROWS_CACHE).exists(), "a streamed node has no binary rows"

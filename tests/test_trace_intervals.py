@@ -7,15 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from tracekit.trace.intervals import (
-    TaskIntervals,
-    assign_lanes,
-    cut_rows,
-    cut_rows_columnar,
-    cut_task,
-    max_overlap,
-    round_ms,
-)
+from oracles.task_intervals import TaskIntervals, cut_task
+from tracekit.trace.intervals import TaskWindow, assign_lanes, cut_rows, cut_rows_columnar, max_overlap, round_ms
 
 
 def _contiguous(rows, start: int, end: int) -> None:
@@ -182,3 +175,15 @@ def test_columnar_cutter_equals_batch_cutter(seed):
             assert [(int(got.ts_ms[i]), int(got.dt_ms[i]), int(got.cpu_us[i]),
                      None if got.rss_null[i] else int(got.rss_kb[i])) for i in range(a, b)] == rows
             assert got.task_stats()[j] == st
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_task_window_equals_the_incremental_cutter_bounds(seed):
+    """The product's run window (what both readers cut against) is the oracle's: rounded bounds, >= 1 ms, total."""
+    rng = random.Random(seed)
+    for _ in range(500):
+        start = rng.uniform(-1e3, 1e12)
+        end = start + rng.choice([0.0, 0.2, 0.5, 1.0, rng.uniform(-5, 5), rng.uniform(0, 1e6)])
+        total, fb = rng.randint(-10, 10**7), rng.choice([None, rng.randint(0, 99)])
+        ref = TaskIntervals(start, end, total, fb)
+        assert TaskWindow.of(start, end, total, fb) == TaskWindow(ref.b_start, ref.b_end, ref.total_us, fb)

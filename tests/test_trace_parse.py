@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from oracles import sql_engine
 from tracekit.cluster import synthlogs
 from tracekit.cluster.synthlogs import SynthSpec
 from tracekit.core import schema
-from tracekit.trace import audit, cts
+from tracekit.trace import audit, cts, vocabulary
 from tracekit.trace.intervals import round_ms
 
 
@@ -51,7 +52,7 @@ def check_cts_invariants(cts_dir: Path) -> tuple[list[dict], list[dict]]:
         assert all(isinstance(r["ts_ms"], int) for r in rs)
         assert sum(r["cpu_ms"] for r in rs) == pytest.approx(inv["cpu_ms"], abs=1e-6 * len(rs))
         assert all((r["pid"], r["starttime"]) == (inv["pid"], inv["starttime"]) for r in rs)
-    keys = [cts.invocation_order_key(i) for i in invs]
+    keys = [vocabulary.invocation_order_key(i) for i in invs]
     assert keys == sorted(keys)
     return invs, rows
 
@@ -107,10 +108,10 @@ def test_rerun_is_byte_identical(synth):
     assert files() == first
     assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
                           "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
-    from tracekit.trace import columnar
+    from tracekit.trace import rowcache
 
     hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
-    assert hidden <= {columnar.ROWS_CACHE, columnar.ROWS_CACHE_META}, "only the export's row cache"
+    assert hidden <= {rowcache.ROWS_CACHE, rowcache.ROWS_CACHE_META}, "only the export's row cache"
 
 
 def test_malformed_and_truncated_lines_are_counted_with_file_and_line(synth):
@@ -258,18 +259,17 @@ def test_run_id_resolution_uses_logs_root(synth, tmp_path, monkeypatch):
     dict(nodes=2, tasks=30, cgroup=True, same_pids=True),
 ])
 def test_two_independent_engines_write_identical_files(tmp_path, spec):
-    """The streaming Python cut and the SQL re-implementation must agree byte for byte (an independent check)."""
-    from tracekit.trace import cts_sql
-
-    if not cts_sql.available():
+    """The product's parse and the SQL re-implementation (tests/oracles/sql_engine.py) must agree byte for byte
+    (an independent check)."""
+    if not sql_engine.available():
         pytest.skip("duckdb is not installed")
     truth = synthlogs.generate(tmp_path / "run", SynthSpec(**spec))
     with open(truth.run_dir / "node01" / "samples.jsonl", "a") as fh:  # a clock step back and an orphan
         fh.write(json.dumps({"ts": 1.0e12, "mono": 1.0, "procs": [[4, 4, "x", 1, 1, None, None]]}) + "\n")
         fh.write(json.dumps({"ts": 1.9e12, "mono": 2.0, "procs": [[5, 5, "ghost", 1, 1, None, None], [1, 2]]}) + "\n")
     reports = {}
-    for engine in ("python", "duckdb"):
-        r = cts.parse_run(truth.run_dir, tmp_path / engine, engine=engine)
+    for engine, parse_run in (("python", cts.parse_run), ("duckdb", sql_engine.parse_run)):
+        r = parse_run(truth.run_dir, tmp_path / engine)
         reports[engine] = audit.render(r, audit.run_checks(r))
         check_cts_invariants(tmp_path / engine)
     for name in ("invocations.jsonl", "proc_metrics.jsonl", "nodes.json"):
@@ -292,10 +292,8 @@ def test_exec_events_without_starttime_match_samples_by_pid_and_window(synth, tm
     assert r.orphan_samples == 0 and all(i["starttime"] is None for i in invs)
     assert sum(r.task_samples.values()) == truth.samples
     assert audit.check_fields(r).verdict == audit.WARN  # starttime is expected, not required
-    from tracekit.trace import cts_sql
-
-    if cts_sql.available():
-        cts.parse_run(truth.run_dir, tmp_path / "sql", engine="duckdb")
+    if sql_engine.available():
+        sql_engine.parse_run(truth.run_dir, tmp_path / "sql")
         assert (tmp_path / "py" / "proc_metrics.jsonl").read_bytes() == \
             (tmp_path / "sql" / "proc_metrics.jsonl").read_bytes()
 
@@ -387,7 +385,7 @@ def test_columnar_line_parts_equal_the_reference_template():
     for sub in (invs, invs[2:3], invs[2:], [invs[2], dict(invs[2], pid=9)]):
         parts = const_parts(sub)
         for j, inv in enumerate(sub):
-            assert [p if isinstance(p, str) else p[j].as_py() for p in parts] == cts.row_template_parts(inv)
+            assert [p if isinstance(p, str) else p[j].as_py() for p in parts] == vocabulary.row_template_parts(inv)
 
 
 @pytest.mark.parametrize("extra, stays_columnar", [

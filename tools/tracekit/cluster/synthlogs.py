@@ -14,10 +14,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.core import paths
+from tracekit.core import paths, schema
 from tracekit.core.jsonl import dumps
 
 PROFILES = (("fast1080p", 2), ("medium480p", 2), ("light1c", 1), ("hevc1080p", 4))
+# The JSON text of one ``procs`` entry, its values by column name in ``schema.SAMPLE_COLUMNS`` order (a format
+# string: values are given already as JSON text); a column this generator does not produce is null.
+_MADE = {"pid", "starttime", "trace_id", "cpu_ticks", "rss_pages", "cg_cpu_us", "cg_mem_kb"}
+_SAMPLE_ENTRY = "[" + ",".join("{" + n + "}" if n in _MADE else "null" for n in schema.SAMPLE_PROC_FIELDS) + "]"
 
 
 @dataclass
@@ -224,6 +228,7 @@ def _write_samples(path: Path, spec: SynthSpec, nruns: list[dict], no_sample: se
 
         bar = tqdm(total=n_ticks, desc=f"synth {path.parent.name}", unit="tick", mininterval=1.0)
     buf: list[str] = []
+    entry = _SAMPLE_ENTRY.format
     with open(path, "w") as fh:
         for k in range(n_ticks):
             t = first + k * spec.interval_ms
@@ -240,8 +245,9 @@ def _write_samples(path: Path, spec: SynthSpec, nruns: list[dict], no_sample: se
                 ticks = int(cum_ms / tick_ms)
                 rss = int(r["rss_kb"] * min(1.0, 0.3 + el / 2000.0)) // pg
                 cg = int(cum_ms * 1000) if spec.cgroup else None
-                procs.append(f'[{r["pid"]},{r["starttime"]},"{r["trace_id"]}",{ticks},{rss},'
-                             f'{"null" if cg is None else cg},{"null" if cg is None else rss * pg}]')
+                procs.append(entry(pid=r["pid"], starttime=r["starttime"], trace_id=f'"{r["trace_id"]}"',
+                                   cpu_ticks=ticks, rss_pages=rss, cg_cpu_us="null" if cg is None else cg,
+                                   cg_mem_kb="null" if cg is None else rss * pg))
             truth.ticks += 1
             truth.samples += len(procs)
             buf.append(f'{{"ts":{t - off:.3f},"mono":{t - spec.t0_ms + 5000.0:.3f},"procs":[{",".join(procs)}]}}\n')

@@ -21,17 +21,17 @@ Event log ``<node_id>/events.jsonl``: one JSON object per line with a ``kind``:
                 number of attempts or with an unreadable payload (``REJECT_FIELDS``).
 
 Samples ``<node_id>/samples.jsonl``: one JSON object per collector tick (``SAMPLE_TICK_FIELDS``)
-    ``{"ts": wall_ms, "mono": mono_ms, "procs": [[...SAMPLE_PROC_FIELDS...], ...]}``.
-    ``cpu_ticks`` is cumulative utime+stime+cutime+cstime of the process plus its live descendants
-    (so CPU before the first tick is never lost); ``rss_pages`` in pages of ``page_size``;
-    ``cg_cpu_us`` / ``cg_mem_kb`` are the task cgroup's cumulative CPU (µs) and current memory when it
-    has one, else null.
+    ``{"ts": wall_ms, "mono": mono_ms, "procs": [[...], ...]}``, one list per sampled process whose
+    values are the ``SAMPLE_COLUMNS`` in their order (names, order and meaning are defined there
+    only; writers build a list with ``sample_row``, readers find a value with ``SAMPLE_INDEX``).
 
 Node metadata ``<node_id>/node.json``: ``NODE_META_FIELDS`` (collector); ``<node_id>/worker.json``:
     ``WORKER_META_FIELDS`` (worker registration).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 SENTINEL_FIELDS = ("trace_id", "attempt", "node_id", "pid", "starttime", "cgroup", "ts_created")
 
@@ -78,7 +78,56 @@ REJECT_FIELDS = ("kind", "trace_id", "attempt", "node_id", "profile", "ts", "rea
 FENCED_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "reason")
 
 SAMPLE_TICK_FIELDS = ("ts", "mono", "procs")
-SAMPLE_PROC_FIELDS = ("pid", "starttime", "trace_id", "cpu_ticks", "rss_pages", "cg_cpu_us", "cg_mem_kb")
+
+
+# ---- sample columns ----
+@dataclass(frozen=True)
+class SampleColumn:
+    """One value of a sampled process (one slot of a ``procs`` entry of ``samples.jsonl``)."""
+
+    name: str
+    meaning: str
+    # False for a column appended after raw logs were already written: entries without it still parse (null).
+    # Columns are appended, never reordered or removed: the position is the on-disk format.
+    required: bool = True
+
+
+SAMPLE_COLUMNS = (
+    SampleColumn("pid", "process id"),
+    SampleColumn("starttime", "field 22 of /proc/<pid>/stat (clock ticks since boot): with node and pid, the "
+                              "process's identity (a bare pid is reused)"),
+    SampleColumn("trace_id", "the task's trace_id (from its PID sentinel); null for a process matched by name "
+                             "(PROC_MATCH) that is no traced task"),
+    SampleColumn("cpu_ticks", "cumulative utime+stime+cutime+cstime of the process plus its live descendants, in "
+                              "clock ticks (node.json clk_tck); cumulative, so CPU before the first tick is never "
+                              "lost"),
+    SampleColumn("rss_pages", "resident set of the process plus its live descendants, in pages (node.json page_size)"),
+    SampleColumn("cg_cpu_us", "the task cgroup's cumulative CPU in µs when the task runs in its own cgroup, else null"),
+    SampleColumn("cg_mem_kb", "the task cgroup's current memory in KB when the task runs in its own cgroup, else null"),
+)
+SAMPLE_PROC_FIELDS = tuple(c.name for c in SAMPLE_COLUMNS)
+SAMPLE_INDEX = {c.name: k for k, c in enumerate(SAMPLE_COLUMNS)}  # column name -> position in an entry
+SAMPLE_MIN_VALUES = sum(c.required for c in SAMPLE_COLUMNS)  # an entry holds at least these (the required ones)
+SAMPLE_MAX_VALUES = len(SAMPLE_COLUMNS)
+
+
+def sample_row(*, pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb) -> list:
+    """One ``procs`` entry of ``samples.jsonl``, its values in ``SAMPLE_COLUMNS`` order (every writer of samples
+    builds entries here; the parameters are checked against ``SAMPLE_COLUMNS`` when this module loads)."""
+    return [pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]
+
+
+def _check_sample_columns() -> None:
+    code = sample_row.__code__
+    params = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    if params != SAMPLE_PROC_FIELDS:
+        raise RuntimeError(f"schema.sample_row takes {params}, SAMPLE_COLUMNS say {SAMPLE_PROC_FIELDS}")
+    if any(not c.required for c in SAMPLE_COLUMNS[:SAMPLE_MIN_VALUES]):
+        raise RuntimeError("schema.SAMPLE_COLUMNS: optional columns come after every required one")
+
+
+_check_sample_columns()
+
 
 NODE_META_FIELDS = (
     "node_id",
@@ -109,7 +158,7 @@ WORKER_META_FIELDS = (
     "started_ms",
 )
 
-# --- CTS (DESIGN.md §8): original names kept first; fields are added, never renamed. ---
+# ---- CTS fields (docs/traces.md): original names kept first; fields are added, never renamed ----
 INVOCATION_FIELDS = (
     "trace_id",
     "pid",

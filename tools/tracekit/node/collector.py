@@ -33,6 +33,7 @@ from pathlib import Path
 from tracekit.core import paths
 from tracekit.core.clock import mono_ms, wall_ms
 from tracekit.core.errors import Conflict, DependencyMissing, StepFailed, UsageError
+from tracekit.core.schema import sample_row
 from tracekit.node import cgroupfs, nodeinfo, procfs, sentinel, timesync
 
 DEFAULT_INTERVAL_MS = 200
@@ -215,7 +216,7 @@ class Tracked:
 
 @dataclass
 class Sampler:
-    """One tick = one list of rows ``[pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]``.
+    """One tick = one list of rows, each a ``schema.sample_row`` (the columns of ``schema.SAMPLE_COLUMNS``).
 
     Cost matters (bench/bench_collector.py): a tracked process costs one ``pread`` of its open
     ``/proc/<pid>/stat`` per tick; an unchanged line (an idle process) reuses the last row, and a
@@ -303,7 +304,9 @@ class Sampler:
     def _row(self, st: procfs.ProcStat, trace_id, cg: dict | None, desc: list) -> list:
         ticks = st.cpu_ticks + sum(d.cpu_ticks for d in desc)
         rss = st.rss_pages + sum(d.rss_pages for d in desc)
-        return [st.pid, st.starttime, trace_id, ticks, rss, *self._cg(cg)]
+        cg_cpu_us, cg_mem_kb = self._cg(cg)
+        return sample_row(pid=st.pid, starttime=st.starttime, trace_id=trace_id, cpu_ticks=ticks, rss_pages=rss,
+                          cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb)
 
     def tick(self) -> list:
         """Sample every tracked process now."""
@@ -377,10 +380,9 @@ class Sampler:
                     ticks += d.cpu_ticks
                     rss += d.rss_pages
                     covered.add(d.pid)
-            if t.cgroup:
-                row = [t.pid, t.starttime, t.trace_id, ticks, rss, *self._cg(t.cgroup)]
-            else:
-                row = [t.pid, t.starttime, t.trace_id, ticks, rss, None, None]
+            cg_cpu_us, cg_mem_kb = self._cg(t.cgroup) if t.cgroup else (None, None)
+            row = sample_row(pid=t.pid, starttime=t.starttime, trace_id=t.trace_id, cpu_ticks=ticks, rss_pages=rss,
+                             cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb)
             rows.append(row)
             t.last_b, t.last_row = b, row
             if follow:

@@ -1,6 +1,6 @@
 """Audit of a parsed run: checks with a verdict (PASS / WARN / FAIL) and numbers, rendered as markdown.
 
-Input is the ``cts.ParseResult`` of the parse (it carries what was observed while streaming, so the audit never
+Input is the ``model.ParseResult`` of the parse (it carries what was observed while streaming, so the audit never
 re-reads the samples). ``run_checks`` is pure over that object; ``write_report`` renders ``audit_report.md``.
 """
 
@@ -12,8 +12,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.trace.cts import ParseResult, has_run, no_cyclic_gc, parse_run, task_key
+from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
+from tracekit.trace.model import ParseResult
+from tracekit.trace.vocabulary import has_run, no_cyclic_gc, task_key
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 REPORT = "audit_report.md"
@@ -39,8 +41,9 @@ def _worst(*verdicts: str) -> str:
     return FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
 
 
-def check_inputs(r: ParseResult) -> Check:
+def check_inputs(result: ParseResult) -> Check:
     """Malformed / truncated lines, duplicate and unknown events."""
+    r = result
     n = r.bad.count
     details = list(r.bad.examples)
     if n > len(r.bad.examples):
@@ -50,8 +53,9 @@ def check_inputs(r: ParseResult) -> Check:
     return Check("Input lines", WARN if n or r.duplicate_events else PASS, summ, details)
 
 
-def check_nodes(r: ParseResult) -> Check:
+def check_nodes(result: ParseResult) -> Check:
     """Node metadata: clock offsets, CLK_TCK/page size defaults, completeness of nodes.json."""
+    r = result
     details, verdicts = [], []
     for n in r.nodes:
         row = n.row()
@@ -79,8 +83,9 @@ def check_nodes(r: ParseResult) -> Check:
     return Check("Node metadata", _worst(*verdicts), f"{len(r.nodes)} node(s)", details)
 
 
-def check_fields(r: ParseResult) -> Check:
+def check_fields(result: ParseResult) -> Check:
     """Field completeness of invocations."""
+    r = result
     ran = r.executed()
     fields = (*REQUIRED_RAN, *EXPECTED_RAN)
     columns = zip(*[[inv.get(f) for f in fields] for inv in ran]) if ran else [() for _ in fields]
@@ -102,8 +107,9 @@ def check_fields(r: ParseResult) -> Check:
     return Check("Field completeness", verdict, summ, details)
 
 
-def check_temporal(r: ParseResult) -> Check:
+def check_temporal(result: ParseResult) -> Check:
     """enqueue <= dispatch <= start <= end (within clock tolerance), and monotonic samples."""
+    r = result
     tol = {n.node_id: 1.0 + (n.rtt_ms or 0.0) / 2 for n in r.nodes}  # rounding + half the offset probe's rtt
     pairs = (("ts_enqueue", "ts_dispatch"), ("ts_dispatch", "ts_start"), ("ts_start", "ts_end"))
     bad: Counter = Counter()
@@ -142,8 +148,9 @@ def check_temporal(r: ParseResult) -> Check:
     return Check("Temporal consistency", verdict, summ, details)
 
 
-def check_xref(r: ParseResult) -> Check:
+def check_xref(result: ParseResult) -> Check:
     """Every task has samples, every sample a task."""
+    r = result
     interval = {n.node_id: int((n.meta.get("collector") or {}).get("interval_ms") or DEFAULT_INTERVAL_MS)
                 for n in r.nodes}
     without_short, without_long = [], []
@@ -193,8 +200,9 @@ def check_xref(r: ParseResult) -> Check:
     return Check("Cross-reference", verdict, summ, details)
 
 
-def check_cpu(r: ParseResult) -> Check:
+def check_cpu(result: ParseResult) -> Check:
     """Sampled CPU vs exact totals: the tail share, over-counts (capped), and the rows' sum."""
+    r = result
     exact = sum(r.exact_us.values())
     sampled = sum(s.last_sampled_us for s in r.stats.values())
     rows = sum(r.cpu_rows_us.values())
@@ -226,8 +234,9 @@ def check_cpu(r: ParseResult) -> Check:
     return Check("CPU accounting", verdict, summ, details)
 
 
-def check_capacity(r: ParseResult) -> Check:
+def check_capacity(result: ParseResult) -> Check:
     """Sum of cpu_units of overlapping tasks never above the node's capacity."""
+    r = result
     spans = defaultdict(list)
     for inv in r.executed():
         if inv.get("cpu_units") is not None:
@@ -247,8 +256,9 @@ def check_capacity(r: ParseResult) -> Check:
                  f"{sum(1 for v in verdicts if v == FAIL)} node(s) over capacity", details)
 
 
-def check_fifo(r: ParseResult) -> Check:
+def check_fifo(result: ParseResult) -> Check:
     """First attempts are placed in dispatch (seq) order."""
+    r = result
     if not r.placements or not r.dispatch:
         return Check("FIFO order", WARN, "not checked: placements.jsonl or dispatch.jsonl missing "
                      "(copy the controller's logs/$RUN_ID/ files next to the node folders)")
@@ -267,8 +277,9 @@ def check_fifo(r: ParseResult) -> Check:
                  f"{len(firsts)} first placement(s), {inversions} out of dispatch order", examples)
 
 
-def check_outcomes(r: ParseResult) -> Check:
+def check_outcomes(result: ParseResult) -> Check:
     """Exactly one successful invocation per trace_id; no dispatched task without a final record."""
+    r = result
     ok = Counter(i["trace_id"] for i in r.invocations if i.get("status") == "ok")
     failed = {i["trace_id"] for i in r.invocations if i.get("status") == "failed"}
     dup = sorted(t for t, c in ok.items() if c > 1)
@@ -294,8 +305,9 @@ def _reason(inv: dict) -> str:
     return err.splitlines()[-1][:200] if err else "NO REASON"
 
 
-def check_failed(r: ParseResult) -> Check:
+def check_failed(result: ParseResult) -> Check:
     """Failed and fenced invocations, each with its reason."""
+    r = result
     bad = [i for i in r.invocations if i.get("status") in ("failed", "fenced")]
     details = [f"{i['trace_id']} attempt {i.get('attempt')} on {i.get('node_id')} [{i['status']}]: {_reason(i)}"
                for i in bad[:50]]
@@ -307,13 +319,15 @@ def check_failed(r: ParseResult) -> Check:
                  f"{sum(1 for i in bad if i['status'] == 'fenced')} fenced, {no_reason} without a reason", details)
 
 
-def run_checks(r: ParseResult) -> list[Check]:
-    """All checks of issue 4 §2, in report order."""
+def run_checks(result: ParseResult) -> list[Check]:
+    """Every audit check (the list in docs/traces.md), in report order."""
+    r = result
     return [check_inputs(r), check_nodes(r), check_fields(r), check_temporal(r), check_xref(r), check_cpu(r),
             check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r)]
 
 
-def queue_wait_stats(r: ParseResult) -> str:
+def queue_wait_stats(result: ParseResult) -> str:
+    r = result
     waits = [i["ts_start"] - i["ts_enqueue"] for i in r.invocations
              if i.get("status") == "ok" and i.get("ts_start") is not None and i.get("ts_enqueue") is not None]
     if not waits:
@@ -324,8 +338,9 @@ def queue_wait_stats(r: ParseResult) -> str:
             f"max {waits[-1] / 1000:.3f} s")
 
 
-def render(r: ParseResult, checks: list[Check], plots: dict[str, str] | None = None) -> str:
+def render(result: ParseResult, checks: list[Check], plots: dict[str, str] | None = None) -> str:
     """Markdown of the audit report (deterministic: no wall-clock stamps)."""
+    r = result
     overall = _worst(*(c.verdict for c in checks))
     lines = [f"# Audit report — {r.run_dir.name}", "",
              f"Overall: **{overall}** ({sum(c.verdict == FAIL for c in checks)} FAIL, "
@@ -346,8 +361,9 @@ def render(r: ParseResult, checks: list[Check], plots: dict[str, str] | None = N
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(r: ParseResult, checks: list[Check], plots: dict[str, str] | None = None) -> Path:
+def write_report(result: ParseResult, checks: list[Check], plots: dict[str, str] | None = None) -> Path:
     """Write ``audit_report.md`` next to the CTS files; returns its path."""
+    r = result
     path = r.out_dir / REPORT
     tmp = path.with_name(REPORT + ".tmp")
     tmp.write_text(render(r, checks, plots))
@@ -361,15 +377,15 @@ def overall(checks: list[Check]) -> str:
 
 
 def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool = True,
-                    progress: bool = False, engine: str = "python") -> tuple[ParseResult, list[Check], Path]:
+                    progress: bool = False) -> tuple[ParseResult, list[Check], Path]:
     """The whole ``make parse``: raw logs -> CTS files, plots, ``audit_report.md``."""
     with no_cyclic_gc():  # the checks and plots walk the run's long-lived containers too
-        return _parse_and_audit(run_dir, out_dir, with_plots, progress, engine)
+        return _parse_and_audit(run_dir, out_dir, with_plots, progress)
 
 
-def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool, progress: bool,
-                     engine: str) -> tuple[ParseResult, list[Check], Path]:
-    r = parse_run(run_dir, out_dir, progress=progress, engine=engine)
+def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool,
+                     progress: bool) -> tuple[ParseResult, list[Check], Path]:
+    r = parse_run(run_dir, out_dir, progress=progress)
     figs = None
     if not with_plots:
         return r, (checks := run_checks(r)), write_report(r, checks, figs)

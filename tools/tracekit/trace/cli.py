@@ -13,9 +13,10 @@ from pathlib import Path
 from tracekit.core import paths
 from tracekit.core.cli import command
 from tracekit.core.errors import EXIT_FAILURE, UsageError
-from tracekit.trace import audit, cts
+from tracekit.trace import audit
 from tracekit.trace.export.opendc import export
 from tracekit.trace.export.perfetto import export_timeline
+from tracekit.trace.model import discover_nodes_quiet
 
 
 @command("parse_cts.py")
@@ -34,20 +35,16 @@ def parse_cts(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when an audit check FAILs")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--engine", choices=("python", "duckdb"), default="python",
-                    help="python: columnar reader, streaming reader as reference and fallback (default); duckdb: "
-                         "independent SQL implementation writing identical files (a cross-check)")
     a = ap.parse_args(argv)
     if a.input:
         run_dir = Path(a.input)
-    elif a.logs and not (a.run_id or os.environ.get("RUN_ID")) and cts.discover_nodes_quiet(Path(a.logs)):
+    elif a.logs and not (a.run_id or os.environ.get("RUN_ID")) and discover_nodes_quiet(Path(a.logs)):
         run_dir = Path(a.logs)  # --logs given the run folder itself (logs/RUN_ID)
     else:
         rid = paths.run_id(a.run_id)
         run_dir = Path(a.logs) / rid if a.logs else paths.run_dir(rid)
     r, checks, report = audit.parse_and_audit(run_dir, Path(a.output) if a.output else None,
-                                              with_plots=not a.no_plots, progress=not a.quiet and sys.stderr.isatty(),
-                                              engine=a.engine)
+                                              with_plots=not a.no_plots, progress=not a.quiet and sys.stderr.isatty())
     verdict = audit.overall(checks)
     print(f"CTS: {r.out_dir} — {len(r.invocations)} invocation(s) from {len(r.nodes)} node(s), "
           f"{r.rows_written} proc_metrics row(s) from {r.samples_read} sample(s)")

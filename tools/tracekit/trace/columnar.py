@@ -3,43 +3,51 @@
 DuckDB reads the node's ``samples.jsonl`` into arrow columns in batches of ticks (every JSON value kept as its
 text, so types can be checked), numpy matches samples to tasks by ``(pid, starttime)`` and cuts them
 (``intervals.cut_rows_columnar``), pyarrow formats the proc_metrics lines. The result is byte-identical to the
-streaming reference (``cts._Parser._cut_node``). Lines DuckDB cannot read (garbage, a truncated last line) come
-back as nulls and are judged and reported by the reference's rules (``cts.read_tick``). Whatever else only the
-reference reads exactly (a tick with a bad entry, a value of an unexpected JSON type, an escaped trace_id, a number
-beyond 2^53, a blank line when a line number must be reported) raises ``Unsupported`` and the node is re-read by
-the reference. Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events without
-starttime, orphans, untracked processes) go through the reference's own ``_match`` and ``_flush``.
+streaming reference (``streaming.NodeCut.cut_file``). Lines DuckDB cannot read (garbage, a truncated last line)
+come back as nulls and are judged and reported by the reference's rules (``vocabulary.read_tick``). Whatever else
+only the reference reads exactly (a tick with a bad entry, a value of an unexpected JSON type, an escaped trace_id,
+a number beyond 2^53, a blank line when a line number must be reported) raises ``NeedsStreaming`` and the node is
+re-read by the reference. Samples the arrays cannot place (several tasks share a ``(pid, starttime)``, exec events
+without starttime, orphans, untracked processes) go through the reference's own ``NodeCut.match`` and
+``NodeCut.flush``. Sample values are found by column name (``core.schema.SAMPLE_COLUMNS``).
 
 Two passes, like the reference: pass 1 (``cut_node``) writes each task's rows as binary columns (``ROW_DTYPE``, a
 fifth of the text's size) with the exact byte length its text will have; once every block's place in the final
-file is known, pass 2 (``write_rows``) formats the rows and writes each block straight to its place.
+file is known, pass 2 (``write_rows``) formats the rows and writes each block straight to its place (and into the
+row cache, ``rowcache``).
 """
 
 from __future__ import annotations
 
 import heapq
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracekit.core import schema
+from tracekit.core.jsonl import BadLines
 from tracekit.trace import duck
-from tracekit.trace.cts import VAR_ORDER, json_value, read_tick, task_key
 from tracekit.trace.intervals import ColumnarCut, cut_rows_columnar
+from tracekit.trace.model import Block, Task
+from tracekit.trace.rowcache import ROW_DTYPE
+from tracekit.trace.streaming import NodeCut, processes
+from tracekit.trace.vocabulary import BAD_ENTRY, MAX_VALUES, MIN_VALUES, VAR_ORDER, json_value, read_tick, task_key
 
 BATCH_TICKS = 1 << 16  # ticks per arrow batch: bounds memory (plus the samples of tasks still running)
 FORMAT_ROWS = 1 << 18  # proc_metrics lines formatted per pyarrow call (~40 MB of text: bounds the memory)
 _EXACT = float(1 << 53)  # beyond this a JSON number is not exact in float64: leave it to the reference
 _PID_BITS = 22  # Linux pid_max <= 2^22; (pid, starttime) packs into one int64 key below 2^63
 _ST_LIMIT = 1 << 40
-_F = {name: k for k, name in enumerate(schema.SAMPLE_PROC_FIELDS)}
 
 
-class Unsupported(Exception):
+# ---- reading the file ----
+
+
+class NeedsStreaming(Exception):
     """The file holds something only the streaming reference reads exactly; the message says what."""
 
 
@@ -74,7 +82,7 @@ def _batches(path: Path, threads: int):
         reader = rel.to_arrow_reader if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch  # duckdb < 1.4
         yield from reader(BATCH_TICKS)
     except duckdb.Error as exc:
-        raise Unsupported(f"DuckDB could not read it ({str(exc).splitlines()[0][:160]})") from None
+        raise NeedsStreaming(f"DuckDB could not read it ({str(exc).splitlines()[0][:160]})") from None
     finally:
         con.close()
 
@@ -93,26 +101,29 @@ def _raw_lines(path: Path, numbers: list[int]):
                 return
 
 
-def _report_bad_lines(bad, path: Path, numbers: list[int]) -> None:
-    """Report the lines that were no tick here the way the streaming reader does (``bad``: a ``BadLines``)."""
+def _report_bad_lines(bad: BadLines, path: Path, numbers: list[int]) -> None:
+    """Report the lines that were no tick here the way the streaming reader does."""
     for lineno, raw in _raw_lines(path, numbers):
         tick, why = read_tick(raw)
         if tick is not None:
-            raise Unsupported(f"line {lineno} is a tick DuckDB could not read")
+            raise NeedsStreaming(f"line {lineno} is a tick DuckDB could not read")
         if why:
             bad.add(f"{path}:{lineno}", why)
 
 
+# ---- JSON values as arrays ----
+
+
 def _numbers(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """JSON number texts -> (float64 values with 0 for null, present mask); anything else is Unsupported."""
+    """JSON number texts -> (float64 values with 0 for null, present mask); anything else is NeedsStreaming."""
     try:
         vals = pc.cast(arr, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise Unsupported(f"a {what} value is not a JSON number") from None
+        raise NeedsStreaming(f"a {what} value is not a JSON number") from None
     present = ~np.asarray(vals.is_null(), dtype=bool)
     out = np.asarray(vals.fill_null(0.0))
     if not (np.abs(out) < _EXACT).all():  # also false for NaN / inf
-        raise Unsupported(f"a {what} value is not a finite number below 2^53")
+        raise NeedsStreaming(f"a {what} value is not a finite number below 2^53")
     return out, present
 
 
@@ -121,7 +132,7 @@ def _ints(arr: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         vals = pc.cast(arr, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise Unsupported(f"a {what} value is not a JSON integer") from None
+        raise NeedsStreaming(f"a {what} value is not a JSON integer") from None
     return np.asarray(vals.fill_null(0)), ~np.asarray(vals.is_null(), dtype=bool)
 
 
@@ -130,8 +141,11 @@ def _strings(arr: pa.Array, what: str) -> pa.Array:
     if arr.null_count < len(arr):
         quoted = pc.and_(pc.starts_with(arr, '"'), pc.ends_with(arr, '"'))
         if not pc.all(quoted.fill_null(True)).as_py() or pc.any(pc.match_substring(arr, "\\")).as_py():
-            raise Unsupported(f"a {what} value is not a plain JSON string")
+            raise NeedsStreaming(f"a {what} value is not a plain JSON string")
     return pc.utf8_slice_codeunits(arr, 1, -1)
+
+
+# ---- one batch of samples, and the fast tasks ----
 
 
 class _Samples:
@@ -140,13 +154,13 @@ class _Samples:
     def __init__(self, batch: pa.RecordBatch, off: float, last_t: float) -> None:
         ts_txt, procs = batch.column(0), batch.column(1)
         # a line DuckDB could not read (null, null) or a tick without numeric ts / procs list: the streaming
-        # reader's rules decide what it is (cts.read_tick); it is no tick here
+        # reader's rules decide what it is (vocabulary.read_tick); it is no tick here
         try:  # the usual case: every line a tick
             if ts_txt.null_count or procs.null_count:
-                raise Unsupported("a line without ts or procs")
+                raise NeedsStreaming("a line without ts or procs")
             ts, _ = _numbers(ts_txt, "ts")
             usable = np.ones(len(ts), dtype=bool)
-        except Unsupported:
+        except NeedsStreaming:
             usable = np.asarray(pc.and_(procs.is_valid(), pc.match_substring_regex(ts_txt, r"^-?[0-9]"))
                                 .fill_null(False), dtype=bool)
             ts, _ = _numbers(pc.if_else(pa.array(usable), ts_txt, "0"), "ts")
@@ -158,8 +172,8 @@ class _Samples:
         self.nonmono = int((usable & ~accepted).sum())
         entries = procs.flatten()
         lengths = np.asarray(pc.list_value_length(entries).fill_null(-1))
-        if (lengths != len(_F)).any():
-            raise Unsupported(f"a sample entry is not a list of {len(_F)} values")
+        if ((lengths < MIN_VALUES) | (lengths > MAX_VALUES)).any():
+            raise NeedsStreaming(f"a {BAD_ENTRY}")
         tick = np.repeat(np.arange(len(ts)), np.asarray(pc.list_value_length(procs).fill_null(0)))
         keep = accepted[tick]
         sel = np.flatnonzero(keep)
@@ -167,13 +181,21 @@ class _Samples:
             entries = entries.take(pa.array(sel))
         self.tick = tick[sel]
         self.t = self.tick_t[self.tick]
+        lengths = lengths[sel]
 
         def field(name: str) -> pa.Array:
-            return pc.list_element(entries, _F[name])
+            k = schema.SAMPLE_INDEX[name]
+            if (lengths > k).all():
+                return pc.list_element(entries, k)
+            # an optional column that raw logs written before it was added lack: null there
+            has = lengths > k
+            at = np.asarray(entries.offsets)[:-1] + k
+            values = entries.values.take(pa.array(np.where(has, at, 0)))
+            return pc.if_else(pa.array(has), values, pa.nulls(len(has), values.type))
 
         self.pid, pid_ok = _ints(field("pid"), "pid")
         if not pid_ok.all():
-            raise Unsupported("a sample without pid")
+            raise NeedsStreaming("a sample without pid")
         self.st, self.has_st = _ints(field("starttime"), "starttime")
         self.tid = _strings(field("trace_id"), "trace_id")
         self.ticks_v, self.has_ticks = _numbers(field("cpu_ticks"), "cpu_ticks")
@@ -199,19 +221,20 @@ class _Samples:
         return np.where(ok, (self.st << _PID_BITS) | self.pid, -1)
 
     def raw_entry(self, i: int) -> list:
-        """Sample ``i`` as the reference's raw list (for ``_match``)."""
-        def num(v: np.ndarray, has: np.ndarray):
+        """Sample ``i`` as the reference's raw list (for ``NodeCut.match``)."""
+        def num(v: np.ndarray, has: np.ndarray) -> float | None:
             return float(v[i]) if has[i] else None
 
-        return [int(self.pid[i]), int(self.st[i]) if self.has_st[i] else None, self.tid[i].as_py(),
-                num(self.ticks_v, self.has_ticks), num(self.rss_v, self.has_rss), num(self.cgu_v, self.has_cgu),
-                num(self.cgk_v, self.has_cgk)]
+        return schema.sample_row(pid=int(self.pid[i]), starttime=int(self.st[i]) if self.has_st[i] else None,
+                                 trace_id=self.tid[i].as_py(), cpu_ticks=num(self.ticks_v, self.has_ticks),
+                                 rss_pages=num(self.rss_v, self.has_rss), cg_cpu_us=num(self.cgu_v, self.has_cgu),
+                                 cg_mem_kb=num(self.cgk_v, self.has_cgk))
 
 
 class _FastTasks:
     """The node's tasks whose ``(pid, starttime)`` names exactly one task, as arrays (index = fast id)."""
 
-    def __init__(self, tasks: list, by_proc: dict) -> None:
+    def __init__(self, tasks: list[Task], by_proc: dict[tuple, list[Task]]) -> None:
         self.tasks = [t for t in tasks if len(by_proc[(t.inv["pid"], t.inv["starttime"])]) == 1
                       and isinstance(t.inv["starttime"], int) and 0 <= t.inv["pid"] < (1 << _PID_BITS)
                       and 0 <= t.inv["starttime"] < _ST_LIMIT]
@@ -220,10 +243,10 @@ class _FastTasks:
         self.order = np.argsort(keys, kind="stable")
         self.keys = keys[self.order]
         self.end = np.array([t.end for t in ts], dtype=float)
-        self.b_start = np.array([t.cutter.b_start for t in ts], dtype=np.int64)
-        self.b_end = np.array([t.cutter.b_end for t in ts], dtype=np.int64)
-        self.total = np.array([t.cutter.total_us for t in ts], dtype=np.int64)
-        fb = [t.cutter.rss_fallback_kb for t in ts]
+        self.b_start = np.array([t.window.b_start for t in ts], dtype=np.int64)
+        self.b_end = np.array([t.window.b_end for t in ts], dtype=np.int64)
+        self.total = np.array([t.window.total_us for t in ts], dtype=np.int64)
+        fb = [t.window.rss_fallback_kb for t in ts]
         self.rss_fb = np.array([x or 0 for x in fb], dtype=np.int64)
         self.has_fb = np.array([x is not None for x in fb], dtype=bool)
         self.use_cg = np.array([t.use_cg for t in ts], dtype=bool)
@@ -238,13 +261,15 @@ class _FastTasks:
         return np.where(self.keys[pos] == keys, self.order[pos], -1)
 
 
+# ---- line text (pass 2 formatting, pass 1 lengths) ----
+
+
 _DECIMALS = pa.array([f".{k:03d}" for k in range(1000)])  # the µs part of cpu_ms, by table (faster than padding)
-ROW_DTYPE = np.dtype([("ts_ms", "<i8"), ("dt_ms", "<i8"), ("cpu_us", "<i8"), ("rss_kb", "<i8"), ("rss_null", "?")])
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
 def _json_texts(values: list) -> str | pa.Array:
-    """JSON text of each value (``cts.json_value``) as a string array, or one str when they are all equal."""
+    """JSON text of each value (``vocabulary.json_value``) as a string array, or one str when they are all equal."""
     if values and all(v == values[0] and type(v) is type(values[0]) for v in values):
         return json_value(values[0])
     kinds = {type(v) for v in values} - {type(None)}
@@ -261,7 +286,7 @@ def _json_texts(values: list) -> str | pa.Array:
 
 
 def const_parts(invs: list[dict]) -> list[str | pa.Array]:
-    """``cts.row_template_parts`` of many tasks at once: per part a str (the same for all) or one string each."""
+    """``vocabulary.row_template_parts`` of many tasks at once: per part a str (the same for all) or one string each."""
     parts: list[str | pa.Array] = []
     pieces: list[str | pa.Array] = ["{"]
     for k, f in enumerate(schema.PROC_METRIC_FIELDS):
@@ -320,6 +345,9 @@ def _format(rows: np.ndarray, row_task: np.ndarray, parts: list) -> pa.StringArr
     return pc.binary_join_element_wise(*pieces, "")
 
 
+# ---- pass 2: write_rows ----
+
+
 def write_rows(cols_path: Path, blocks: list[tuple[int, int, int, int, dict, int]], final_path: Path,
                cache: tuple[Path, int] | None = None) -> None:
     """Pass 2 for one columnar scratch file: format each block ``(row offset, rows, text bytes, offset in the
@@ -371,98 +399,26 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-ROWS_CACHE, ROWS_CACHE_META = ".proc_metrics.rows.npy", ".proc_metrics.rows.json"
+# ---- pass 1: cut_node ----
 
 
-def create_rows_cache(path: Path, nrows: int) -> int:
-    """A .npy file of ``nrows`` ``ROW_DTYPE`` rows (filled by ``write_rows``); returns the byte offset of row 0."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=ROW_DTYPE, shape=(nrows,))
-    offset = arr.offset
-    del arr
-    return offset
-
-
-def _stamp(path: Path) -> list[int]:
-    """Size, mtime, inode and a CRC of both ends: an edit (even within one mtime tick) changes it."""
-    import zlib
-
-    st = path.stat()
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-        fh.seek(max(0, st.st_size - (1 << 16)))
-        crc = zlib.crc32(fh.read(1 << 16), zlib.crc32(head))
-    return [st.st_size, st.st_mtime_ns, st.st_ino, crc]
-
-
-def write_rows_cache_meta(cts_dir: Path, blocks: list[list], files: list[Path]) -> None:
-    """Finish the row cache: which rows belong to which task (``[node_id, trace_id, attempt, first row, rows]``
-    in file order) and the size/mtime/inode of the CTS files it mirrors (a changed file invalidates it)."""
-    import orjson
-
-    meta = {"version": 1, "files": {f.name: _stamp(f) for f in files}, "blocks": blocks}
-    tmp = cts_dir / (ROWS_CACHE_META + ".tmp")
-    tmp.write_bytes(orjson.dumps(meta))
-    os.replace(tmp, cts_dir / ROWS_CACHE_META)
-
-
-def drop_rows_cache(cts_dir: Path) -> None:
-    for name in (ROWS_CACHE, ROWS_CACHE_META, ROWS_CACHE + ".tmp", ROWS_CACHE_META + ".tmp"):
-        (cts_dir / name).unlink(missing_ok=True)
-
-
-@dataclass
-class RowsCache:
-    """A fresh row cache: ``rows`` binary rows from byte ``offset`` of ``path``; ``blocks`` ``[node_id, trace_id,
-    attempt, first row, rows]`` in file order; ``index``: task key -> (first row, rows)."""
-
-    path: Path
-    offset: int
-    rows: int
-    blocks: list[list]
-    index: dict[tuple, tuple[int, int]]
-
-    def read(self, first: int, count: int) -> np.ndarray:
-        """Rows ``first`` .. ``first + count`` (read, not mapped: memory stays bounded by what is asked)."""
-        return np.fromfile(self.path, dtype=ROW_DTYPE, count=count, offset=self.offset + first * ROW_DTYPE.itemsize)
-
-
-def read_rows_cache(cts_dir: Path) -> RowsCache | None:
-    """The row cache of a CTS folder when it still mirrors its files; None when absent or stale (then
-    proc_metrics.jsonl is the source)."""
-    import orjson
-
-    try:
-        meta = orjson.loads((cts_dir / ROWS_CACHE_META).read_bytes())
-        if meta.get("version") != 1 or any(_stamp(cts_dir / name) != stamp for name, stamp in meta["files"].items()):
-            return None
-        rows = np.load(cts_dir / ROWS_CACHE, mmap_mode="r")  # header only: the rows are read on demand
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if rows.dtype != ROW_DTYPE:
-        return None
-    index = {(b[0], b[1], b[2]): (b[3], b[4]) for b in meta["blocks"]}
-    if sum(n for _, n in index.values()) != len(rows):
-        return None
-    return RowsCache(cts_dir / ROWS_CACHE, rows.offset, len(rows), meta["blocks"], index)
-
-
-def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util: list[float],
+def cut_node(cut: NodeCut, tasks: list[Task], path: Path, scratch: BinaryIO, cols: BinaryIO,
              threads: int = 1) -> None:
-    """Pass 1 for one node's samples file (``p``: the node's ``cts._Parser``; the effects of ``p._cut_node``).
+    """Pass 1 for one node's samples file ``path``: the effects of ``cut.cut_file`` (the streaming reader).
 
-    Tasks the arrays cut get ``index[key] = Block(cols file, first row, text bytes, rows)``; the rest go through
-    the reference's ``_flush`` (text into ``scratch``)."""
-    r = p.r
-    by_proc: dict[tuple, list] = {}
-    for t in tasks:
-        by_proc.setdefault((t.inv["pid"], t.inv["starttime"]), []).append(t)
+    Tasks the arrays cut get ``cut.index[key] = Block(cols file, first row, text bytes, rows)``; the rest go through
+    the reference's ``cut.flush`` (text into ``scratch``). Raises ``NeedsStreaming`` for a file only the streaming
+    reader reads exactly (the caller then starts the node again with it)."""
+    r = cut.result
+    node = cut.node
+    by_proc = processes(tasks)
     fast = _FastTasks(tasks, by_proc)
     fast_ids = {id(t) for t in fast.tasks}
     slow = [t for t in tasks if id(t) not in fast_ids]
     heap = [(t.end, i) for i, t in enumerate(slow)]
     heapq.heapify(heap)
-    us_per_tick = 1_000_000 / node.clk_tck
-    kb_per_page = node.page_size / 1024
+    us_per_tick = node.us_per_tick
+    kb_per_page = node.kb_per_page
     n = len(fast.tasks)
     late = np.zeros(n, np.int64)
     seen = np.zeros(n, np.int64)
@@ -471,7 +427,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     pending: list[tuple[np.ndarray, ...]] = []
     # DuckDB skips blank lines, which would shift the line numbers the reference's matching reports: the file's
     # lines are counted (once) when a progress bar needs the total or a sample took that path
-    expected = _count_lines(path) if p.progress else None
+    expected = _count_lines(path) if cut.progress else None
     lines = 0
     matched_by_reference = False
     bad_lines: list[int] = []  # line numbers (if no line is blank) of the lines that are no tick here
@@ -480,7 +436,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     from tqdm import tqdm
 
     with tqdm(total=expected, unit="tick", unit_scale=True, leave=False, mininterval=0.5,
-              desc=f"parse {node.node_id}", disable=not p.progress) as bar:
+              desc=f"parse {node.node_id}", disable=not cut.progress) as bar:
         for batch in (_batches(path, threads) if path.stat().st_size else ()):
             s = _Samples(batch, node.offset_ms, last_t)
             bad_lines += (lines + 1 + s.bad_rows).tolist()
@@ -490,7 +446,7 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
             nsamples += len(s.t)
             fid = fast.lookup(s.keys())
             for i in np.flatnonzero(fid < 0):  # what the arrays cannot place: the reference's matching
-                p._match(by_proc, s.raw_entry(i), float(s.t[i]), path, lines + 1 + int(s.tick[i]))
+                cut.match(by_proc, s.raw_entry(i), float(s.t[i]), path, lines + 1 + int(s.tick[i]))
                 matched_by_reference = True
             lines += batch.num_rows
             bar.update(batch.num_rows)
@@ -506,19 +462,19 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
             pending.append((f, t, *s.cpu_and_rss(m, fast.use_cg[f], us_per_tick, kb_per_page)))
             done = ~is_cut & (fast.end <= last_t)
             if done.any():
-                pending = _cut_done(p, fast, np.flatnonzero(done), pending, cols, index, util, seen, mismatch)
+                pending = _cut_done(cut, fast, np.flatnonzero(done), pending, cols, seen, mismatch)
                 is_cut |= done
             while heap and heap[0][0] <= last_t:
-                p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
+                cut.flush(slow[heapq.heappop(heap)[1]], scratch)
     if (matched_by_reference or bad_lines) and expected is None:
         expected = _count_lines(path)
     if expected is not None and lines != expected:
-        raise Unsupported(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
+        raise NeedsStreaming(f"DuckDB read {lines} ticks from {expected} lines (blank lines?)")
     _report_bad_lines(r.bad, path, bad_lines)
     if (~is_cut).any():
-        _cut_done(p, fast, np.flatnonzero(~is_cut), pending, cols, index, util, seen, mismatch)
+        _cut_done(cut, fast, np.flatnonzero(~is_cut), pending, cols, seen, mismatch)
     while heap:
-        p._flush(slow[heapq.heappop(heap)[1]], scratch, index, util, us_per_tick, kb_per_page)
+        cut.flush(slow[heapq.heappop(heap)[1]], scratch)
     for t in slow:
         if t.late:
             t.stats.samples_after += t.late
@@ -530,12 +486,10 @@ def cut_node(p, node, tasks: list, path: Path, scratch, cols, index: dict, util:
     r.non_monotonic_ticks[node.node_id] = nonmono
 
 
-def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, cols, index: dict, util: list[float],
+def _cut_done(cut: NodeCut, fast: _FastTasks, ids: np.ndarray, pending: list, cols: BinaryIO,
               seen: np.ndarray, mismatch: np.ndarray) -> list:
     """Cut the finished fast tasks ``ids`` from the pending samples into ``cols``; returns the samples still
     pending."""
-    from tracekit.trace.cts import Block
-
     data = [np.concatenate(c) for c in zip(*pending)] if pending else [np.zeros(0, np.int64)] * 6
     local = np.full(len(fast.tasks), -1, np.int64)
     local[ids] = np.arange(len(ids))
@@ -545,29 +499,30 @@ def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, cols, index: 
     order = np.argsort(j[mine], kind="stable")
     t, cum, has_cum, rss, has_rss = (c[mine][order] for c in data[1:])
     try:
-        cut = cut_rows_columnar(j[mine][order], t, cum, has_cum.astype(bool), rss, has_rss.astype(bool),
-                                fast.b_start[ids], fast.b_end[ids], fast.total[ids], fast.rss_fb[ids],
-                                fast.has_fb[ids])
+        rows_cut = cut_rows_columnar(j[mine][order], t, cum, has_cum.astype(bool), rss, has_rss.astype(bool),
+                                     fast.b_start[ids], fast.b_end[ids], fast.total[ids], fast.rss_fb[ids],
+                                     fast.has_fb[ids])
     except OverflowError as exc:
-        raise Unsupported(str(exc)) from None
-    _add_util(p, util, cut)
-    rec = np.empty(len(cut.task), ROW_DTYPE)
+        raise NeedsStreaming(str(exc)) from None
+    _add_util(cut, rows_cut)
+    rec = np.empty(len(rows_cut.task), ROW_DTYPE)
     for name in ROW_DTYPE.names:
-        rec[name] = getattr(cut, name)
+        rec[name] = getattr(rows_cut, name)
     first_row = cols.tell() // ROW_DTYPE.itemsize
     cols.write(rec.view(np.uint8).data)
-    nbytes = _text_bytes(cut, fast.const_bytes[ids])
-    cpu_sum = np.add.reduceat(cut.cpu_us, cut.first_row[:-1]) if len(cut.cpu_us) else np.zeros(0, np.int64)
+    nbytes = _text_bytes(rows_cut, fast.const_bytes[ids])
+    cpu_sum = (np.add.reduceat(rows_cut.cpu_us, rows_cut.first_row[:-1]) if len(rows_cut.cpu_us)
+               else np.zeros(0, np.int64))
     path = Path(cols.name)
-    r = p.r
+    r = cut.result
     tasks = [fast.tasks[fi] for fi in ids.tolist()]
     keys = [task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"]) for t in tasks]
-    rows = (cut.used + 1).tolist()
-    stats = cut.task_stats()
+    rows = (rows_cut.used + 1).tolist()
+    stats = rows_cut.task_stats()
     for t, st in zip(tasks, stats):
         t.stats = st
-    starts = (first_row + cut.first_row[:-1]).tolist()
-    index.update(zip(keys, (Block(path, a, b, n) for a, b, n in zip(starts, nbytes.tolist(), rows))))
+    starts = (first_row + rows_cut.first_row[:-1]).tolist()
+    cut.index.update(zip(keys, (Block(path, a, b, n) for a, b, n in zip(starts, nbytes.tolist(), rows))))
     r.stats.update(zip(keys, stats))
     r.task_samples.update(zip(keys, seen[ids].tolist()))
     r.rows_per_task.update(zip(keys, rows))
@@ -575,20 +530,21 @@ def _cut_done(p, fast: _FastTasks, ids: np.ndarray, pending: list, cols, index: 
     r.cpu_rows_us.update(zip(keys, cpu_sum.tolist()))
     r.cpu_source.update(zip(keys, np.where(fast.use_cg[ids], "cgroup", "ticks").tolist()))
     r.trace_mismatch += int(mismatch[ids].sum())
-    r.rows_written += int(cut.used.sum()) + len(ids)
+    r.rows_written += int(rows_cut.used.sum()) + len(ids)
     return [rest] if len(rest[0]) else []
 
 
-def _add_util(p, util: list[float], cut: ColumnarCut) -> None:
+def _add_util(cut: NodeCut, rows_cut: ColumnarCut) -> None:
     """CPU of the cut rows into the utilisation bins (rows crossing a bin edge through the reference's split)."""
-    w, t0, nb = p.r.util_bin_ms, p.r.util_t0, len(util)
-    a = cut.ts_ms - cut.dt_ms
-    i, j = (a - t0) // w, (cut.ts_ms - t0) // w
-    same = (i == j) | (cut.dt_ms <= 0)
+    util = cut.util
+    w, t0, nb = cut.result.util_bin_ms, cut.result.util_t0, len(util)
+    a = rows_cut.ts_ms - rows_cut.dt_ms
+    i, j = (a - t0) // w, (rows_cut.ts_ms - t0) // w
+    same = (i == j) | (rows_cut.dt_ms <= 0)
     inside = same & (j >= 0) & (j < nb)
-    sums = np.bincount(j[inside], weights=cut.cpu_us[inside] / 1000, minlength=nb)
+    sums = np.bincount(j[inside], weights=rows_cut.cpu_us[inside] / 1000, minlength=nb)
     for k in np.flatnonzero(sums):
         util[k] += float(sums[k])
     for k in np.flatnonzero(~same):
-        p._util_add(util, int(cut.ts_ms[k]), int(cut.dt_ms[k]), int(cut.cpu_us[k]))
+        cut.add_utilisation(int(rows_cut.ts_ms[k]), int(rows_cut.dt_ms[k]), int(rows_cut.cpu_us[k]))
 

@@ -1,9 +1,11 @@
 """Interval arithmetic for traces (pure: no I/O).
 
-* ``TaskIntervals`` turns the cumulative CPU samples of one task into contiguous CTS intervals that start at
-  ``ts_start``, end at ``ts_end`` (the tail up to exit comes from the exact total) and never overlap. Boundaries
-  are rounded once to integer ms, so neighbouring rows share them exactly; CPU is kept in integer µs so the rows
-  add up to the exact total to the µs.
+* ``cut_rows`` (one task, the streaming reader) and ``cut_rows_columnar`` (many tasks in arrays, the columnar
+  reader) turn the cumulative CPU samples of a task into contiguous CTS intervals that start at ``ts_start``, end
+  at ``ts_end`` (the tail up to exit comes from the exact total) and never overlap. Boundaries are rounded once to
+  integer ms (``TaskWindow``), so neighbouring rows share them exactly; CPU is kept in integer µs so the rows add
+  up to the exact total to the µs. (The incremental one-sample-at-a-time writing of the same rule is a test
+  oracle, tests/oracles/task_intervals.py.)
 * ``assign_lanes`` packs intervals into the fewest lanes (Gantt rows, timeline threads).
 * ``max_overlap`` is the sweep line behind the capacity check.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,16 +25,6 @@ _floor = math.floor
 def round_ms(x: float) -> int:
     """Round half up to an integer ms (the same rule for every boundary, so shared boundaries stay equal)."""
     return math.floor(x + 0.5)
-
-
-@dataclass
-class Row:
-    """One CTS interval ``(ts_ms - dt_ms, ts_ms]`` with its CPU (µs) and RSS at its end (KB, or None)."""
-
-    ts_ms: int
-    dt_ms: int
-    cpu_us: int
-    rss_kb: int | None
 
 
 @dataclass
@@ -49,71 +41,32 @@ class TaskStats:
     rows: int = 0
 
 
-@dataclass
-class TaskIntervals:
-    """Incremental cutter for one task: feed samples in time order with ``add``, then call ``finish``.
+@dataclass(frozen=True)
+class TaskWindow:
+    """What the cut needs of one task: its run ``(b_start, b_end]`` in integer ms, its exact CPU total (µs) and the
+    RSS (KB) for rows before any RSS was seen (None when unknown)."""
 
-    ``start``/``end`` are float ms in the controller time base; ``total_us`` is the exact CPU total at exit.
-    ``rss_fallback_kb`` is used for rows that end before any RSS was seen (e.g. a task without samples).
-    """
-
-    start: float
-    end: float
+    b_start: int
+    b_end: int
     total_us: int
-    rss_fallback_kb: int | None = None
-    stats: TaskStats = field(default_factory=TaskStats)
+    rss_fallback_kb: int | None
 
-    def __post_init__(self) -> None:
-        self.b_start = round_ms(self.start)
+    @classmethod
+    def of(cls, start: float, end: float, total_us: int, rss_fallback_kb: int | None = None) -> TaskWindow:
+        """The window of a run from ``start`` to ``end`` (float ms in the controller time base)."""
+        b_start = round_ms(start)
         # A run always covers at least 1 ms so every task has a fragment of non-zero duration.
-        self.b_end = max(round_ms(self.end), self.b_start + 1)
-        self._b_prev = self.b_start
-        self._cum_prev = 0
-        self._rss_last = self.rss_fallback_kb
-        self.total_us = max(0, int(self.total_us))
-        self.done = False
-
-    def add(self, t: float, cum_us: int, rss_kb: int | None) -> Row | None:
-        """One sample at ``t`` (controller ms) with cumulative CPU ``cum_us``; returns the row it closes, if any."""
-        st = self.stats
-        b = _floor(t + 0.5)  # round_ms, inlined: this runs once per sample
-        if b <= self.b_start:
-            st.samples_before += 1
-            return None
-        if b >= self.b_end:
-            st.samples_after += 1
-            return None
-        if b <= self._b_prev:
-            st.samples_merged += 1
-            return None
-        if cum_us < self._cum_prev:
-            st.non_monotonic += 1
-            cum_us = self._cum_prev
-        if cum_us > self.total_us:
-            st.over_us = max(st.over_us, cum_us - self.total_us)
-            cum_us = self.total_us
-        if rss_kb is not None:
-            self._rss_last = rss_kb
-        row = Row(b, b - self._b_prev, cum_us - self._cum_prev, rss_kb if rss_kb is not None else self._rss_last)
-        self._b_prev = b
-        self._cum_prev = cum_us
-        st.samples_used += 1
-        st.last_sampled_us = cum_us
-        st.rows += 1
-        return row
-
-    def finish(self) -> Row:
-        """The tail row up to exit: takes whatever the exact total has beyond the last sample."""
-        self.done = True
-        self.stats.rows += 1
-        return Row(self.b_end, self.b_end - self._b_prev, self.total_us - self._cum_prev, self._rss_last)
+        return cls(b_start, max(round_ms(end), b_start + 1), max(0, int(total_us)), rss_fallback_kb)
 
 
 def cut_rows(b_start: int, b_end: int, total_us: int, samples: Iterable[tuple[float, int, int | None]],
              rss_last: int | None = None) -> tuple[list[tuple[int, int, int, int | None]], TaskStats]:
-    """``TaskIntervals`` over a whole list of samples in one tight loop (the streaming reader's cut; same results).
+    """One task's rows from its samples ``(t controller ms, cumulative CPU µs, RSS KB or None)`` in time order, in
+    one tight loop (the streaming reader's cut).
 
-    ``b_start``/``b_end``/``total_us`` as computed by ``TaskIntervals``; rows are ``(ts_ms, dt_ms, cpu_us, rss_kb)``.
+    ``b_start``/``b_end``/``total_us`` as computed by ``TaskWindow``; rows are ``(ts_ms, dt_ms, cpu_us, rss_kb)``.
+    A sample makes a boundary ``b = round_ms(t)`` only when ``b_start < b < b_end`` and it is the task's first in
+    that ms; cumulative CPU is clamped to be non-decreasing and at most the total; each row's RSS is the last seen.
     """
     rows: list[tuple[int, int, int, int | None]] = []
     append = rows.append
@@ -207,19 +160,19 @@ def _shifted(a: np.ndarray, starts: np.ndarray, fill: np.ndarray | int) -> np.nd
     return out
 
 
-def cut_rows_columnar(task: np.ndarray, t: np.ndarray, cum: np.ndarray, has_cum: np.ndarray, rss: np.ndarray,
+def cut_rows_columnar(task: np.ndarray, t_ms: np.ndarray, cum: np.ndarray, has_cum: np.ndarray, rss: np.ndarray,
                       has_rss: np.ndarray, b_start: np.ndarray, b_end: np.ndarray, total_us: np.ndarray,
                       rss_fb: np.ndarray, has_fb: np.ndarray) -> ColumnarCut:
     """``cut_rows`` for n tasks in array form (same rows and stats, without a Python loop per sample).
 
-    Samples: ``task`` (sorted, 0..n-1; each task's samples in time order), ``t`` controller ms, cumulative CPU
+    Samples: ``task`` (sorted, 0..n-1; each task's samples in time order), ``t_ms`` controller ms, cumulative CPU
     ``cum`` µs where ``has_cum`` (samples without one are ignored, as ``cut_rows`` never sees them) and RSS ``rss`` KB
-    where ``has_rss``. Tasks: ``b_start``/``b_end``/``total_us`` as ``TaskIntervals`` computes them, RSS fallback
+    where ``has_rss``. Tasks: ``b_start``/``b_end``/``total_us`` as ``TaskWindow`` computes them, RSS fallback
     ``rss_fb`` where ``has_fb``. Raises OverflowError for values beyond int64 arithmetic (callers fall back).
     """
     n = len(b_start)
     ok = np.flatnonzero(has_cum)
-    task, t, cum, rss, has_rss = task[ok], t[ok], cum[ok], rss[ok], has_rss[ok]
+    task, t, cum, rss, has_rss = task[ok], t_ms[ok], cum[ok], rss[ok], has_rss[ok]
     b = np.floor(t + 0.5).astype(np.int64)  # round_ms
     bs = b_start[task]
     before = b <= bs
@@ -275,15 +228,6 @@ def cut_rows_columnar(task: np.ndarray, t: np.ndarray, cum: np.ndarray, has_cum:
                        first_row=first_row, used=used, before=count(before), after=count(after),
                        merged=np.bincount(w_task[~kept], minlength=n), down=np.bincount(kt[down], minlength=n),
                        over_us=over, last_us=c_last)
-
-
-def cut_task(start: float, end: float, total_us: int, samples: Iterable[tuple[float, int, int | None]],
-             rss_fallback_kb: int | None = None) -> tuple[list[Row], TaskStats]:
-    """All rows of one task at once (convenience over ``TaskIntervals`` for tests and small inputs)."""
-    cutter = TaskIntervals(start, end, total_us, rss_fallback_kb)
-    rows = [r for t, c, m in samples if (r := cutter.add(t, c, m)) is not None]
-    rows.append(cutter.finish())
-    return rows, cutter.stats
 
 
 def assign_lanes(spans: Sequence[tuple[float, float]]) -> list[int]:

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from tracekit.trace.cts import ParseResult  # noqa: E402
 from tracekit.trace.intervals import assign_lanes  # noqa: E402
+from tracekit.trace.model import ParseResult  # noqa: E402
 
 GANTT, UTIL, WAIT = "gantt.png", "cpu_utilisation.png", "queue_wait.png"
 STATUS_HATCH = {"ok": None, "failed": "xx", "fenced": "//"}
@@ -28,13 +28,14 @@ RASTER_OVER = 3000  # tasks on one node beyond which its lanes are drawn as an i
 RASTER_PX = 1600
 
 
-def gantt(r: ParseResult, path: Path) -> None:
+def gantt(result: ParseResult, path: Path) -> None:
     """Tasks per node, one lane per concurrently running task, coloured by profile; failed/fenced hatched.
 
     A node with more than ``RASTER_OVER`` tasks is drawn as an image of its lanes (one pixel column per
     1/``RASTER_PX`` of the run, coloured by the profile running there): the same picture, drawn in a fraction of
     the time, since such bars are narrower than a pixel anyway (its failed/fenced tasks are not hatched).
     """
+    r = result
     runs = r.executed()
     t0 = _t0(r)
     profiles = sorted({str(i.get("profile")) for i in runs})
@@ -101,8 +102,9 @@ def _gantt_image(ax, mine: list[dict], lanes: list[int], nl: int, y: float, t0: 
               extent=(0, span_s, y + nl - 0.5, y - 0.5))
 
 
-def utilisation(r: ParseResult, path: Path) -> None:
+def utilisation(result: ParseResult, path: Path) -> None:
     """CPU used by the traced tasks per node, as % of the node's cores, per time bin."""
+    r = result
     fig, ax = plt.subplots(figsize=(12, 4))
     t0 = _t0(r)
     for n in r.nodes:
@@ -124,8 +126,9 @@ def utilisation(r: ParseResult, path: Path) -> None:
     plt.close(fig)
 
 
-def queue_wait(r: ParseResult, path: Path) -> None:
+def queue_wait(result: ParseResult, path: Path) -> None:
     """Distribution of ts_start - ts_enqueue of successful tasks, per profile (stacked histogram)."""
+    r = result
     by_prof: dict[str, list[float]] = {}
     for i in r.invocations:
         if i.get("status") == "ok" and i.get("ts_enqueue") is not None and i.get("ts_start") is not None:
@@ -150,9 +153,10 @@ def queue_wait(r: ParseResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(r: ParseResult, draw: bool = True) -> dict[str, str]:
+def write_plots(result: ParseResult, draw: bool = True) -> dict[str, str]:
     """Write the three PNGs next to the CTS files; returns {title: file name} for the report (only that when
     ``draw`` is False)."""
+    r = result
     out = {"Gantt chart of tasks per node (colour = profile)": GANTT,
            "CPU utilisation per node over time": UTIL,
            "Queue-wait distribution": WAIT}

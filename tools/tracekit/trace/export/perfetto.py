@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from tracekit.core.jsonl import BadLines, read_jsonl
-from tracekit.trace import cts
-from tracekit.trace.export.opendc import iter_proc_metrics, resolve_cts
 from tracekit.trace.intervals import assign_lanes
-
-_PM_COLS = pa.schema([("node_id", pa.string()), ("ts_ms", pa.int64()), ("dt_ms", pa.int64()), ("cpu_ms", pa.float64())])
+from tracekit.trace.reader import CtsFolder, open_cts
 
 
 def cpu_step(starts: np.ndarray, ends: np.ndarray, rates: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +52,9 @@ class NodeCpu:
         self.kept = 0
         self.keep_rows = 4 * max_points if keep_rows is None else keep_rows
 
-    def add(self, a: np.ndarray, b: np.ndarray, rate: np.ndarray) -> None:
+    def add(self, starts: np.ndarray, ends: np.ndarray, rate: np.ndarray) -> None:
+        """Rows ``[starts, ends)`` (ms) at ``rate`` cores."""
+        a, b = starts, ends
         if self.rows is not None:
             self.rows.append((a, b, rate))
             self.kept += len(a)
@@ -84,28 +81,10 @@ class NodeCpu:
         return self.edges[:-1], (self.area + np.cumsum(self.through[:-1]) * width) / width
 
 
-def _cpu_rows(cts_dir: Path, nodes: list[str]):
+def _cpu_rows(cts: CtsFolder, nodes: list[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(node, start ms, end ms, CPU rate in cores) batches of every proc_metrics row."""
-    from tracekit.trace.columnar import read_rows_cache
-
-    cache = read_rows_cache(cts_dir)
-    if cache is not None:  # the parser's binary copy: no JSON to read
-        node_of_row = np.repeat(np.array([b[0] for b in cache.blocks], dtype=object),
-                                [b[4] for b in cache.blocks]) if cache.blocks else np.zeros(0, dtype=object)
-        for lo in range(0, cache.rows, 1 << 20):
-            rows = cache.read(lo, min(1 << 20, cache.rows - lo))
-            owner = node_of_row[lo:lo + len(rows)]
-            for n in nodes:
-                mine = rows[owner == n]
-                if len(mine):
-                    yield n, *_spans(mine["ts_ms"], mine["dt_ms"], mine["cpu_us"] / 1000)
-        return
-    for batch in iter_proc_metrics(cts_dir / cts.PROC_METRICS, _PM_COLS):
-        tbl = pa.Table.from_batches([batch])
-        for n in nodes:
-            sub = tbl.filter(pc.equal(tbl["node_id"], n))
-            if sub.num_rows:
-                yield n, *_spans(sub["ts_ms"].to_numpy(), sub["dt_ms"].to_numpy(), sub["cpu_ms"].to_numpy())
+    for node, ts_ms, dt_ms, cpu_ms in cts.node_rows(nodes):
+        yield node, *_spans(ts_ms, dt_ms, cpu_ms)
 
 
 def _spans(ts: np.ndarray, dt: np.ndarray, cpu_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,12 +94,12 @@ def _spans(ts: np.ndarray, dt: np.ndarray, cpu_ms: np.ndarray) -> tuple[np.ndarr
 
 def export_timeline(input_dir: str | Path, output: str | Path, max_points: int = 20000) -> dict:
     """Write the timeline JSON; returns counts {slices, counters, nodes}."""
-    cts_dir, _notes = resolve_cts(Path(input_dir))
-    bad = BadLines()
-    invs = [i for _, i in read_jsonl(cts_dir / cts.INVOCATIONS, bad)]
+    cts = open_cts(input_dir)
+    cts_dir = cts.path
+    invs = cts.invocations(strict=False)
     try:
-        nodes = [n["node_id"] for n in json.loads((cts_dir / cts.NODES).read_text())]
-    except (OSError, ValueError, KeyError, TypeError):
+        nodes = [n["node_id"] for n in cts.nodes(strict=False)]
+    except (KeyError, TypeError):
         nodes = []
     ran = [i for i in invs if i.get("ts_start") is not None and i.get("ts_end") is not None and i.get("pid")]
     nodes = sorted(set(nodes) | {i["node_id"] for i in ran}, key=str)
@@ -161,7 +140,7 @@ def export_timeline(input_dir: str | Path, output: str | Path, max_points: int =
     # CPU counters from proc_metrics (or the parser's row cache of it), per node
     cpu = {n: NodeCpu(min((i["ts_start"] for i in ran if i["node_id"] == n), default=0),
                       max((i["ts_end"] for i in ran if i["node_id"] == n), default=1), max_points) for n in nodes}
-    for node, a, b, rate in _cpu_rows(cts_dir, nodes):
+    for node, a, b, rate in _cpu_rows(cts, nodes):
         cpu[node].add(a, b, rate)
     counters = 0
     for n, acc in cpu.items():

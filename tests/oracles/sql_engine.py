@@ -1,9 +1,10 @@
-"""A second, independent implementation of the CTS cut in SQL (DuckDB): samples -> proc_metrics rows.
+"""Test oracle: a second, independent implementation of the CTS cut in SQL (DuckDB): samples -> proc_metrics rows.
 
-It exists as a cross-check of the streaming Python engine (``cts._cut_node`` + ``intervals.TaskIntervals``, the
-default and the reference): a test runs both on the same raw logs and requires byte-identical files. Measured on
-this 2-core machine it is not faster (3 M samples: 11.7 s vs 9.4 s) and needs more memory, so it is opt-in
-(``parse_cts.py --engine duckdb``). The semantics it re-implements:
+It exists as a cross-check of the product's parse (``tracekit.trace.cts.parse_run``: the columnar and streaming
+readers): the tests run both on the same raw logs and require byte-identical files. It shares only the event
+reading, the line text of a row and the sample column definitions with the product (``parse_run`` below); the
+cut is its own. Measured on a 2-core machine it is not faster (3 M samples: 11.7 s vs 9.4 s) and needs more memory,
+which is why it lives here and not in the product. The semantics it re-implements:
 
 * a tick is dropped when its time (node wall + offset) is below the largest earlier tick time of its node;
 * a sample makes a boundary ``b = floor(t + 0.5)`` only when ``b_start < b < b_end`` and it is the first sample of
@@ -11,13 +12,14 @@ this 2-core machine it is not faster (3 M samples: 11.7 s vs 9.4 s) and needs mo
 * each row's RSS is the last RSS seen (falling back to ``max_rss_kb``); the tail row ends at ``b_end`` with the
   exact total.
 
-Malformed lines are found by a Python pre-scan (the same tolerant reader and messages as the Python engine, with
+Malformed lines are found by a Python pre-scan (the same tolerant reader and messages as the product, with
 ``file:line``); when a node's file has any, DuckDB reads a sanitised copy without them.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import shutil
 from pathlib import Path
 
@@ -25,30 +27,72 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.core import schema
-from tracekit.trace import duck
-from tracekit.trace.cts import WINDOW_SLACK_MS
+from tracekit.trace import cts, duck
+from tracekit.trace.events import load_controller, load_events
 from tracekit.trace.intervals import TaskStats
+from tracekit.trace.model import NodeInfo, ParseResult, Task
+from tracekit.trace.rowcache import drop_rows_cache
+from tracekit.trace.streaming import read_ticks
+from tracekit.trace.vocabulary import (
+    BAD_ENTRY,
+    PROC_METRICS,
+    WINDOW_SLACK_MS,
+    invocation_order_key,
+    no_cyclic_gc,
+    row_template_parts,
+    task_key,
+    utilisation_bin_ms,
+)
 
 MEMORY_LIMIT = "1GB"
 _NUM_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE', 'HUGEINT')"
+_MIN, _MAX = schema.SAMPLE_MIN_VALUES, schema.SAMPLE_MAX_VALUES
 
 
-def prescan(parser, node, out_path: Path) -> tuple[Path | None, list[int], int]:
-    """Validate a node's samples file line by line (file:line bad lines into ``parser.r.bad``).
+def _at(name: str) -> str:
+    """JSON path of a sample column in a ``procs`` entry (its position from ``schema.SAMPLE_COLUMNS``)."""
+    return f"'$[{schema.SAMPLE_INDEX[name]}]'"
+
+
+def parse_run(run_dir: str | Path, out_dir: str | Path) -> ParseResult:
+    """The whole parse with the SQL cut: the same CTS files as ``tracekit.trace.cts.parse_run``."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    with no_cyclic_gc():
+        r = cts.start_parse(run_dir, out)
+        tasks = load_events(r)
+        load_controller(r)
+        r.invocations.sort(key=invocation_order_key)
+        out.mkdir(parents=True, exist_ok=True)
+        drop_rows_cache(out)
+        scratch_dir = out / ".parse-scratch"
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+        scratch_dir.mkdir()
+        final_tmp = out / (PROC_METRICS + ".tmp")
+        try:
+            cut_all(r, tasks, scratch_dir, final_tmp)
+            os.replace(final_tmp, out / PROC_METRICS)
+        finally:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+            final_tmp.unlink(missing_ok=True)
+        cts.write_small_files(r, out)
+    return r
+
+
+def prescan(result: ParseResult, node: NodeInfo, out_path: Path) -> tuple[Path | None, list[int], int]:
+    """Validate a node's samples file line by line (file:line bad lines into ``result.bad``).
 
     Returns (file DuckDB should read or None, sorted excluded line numbers, number of lines).
     """
-    path = parser.r.run_dir / node.node_id / "samples.jsonl"
+    path = result.run_dir / node.node_id / "samples.jsonl"
     if not path.exists():
         return None, [], 0
-    bad = parser.r.bad
-    nfields = len(schema.SAMPLE_PROC_FIELDS)
+    bad = result.bad
     good: set[int] = set()
-    for lineno, tick in parser._ticks(path):
+    for lineno, tick in read_ticks(path, bad):
         good.add(lineno)
         for p in tick["procs"]:
-            if type(p) is not list or len(p) != nfields:
-                bad.add(f"{path}:{lineno}", f"sample entry is not a list of {nfields} values")
+            if type(p) is not list or not _MIN <= len(p) <= _MAX:
+                bad.add(f"{path}:{lineno}", BAD_ENTRY)
     with open(path, "rb") as fh:
         nlines = sum(1 for _ in fh)
     excluded = [n for n in range(1, nlines + 1) if n not in good]
@@ -82,10 +126,9 @@ def _clean(con, path: Path) -> bool:
         rows, bad = con.execute(f"""
             SELECT count(*), count(*) FILTER (WHERE ts IS NULL OR json_type(ts) NOT IN {_NUM_TYPES} OR procs IS NULL)
             FROM {src}""").fetchall()[0]
-        n = len(schema.SAMPLE_PROC_FIELDS)
         bad += con.execute(f"""
             SELECT count(*) FROM (SELECT unnest(procs) AS p FROM {src})
-            WHERE json_type(p) <> 'ARRAY' OR json_array_length(p) <> {n}""").fetchall()[0][0]
+            WHERE json_type(p) <> 'ARRAY' OR json_array_length(p) NOT BETWEEN {_MIN} AND {_MAX}""").fetchall()[0][0]
     except duckdb.Error:
         return False
     return rows == lines and bad == 0
@@ -101,17 +144,13 @@ def _line_of(rn: int, excluded: list[int]) -> int:
         line += rn - n
 
 
-def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
-    """Pass 1 + 2 of the parse in DuckDB: write ``final_path`` (proc_metrics) and fill ``parser.r``."""
-    from tracekit.trace.cts import row_template_parts, task_key
-
-    r = parser.r
+def cut_all(result: ParseResult, tasks: dict[str, list[Task]], scratch_dir: Path, final_path: Path) -> None:
+    """Pass 1 + 2 of the parse in DuckDB: write ``final_path`` (proc_metrics) and fill ``result``."""
+    r = result
     order = {task_key(i["node_id"], i["trace_id"], i["attempt"]): k for k, i in enumerate(r.invocations)}
-    spans = [(t.start, t.end) for ts in parser.tasks.values() for t in ts]
+    spans = [(t.start, t.end) for ts in tasks.values() for t in ts]
     lo = min((s for s, _ in spans), default=0.0)
     hi = max((e for _, e in spans), default=1.0)
-    from tracekit.trace.cts import utilisation_bin_ms
-
     r.util_bin_ms = utilisation_bin_ms(hi - lo)
     r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
     nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
@@ -121,14 +160,14 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
                                              "total_us", "use_cg", "rss_fb", "p0", "p1", "p2", "p3", "p4")}
     tasks_by_idx = {}
     for node in r.nodes:
-        for t in parser.tasks.get(node.node_id, []):
+        for t in tasks.get(node.node_id, []):
             key = task_key(t.inv["node_id"], t.inv["trace_id"], t.inv["attempt"])
             idx = order[key]
             tasks_by_idx[idx] = (key, t)
             parts = row_template_parts(t.inv)
             vals = dict(idx=idx, node_id=node.node_id, pid=t.inv["pid"], starttime=t.inv["starttime"],
-                        trace_id=t.inv["trace_id"], b_start=t.cutter.b_start, b_end=t.cutter.b_end,
-                        total_us=t.cutter.total_us, use_cg=t.use_cg, rss_fb=t.cutter.rss_fallback_kb,
+                        trace_id=t.inv["trace_id"], b_start=t.window.b_start, b_end=t.window.b_end,
+                        total_us=t.window.total_us, use_cg=t.use_cg, rss_fb=t.window.rss_fallback_kb,
                         p0=parts[0], p1=parts[1], p2=parts[2], p3=parts[3], p4=parts[4])
             for k, v in vals.items():
                 cols[k].append(v)
@@ -157,7 +196,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
             if _clean(con, path):
                 src, excluded = path, []
             else:
-                src, excluded, _n = prescan(parser, node, scratch_dir / f"{k}.samples.jsonl")
+                src, excluded, _n = prescan(r, node, scratch_dir / f"{k}.samples.jsonl")
             excluded_of[node.node_id] = (src, excluded)
             sources.append((node.node_id, src))
         con.register("tasks_t", tasks_tbl)
@@ -180,17 +219,14 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
         con.execute(f"""
             CREATE TEMP TABLE smp AS
             SELECT k.node_id, k.rn, k.t, u.pos,
-                   CASE WHEN json_type(u.p, '$[0]') IN {_NUM_TYPES} THEN (u.p->>0)::DOUBLE END AS pid,
-                   CASE WHEN json_type(u.p, '$[1]') IN {_NUM_TYPES} THEN (u.p->>1)::DOUBLE END AS st,
-                   json_type(u.p, '$[2]') AS tid_type, u.p->>2 AS tid,
-                   CASE WHEN json_type(u.p, '$[3]') IN {_NUM_TYPES} THEN (u.p->>3)::DOUBLE END AS ticks,
-                   CASE WHEN json_type(u.p, '$[4]') IN {_NUM_TYPES} THEN (u.p->>4)::DOUBLE END AS rss_pages,
-                   CASE WHEN json_type(u.p, '$[5]') IN {_NUM_TYPES} THEN (u.p->>5)::DOUBLE END AS cg_us,
-                   CASE WHEN json_type(u.p, '$[6]') IN {_NUM_TYPES} THEN (u.p->>6)::DOUBLE END AS cg_kb
+                   {_number("pid")} AS pid, {_number("starttime")} AS st,
+                   json_type(u.p, {_at("trace_id")}) AS tid_type, json_extract_string(u.p, {_at("trace_id")}) AS tid,
+                   {_number("cpu_ticks")} AS ticks, {_number("rss_pages")} AS rss_pages,
+                   {_number("cg_cpu_us")} AS cg_us, {_number("cg_mem_kb")} AS cg_kb
             FROM (SELECT node_id, rn, unnest(procs) AS p, generate_subscripts(procs, 1) AS pos
                   FROM ({reads("'procs': 'JSON[]'", "[]::JSON[] AS procs")})) u
             JOIN ticks k USING (node_id, rn)
-            WHERE k.keep AND json_type(u.p) = 'ARRAY' AND json_array_length(u.p) = {len(schema.SAMPLE_PROC_FIELDS)}""")
+            WHERE k.keep AND json_type(u.p) = 'ARRAY' AND json_array_length(u.p) BETWEEN {_MIN} AND {_MAX}""")
         # per node: ticks kept / dropped, samples read
         for nid, kept, dropped in con.execute("""
                 SELECT node_id, count(*) FILTER (WHERE keep), count(*) FILTER (WHERE NOT keep)
@@ -276,7 +312,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
             r.stats[key] = st
             r.task_samples[key] = seen.get(idx, 0)
             r.rows_per_task[key] = nrows
-            r.exact_us[key] = t.cutter.total_us
+            r.exact_us[key] = t.window.total_us
             r.cpu_rows_us[key] = int(cpu_sum)
             r.cpu_source[key] = "cgroup" if t.use_cg else "ticks"
             r.trace_mismatch += mism.get(idx, 0)
@@ -305,7 +341,7 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
             FROM rowsx r JOIN tasks_t t USING (idx) ORDER BY r.idx, r.ts_ms""")
         if tuple(f for f in schema.PROC_METRIC_FIELDS if f in ("ts_ms", "dt_ms", "cpu_ms", "rss_kb")) != (
                 "ts_ms", "dt_ms", "cpu_ms", "rss_kb"):
-            raise RuntimeError("PROC_METRIC_FIELDS order changed: update cts_sql's line builder")
+            raise RuntimeError("PROC_METRIC_FIELDS order changed: update sql_engine's line builder")
         reader = rel.to_arrow_reader(1 << 18) if hasattr(rel, "to_arrow_reader") else rel.record_batch(1 << 18)
         with open(final_path, "wb") as dst:
             for batch in reader:
@@ -313,6 +349,12 @@ def cut_all(parser, scratch_dir: Path, final_path: Path) -> None:
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _number(name: str) -> str:
+    """SQL of a sample column's value as DOUBLE when it is a JSON number, else NULL (entry ``u.p``)."""
+    at = _at(name)
+    return f"CASE WHEN json_type(u.p, {at}) IN {_NUM_TYPES} THEN json_extract_string(u.p, {at})::DOUBLE END"
 
 
 def _num(x):
@@ -335,7 +377,7 @@ def _write_string_column(dst, arr: pa.Array) -> None:
 
 
 def available() -> bool:
-    """Whether the DuckDB engine can run here."""
+    """Whether the SQL oracle can run here (DuckDB installed)."""
     try:
         import duckdb  # noqa: F401
     except ImportError:
@@ -343,4 +385,4 @@ def available() -> bool:
     return True
 
 
-__all__ = ["cut_all", "available", "prescan"]
+__all__ = ["available", "cut_all", "parse_run", "prescan"]
