@@ -7,6 +7,7 @@ function is still a cycle)."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -123,9 +124,7 @@ def test_scripts_are_shims_without_path_edits(script):
 # ---- private attributes of other modules ----
 
 # Paths (relative to the package) not checked for private attributes of other modules.
-PRIVATE_ACCESS_SKIPPED = (
-    "trace/",  # trace/: being rewritten
-)
+PRIVATE_ACCESS_SKIPPED: tuple[str, ...] = ()
 
 
 def is_private(name: str) -> bool:
@@ -263,3 +262,13 @@ def test_the_private_attribute_check_finds_what_it_should(tmp_path, monkeypatch)
     found = [line.partition(" (")[0] for line in private_attribute_findings()]
     assert found == [f"tracekit.control.user:9: {expr}" for expr in sorted(
         ["kk._X", "tracekit.core.keys._X", "keys._X", "Keys._render", "k._render", "duck._render"])]
+
+
+def test_code_cites_only_documents_in_the_repository():
+    """Contracts are cited from docs/internals.md; a design document or an issue tracker is not in the clone."""
+    pattern = re.compile(r"DESIGN(\.md)?\s*§|DESIGN\.md|\bissue #?\d+")
+    roots = [PKG.parent, PKG.parents[1] / "tests", PKG.parents[1] / "bench"]
+    bad = [f"{p.relative_to(PKG.parents[1])}:{n}" for root in roots for p in root.rglob("*.py")
+           for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)
+           and p.name not in ("test_layout.py", "test_docs.py")]
+    assert not bad, "citations of documents outside the repository:\n" + "\n".join(bad)

@@ -25,7 +25,7 @@ def read_cts(cts_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def check_cts_invariants(cts_dir: Path) -> tuple[list[dict], list[dict]]:
-    """DESIGN §8 invariants, checked independently of the parser's own bookkeeping."""
+    """The CTS invariants (docs/internals.md, CTS), checked independently of the parser's own bookkeeping."""
     invs, rows = read_cts(cts_dir)
     assert all(tuple(i) == schema.INVOCATION_FIELDS for i in invs)
     assert all(tuple(r) == schema.PROC_METRIC_FIELDS for r in rows)

@@ -51,7 +51,7 @@ class DemoConfig:
 
     run_id: str | None = None  # None = a new one, written to run_id.env
     nodes: int = 2
-    total: int = 12
+    total: int = 24
     mix: str = DEFAULT_MIX
     seed: int = DEFAULT_SEED
     weigher: str = ""
@@ -285,28 +285,30 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         "defaults to the environment variable in brackets, so `make demo NODES=3 TOTAL=20` works.",
     )
     p.add_argument("--run-id", default=None, help="[RUN_ID] run id (default: a new one, written to run_id.env)")
-    p.add_argument("--nodes", type=int, default=env_setting("NODES", 2, int), help="[NODES] emulated nodes (2)")
-    p.add_argument("--total", type=int, default=env_setting("TOTAL", 24, int), help="[TOTAL] tasks (24)")
+    p.add_argument("--nodes", type=int, default=env_setting("NODES", DemoConfig.nodes, int),
+                   help=f"[NODES] emulated nodes ({DemoConfig.nodes})")
+    p.add_argument("--total", type=int, default=env_setting("TOTAL", DemoConfig.total, int),
+                   help=f"[TOTAL] tasks ({DemoConfig.total})")
     p.add_argument("--mix", default=env_setting("MIX", DEFAULT_MIX), help=f"[MIX] profile weights ({DEFAULT_MIX})")
-    p.add_argument("--seed", type=int, default=env_setting("SEED", DEFAULT_SEED, int), help="[SEED] (20250901)")
+    p.add_argument("--seed", type=int, default=env_setting("SEED", DEFAULT_SEED, int), help=f"[SEED] ({DEFAULT_SEED})")
     p.add_argument("--weigher", default=env_setting("WEIGHER", ""), choices=WEIGHERS,
                    help="[WEIGHER] '' = first-fit (default), " + ", ".join(name for name in WEIGHERS if name))
-    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", "min"), choices=ORDERS,
-                   help="[WEIGHER_ORDER] (min)")
-    p.add_argument("--binding", default=env_setting("BINDING", "exclusive"), choices=["exclusive", "shared"],
-                   help="[BINDING] worker --cpu-binding (exclusive)")
-    p.add_argument("--ratio", type=float, default=env_setting("RATIO", 1.0, float),
-                   help="[RATIO] worker --allocation-ratio (1.0)")
+    p.add_argument("--weigher-order", default=env_setting("WEIGHER_ORDER", DemoConfig.weigher_order),
+                   choices=ORDERS, help=f"[WEIGHER_ORDER] ({DemoConfig.weigher_order})")
+    p.add_argument("--binding", default=env_setting("BINDING", DemoConfig.binding), choices=["exclusive", "shared"],
+                   help=f"[BINDING] worker --cpu-binding ({DemoConfig.binding})")
+    p.add_argument("--ratio", type=float, default=env_setting("RATIO", DemoConfig.ratio, float),
+                   help=f"[RATIO] worker --allocation-ratio ({DemoConfig.ratio})")
     p.add_argument("--redis", default=env_setting("REDIS_URL", None),
                    help="[REDIS_URL] use this Redis instead of a private redis-server; password via "
                    "TRACEKIT_REDIS_PASSWORD or TRACEKIT_REDIS_PASSWORD_FILE")
     p.add_argument("--netns", default=env_setting("NETNS", None), choices=["auto", "0", "1"],
                    help="[NETNS] auto (default): namespaces when possible, else plain processes; 0: plain; "
                    "1: namespaces or fail")
-    p.add_argument("--interval-ms", type=int, default=env_setting("PROC_INTERVAL_MS", 200, int),
-                   help="[PROC_INTERVAL_MS] collector sampling interval (200)")
-    p.add_argument("--timeout", type=float, default=env_setting("TIMEOUT", 600.0, float),
-                   help="[TIMEOUT] seconds the tasks may take before the demo gives up (600)")
+    p.add_argument("--interval-ms", type=int, default=env_setting("PROC_INTERVAL_MS", DemoConfig.interval_ms, int),
+                   help=f"[PROC_INTERVAL_MS] collector sampling interval ({DemoConfig.interval_ms})")
+    p.add_argument("--timeout", type=float, default=env_setting("TIMEOUT", DemoConfig.timeout_s, float),
+                   help=f"[TIMEOUT] seconds the tasks may take before the demo gives up ({DemoConfig.timeout_s:g})")
     p.add_argument("--inputs", default=env_setting("INPUTS", None),
                    help="[INPUTS] folder for the generated inputs (default: <inputs root>/demo)")
     p.add_argument("--run-id-file", default=env_setting("TRACEKIT_RUN_ID_FILE", str(paths.RUN_ID_FILE)),

@@ -15,7 +15,7 @@ def exit_code(exc: TracekitError) -> int:
     """The exit code a command ends with for ``exc``: 1 when the run failed, else 2 (a usage or input error)."""
     if isinstance(exc, RunFailed):
         return EXIT_FAILURE
-    return getattr(exc, "code", EXIT_USAGE)  # the transitional class in core.errors carries its own
+    return EXIT_USAGE
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> None:

@@ -72,12 +72,3 @@ class StepFailed(TracekitError):
 
 class RunFailed(TracekitError):
     """The run itself finished, but the result is a failure (a lost task, a failed check)."""
-
-
-class UserError(TracekitError):
-    """Transitional: an expected failure that has not been given its class yet (``code`` is its exit code)."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
