@@ -41,7 +41,6 @@ from tracekit.trace.vocabulary import (
     no_cyclic_gc,
     row_template_parts,
     task_key,
-    utilisation_bin_ms,
 )
 
 MEMORY_LIMIT = "1GB"
@@ -148,12 +147,7 @@ def cut_all(result: ParseResult, tasks: dict[str, list[Task]], scratch_dir: Path
     """Pass 1 + 2 of the parse in DuckDB: write ``final_path`` (proc_metrics) and fill ``result``."""
     r = result
     order = {task_key(i["node_id"], i["trace_id"], i["attempt"]): k for k, i in enumerate(r.invocations)}
-    spans = [(t.start, t.end) for ts in tasks.values() for t in ts]
-    lo = min((s for s, _ in spans), default=0.0)
-    hi = max((e for _, e in spans), default=1.0)
-    r.util_bin_ms = utilisation_bin_ms(hi - lo)
-    r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
-    nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
+    nbins = r.set_utilisation_grid(tasks)
 
     # tasks table
     cols: dict[str, list] = {k: [] for k in ("idx", "node_id", "pid", "starttime", "trace_id", "b_start", "b_end",

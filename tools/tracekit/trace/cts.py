@@ -35,7 +35,6 @@ from tracekit.trace.vocabulary import (
     invocation_order_key,
     no_cyclic_gc,
     task_key,
-    utilisation_bin_ms,
 )
 
 COLUMNAR = True  # cut well-formed samples files with the columnar reader (tests switch it off to compare)
@@ -117,12 +116,7 @@ def cut_samples(result: ParseResult, tasks: dict[str, list[Task]], scratch_dir: 
     controller's files). Returns task_key -> the ``Block`` of the task's rows.
     """
     r = result
-    spans = [(t.start, t.end) for ts in tasks.values() for t in ts]
-    lo = min((s for s, _ in spans), default=0.0)
-    hi = max((e for _, e in spans), default=1.0)
-    r.util_bin_ms = utilisation_bin_ms(hi - lo)
-    r.util_t0 = int(lo // r.util_bin_ms * r.util_bin_ms)
-    nbins = int((hi - r.util_t0) // r.util_bin_ms) + 2
+    nbins = r.set_utilisation_grid(tasks)
     workers = min(len(r.nodes), os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))  # DuckDB threads per node being cut
     jobs = [_NodeJob(r.run_dir, r.out_dir, node, tasks.get(node.node_id, []), r.util_bin_ms, r.util_t0, nbins,

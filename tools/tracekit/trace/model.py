@@ -13,7 +13,15 @@ from tracekit.core import schema
 from tracekit.core.errors import BadRunFolder
 from tracekit.core.jsonl import BadLines
 from tracekit.trace.intervals import TaskStats, TaskWindow
-from tracekit.trace.vocabulary import INVOCATIONS, NODES, NOT_NODE_DIRS, PROC_METRICS, RAW_NODE_FILES, has_run
+from tracekit.trace.vocabulary import (
+    INVOCATIONS,
+    NODES,
+    NOT_NODE_DIRS,
+    PROC_METRICS,
+    RAW_NODE_FILES,
+    has_run,
+    utilisation_bin_ms,
+)
 
 # ---- nodes ----
 
@@ -196,6 +204,16 @@ class ParseResult:
 
     def files(self) -> dict[str, Path]:
         return {n: self.out_dir / n for n in (INVOCATIONS, PROC_METRICS, NODES)}
+
+    def set_utilisation_grid(self, tasks: dict[str, list[Task]]) -> int:
+        """Fix the CPU-utilisation bins over the executed tasks' runs (``util_bin_ms``, ``util_t0``); returns how
+        many bins a node needs."""
+        spans = [(t.start, t.end) for node_tasks in tasks.values() for t in node_tasks]
+        lo = min((s for s, _ in spans), default=0.0)
+        hi = max((e for _, e in spans), default=1.0)
+        self.util_bin_ms = utilisation_bin_ms(hi - lo)
+        self.util_t0 = int(lo // self.util_bin_ms * self.util_bin_ms)
+        return int((hi - self.util_t0) // self.util_bin_ms) + 2
 
     def merge(self, part: ParseResult) -> None:
         """Add what one node's cut (a separate ``ParseResult``) observed."""
