@@ -318,3 +318,12 @@ def test_run_replay_writes_opendc_task_parquet_and_report_section(tmp_path):
     assert (cts / "audit_report.md").read_text().count("## Replay (OpenDC rules)") == 1
     summary = json.loads((run / "opendc-replay" / "replay.json").read_text())
     assert summary["verdict"] == "PASS" and summary["grids"]["1ms"]["start_err_p95_ms"] == 0
+
+
+def test_splice_goes_before_the_plots_and_replaces_itself(tmp_path):
+    p = tmp_path / "audit_report.md"
+    p.write_text("# Audit\n\n## Outcomes: PASS\n\nok\n\n## Plots\n\n### Gantt\n")
+    rio.splice_report(p, "## Replay (OpenDC rules): WARN\n\nx\n")
+    rio.splice_report(p, "## Replay (OpenDC rules): PASS\n\ny\n")
+    text = p.read_text()
+    assert text.count("## Replay") == 1 and "PASS" in text and text.index("## Replay") < text.index("## Plots")

@@ -515,12 +515,16 @@ def run_replay(trace_dir: str | Path, experiment: str | Path | None = None, cts_
 
 
 def splice_report(path: Path, section: str) -> None:
-    """Put ``section`` between the replay markers of ``audit_report.md`` (replacing an earlier one, or appended)."""
+    """Put ``section`` between the replay markers of ``audit_report.md``: in place of an earlier one, else before
+    the plots (or at the end)."""
     text = path.read_text()
     block = f"{REPORT_BEGIN}\n{section.rstrip()}\n{REPORT_END}\n"
     if REPORT_BEGIN in text and REPORT_END in text:
         head, rest = text.split(REPORT_BEGIN, 1)
         text = head + block + rest.split(REPORT_END, 1)[1].lstrip("\n")
+    elif "\n## Plots\n" in text:  # before the plots, after the checks
+        head, tail = text.split("\n## Plots\n", 1)
+        text = head.rstrip("\n") + "\n\n" + block + "\n## Plots\n" + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block
     tmp = path.with_name(path.name + ".tmp")
