@@ -12,7 +12,7 @@ export RUN_ID
 # `make test` runs everything; TEST_ARGS passes extra pytest flags (e.g. TEST_ARGS='-k fifo').
 TEST_ARGS ?=
 
-.PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export perfetto \
+.PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto \
         demo chaos bench clean-run stop-node
 
 help: ## list the targets
@@ -55,8 +55,13 @@ stop-collect: $(READY) ## stop this node's collector for RUN_ID (STOP_ALL=1: eve
 parse: $(READY) ## raw logs of RUN_ID -> logs/RUN_ID/CTS (+ audit_report.md and plots)
 	$(PY) tools/parse_cts.py --run-id "$(RUN_ID)" $(if $(STRICT),--strict,)
 
-export: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/opendc (OpenDC parquet + topology/experiment JSON)
+# The replay check follows every export; its failure (e.g. an experiment it cannot read) does not undo the export.
+export: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/opendc (OpenDC parquet + topology/experiment JSON) + replay check
 	$(PY) tools/export_opendc.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/opendc"
+	-$(PY) tools/replay_opendc.py --input "logs/$(RUN_ID)/opendc"
+
+replay: $(READY) ## replay logs/RUN_ID/opendc under OpenDC's rules -> opendc-replay/ + a verdict in audit_report.md
+	$(PY) tools/replay_opendc.py --input "logs/$(RUN_ID)/opendc" $(if $(STRICT),--strict,)
 
 perfetto: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/timeline.json (open in ui.perfetto.dev)
 	$(PY) tools/export_perfetto.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/timeline.json"

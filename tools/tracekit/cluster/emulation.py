@@ -49,6 +49,7 @@ SCRIPTS = {
     "parse": "parse_cts.py",
     "export": "export_opendc.py",
     "perfetto": "export_perfetto.py",
+    "replay": "replay_opendc.py",
     "videos": "generate_test_videos.py",
 }
 

@@ -1,4 +1,5 @@
-"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-export-opendc`, `tracekit-export-perfetto`).
+"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-export-opendc`, `tracekit-export-perfetto`,
+`tracekit-replay-opendc`).
 
 Each parses its flags and calls one function of the area; the scripts under ``tools/`` and the
 ``[project.scripts]`` entry points both call these."""
@@ -17,6 +18,7 @@ from tracekit.trace import audit
 from tracekit.trace.export.opendc import export
 from tracekit.trace.export.perfetto import export_timeline
 from tracekit.trace.model import discover_nodes_quiet
+from tracekit.trace.replay_io import OUTPUT_DIR, run_replay
 
 
 @command("parse_cts.py")
@@ -94,3 +96,29 @@ def export_perfetto(argv: list[str] | None = None) -> int:
     print(f"timeline: {res['output']} — {res['slices']} slice(s), {res['counters']} CPU counter point(s), "
           f"{res['nodes']} node(s); open it at https://ui.perfetto.dev")
     return 0
+
+
+@command("replay_opendc.py")
+def replay_opendc(argv: list[str] | None = None) -> int:
+    """`tracekit-replay-opendc` / `tools/replay_opendc.py`."""
+    ap = argparse.ArgumentParser(
+        description="Replay an exported OpenDC trace under OpenDC's own rules (FIFO with head-of-line blocking, the "
+                    "experiment's allocation policy, NoDelay, OpenDC's 1 s scheduling grid and a 1 ms grid), write "
+                    "OpenDC's task.parquet for each grid, compare with the real run and add a 'Replay (OpenDC "
+                    "rules)' section with a verdict to CTS/audit_report.md.")
+    ap.add_argument("--input", required=True, metavar="DIR",
+                    help="the exported trace folder (logs/RUN_ID/opendc: tasks.parquet, fragments.parquet, "
+                         "experiment.json)")
+    ap.add_argument("--experiment", metavar="FILE",
+                    help="SDK-model experiment to replay with (default: <input>/experiment.json)")
+    ap.add_argument("--cts", metavar="DIR",
+                    help="the real run to compare with: logs/RUN_ID or its CTS folder (default: <input>/../CTS "
+                         "when it exists)")
+    ap.add_argument("--output", metavar="DIR",
+                    help=f"where the OpenDC-style output goes (default: <input>/../{OUTPUT_DIR})")
+    ap.add_argument("--no-report", action="store_true", help="leave audit_report.md alone")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when the verdict is FAIL")
+    a = ap.parse_args(argv)
+    res = run_replay(a.input, a.experiment, a.cts, a.output, update_report=not a.no_report)
+    print("\n".join(res.lines()))
+    return EXIT_FAILURE if (a.strict and res.verdict == audit.FAIL) else 0
