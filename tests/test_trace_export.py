@@ -301,3 +301,83 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
     monkeypatch.setattr(cts, "COLUMNAR", False)
     audit.parse_and_audit(streamed.run_dir, with_plots=False)
     assert not (streamed.run_dir / "CTS" / rowcache.ROWS_CACHE).exists(), "a streamed node has no binary rows"
+
+
+# ---- experiment.json and small_datacenter.json against OpenDC's SDK model (FACTS.md §4, opendc-sdk-model) ----
+_UNIT = {"coreSpeed": r"^\d+(\.\d+)? (GHz|MHz)$", "size": r"^\d+(\.\d+)? (GiB|MiB)$",
+         "exportInterval": r"^\d+ seconds$"}
+_SPEC = {  # object kind -> {key: (type, required)}; unknown keys are refused (as `opendc --strict` does)
+    "experiment": {"topologies": (list, True), "workloads": (list, True), "allocationPolicies": (list, False),
+                   "failureModels": (list, False), "checkpointModels": (list, False), "exportModels": (list, False),
+                   "runs": (int, False), "initialSeed": (int, False), "name": (str, False)},
+    "topology": {"clusters": (list, True)},
+    "cluster": {"name": (str, False), "count": (int, False), "hosts": (list, True), "powerSource": (dict, False)},
+    "host": {"name": (str, False), "count": (int, False), "cpu": (dict, True), "memory": (dict, True),
+             "cpuPowerModel": (dict, False)},
+    "cpu": {"coreCount": (int, True), "coreSpeed": (str, True), "count": (int, False), "modelName": (str, False)},
+    "memory": {"size": (str, True)},
+    "workload": {"type": (str, True), "source": (dict, True), "scalingPolicy": (str, False),
+                 "sampleFraction": (float, False), "submissionTime": (str, False), "deferAll": (bool, False)},
+    "policy": {"type": (str, True), "filters": (list, False), "weighers": (list, False), "subsetSize": (int, False)},
+    "export": {"exportInterval": (str, False), "printFrequency": (int, False), "columns": (dict, False),
+               "filesToExport": (list, False)},
+}
+
+
+def _check(kind: str, obj: dict, where: str) -> None:
+    import re
+
+    spec = _SPEC[kind]
+    assert isinstance(obj, dict), where
+    assert not set(obj) - set(spec), f"{where}: keys OpenDC does not know: {set(obj) - set(spec)}"
+    for key, (typ, required) in spec.items():
+        if required:
+            assert key in obj, f"{where}: required key {key} missing"
+        if key in obj:
+            ok = isinstance(obj[key], typ) and not (typ is int and isinstance(obj[key], bool))
+            assert ok, f"{where}.{key}: {type(obj[key]).__name__}, not {typ.__name__}"
+            if key in _UNIT:
+                assert re.match(_UNIT[key], obj[key]), f"{where}.{key}: unit string {obj[key]!r}"
+
+
+def _check_topology(topo: dict, where: str) -> None:
+    _check("topology", topo, where)
+    assert topo["clusters"]
+    for c in topo["clusters"]:
+        _check("cluster", c, f"{where}.cluster")
+        assert c["hosts"]
+        for h in c["hosts"]:
+            _check("host", h, f"{where}.host")
+            _check("cpu", h["cpu"], f"{where}.host.cpu")
+            _check("memory", h["memory"], f"{where}.host.memory")
+            assert h["cpu"]["coreCount"] > 0 and h["count"] > 0
+
+
+def test_experiment_and_small_datacenter_follow_the_sdk_model(parsed, tmp_path):
+    truth = parsed(nodes=2, tasks=8)
+    opendc.export(truth.run_dir, tmp_path / "od")
+    base = tmp_path / "od"
+    exp = json.loads((base / "experiment.json").read_text())
+    _check("experiment", exp, "experiment")
+    assert "pathToFile" not in json.dumps(exp) and "outputFolder" not in exp, "legacy-only keys"
+    assert exp["topologies"] == [{"importFrom": "topology.json"}]  # resolved against the experiment's folder
+    _check_topology(json.loads((base / exp["topologies"][0]["importFrom"]).read_text()), "topology.json")
+    _check_topology(json.loads((base / "small_datacenter.json").read_text()), "small_datacenter.json")
+    (wl,) = exp["workloads"]
+    _check("workload", wl, "workload")
+    assert wl["type"] == "trace" and wl["scalingPolicy"] in ("NoDelay", "Perfect")
+    assert wl["source"] in ({"type": "uri", "uri": "."},) and (base / wl["source"]["uri"] / "tasks.parquet").is_file()
+    (pol,) = exp["allocationPolicies"]
+    _check("policy", pol, "policy")
+    assert pol["type"] == "filter"
+    for f in pol["filters"]:
+        assert f["type"] in ("vcpu", "ram", "instanceCount", "compute", "vcpuCapacity")
+        if f["type"] in ("vcpu", "ram"):
+            assert isinstance(f["allocationRatio"], float) and f["allocationRatio"] > 0
+    assert [f["type"] for f in pol["filters"]][:2] == ["vcpu", "ram"]
+    for w in pol["weighers"]:
+        assert w["type"] in ("ram", "coreRam", "instanceCount", "vcpuCapacity", "vcpu", "vgpu")
+        assert isinstance(w["multiplier"], float)
+    (ex,) = exp["exportModels"]
+    _check("export", ex, "exportModel")
+    assert ex["exportInterval"] == "1 seconds", "a short run gets a 1 s export interval, not the 5 min default"

@@ -129,3 +129,15 @@ def test_export_interval_suits_the_run():
     assert opendc.export_interval_s(25_000) == 1
     assert opendc.export_interval_s(3_600_000) == 15
     assert opendc.export_interval_s(10 ** 9) == 3600
+
+
+def test_shared_hosts_finds_nodes_on_one_kernel():
+    from tracekit.trace.vocabulary import shared_hosts
+
+    emu = [{"node_id": f"n{i}", "stage": "emu", "hostname": f"n{i}", "boot_time_ms": 1000.0 + i * 15}
+           for i in range(3)]
+    assert shared_hosts(emu) == [["n0", "n1", "n2"]]
+    cloud = [{"node_id": f"c{i}", "stage": "cloud", "hostname": f"c{i}", "boot_time_ms": 1000.0} for i in range(2)]
+    assert shared_hosts(cloud) == [], "different machines booted in the same second"
+    plain = [{"node_id": "a", "hostname": "box", "boot_time_ms": None}, {"node_id": "b", "hostname": "box"}]
+    assert shared_hosts(plain) == [["a", "b"]]
