@@ -242,9 +242,12 @@ class ExportSummary:
         if self.lost_attempts:
             out.append(f"  {self.lost_attempts} lost attempt(s) exported (--include-lost): their slot until the "
                        "controller reclaimed it")
-        out.append(f"  ceilings: {self.ceiling_fixed_tasks} task(s) had rows above their physical ceiling (highest "
-                   f"{self.ceiling_max_before:.2f}x): {self.ceiling_moved_ms:.3f} CPU ms moved to neighbouring rows; "
-                   f"{self.over_ceiling_fragments} fragment(s) above the ceiling as exported")
+        if self.ceiling_fixed_tasks:
+            out.append(f"  ceilings: {self.ceiling_fixed_tasks} task(s) had rows above their physical ceiling "
+                       f"(highest {self.ceiling_max_before:.2f}x): {self.ceiling_moved_ms:.3f} CPU ms moved to "
+                       f"neighbouring rows; {self.over_ceiling_fragments} fragment(s) above the ceiling as exported")
+        else:
+            out.append("  ceilings: no row above its task's physical ceiling")
         if self.over_capacity_fragments:
             out.append(f"  {self.over_capacity_fragments} fragment(s) use more CPU than the task's cpu_capacity "
                        "(shared/unbound tasks that used more cores than their cpu_units; kept as measured)")
