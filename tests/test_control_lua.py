@@ -189,6 +189,29 @@ def test_completion_after_recovery_is_fenced(redis_client, sc):
     assert json.loads(r.lindex(K.queue("a"), 0))["attempt"] == 2
 
 
+def test_slot_records_reach_the_controller_log(redis_client, sc, run_env):
+    """requeue (with the attempt it goes back as, the node it left and bump) and release records, Redis TIME ms:
+    the OpenDC export's retry submissions and slot ends (trace/events.py reads them)."""
+    r = redis_client
+    register(sc, "a", 2)
+    register(sc, "b", 2)
+    r.rpush(K.pending, task("t1"), task("t2"))
+    place(sc)  # t1 and t2 on a (first-fit)
+    raw1 = r.lmove(K.queue("a"), K.running("a"), "LEFT", "RIGHT")
+    rec = json.dumps({"trace_id": "t1", "attempt": 1, "node_id": "a", "by": "worker"})
+    assert sc.complete(args=["a", raw1, "t1", 1, "done", rec]) == "ok"
+    r.lmove(K.queue("a"), K.running("a"), "LEFT", "RIGHT")  # t2 running when a is lost
+    r.delete(K.heartbeat("a"))
+    sc.reap()
+    LogDrain(r, K, run_env["RUN_ID"]).drain()
+    ev = [o for _, o in read_jsonl(controller_dir(run_env["RUN_ID"]) / "events.jsonl")]
+    rel = next(e for e in ev if e["kind"] == "release")
+    assert (rel["trace_id"], rel["attempt"], rel["node_id"], rel["outcome"]) == ("t1", 1, "a", "done")
+    req = next(e for e in ev if e["kind"] == "requeue")
+    assert (req["trace_id"], req["attempt"], req["node_id"], req["bump"]) == ("t2", 2, "a", True)
+    assert isinstance(rel["ts"], int) and req["ts"] >= rel["ts"] > 1_600_000_000_000
+
+
 def test_register_reconciles_without_reset(redis_client, sc):
     r = redis_client
     register(sc, "a", 4, parallel=3)

@@ -63,8 +63,9 @@ def test_round_trip_keeps_totals_order_and_grouping(parsed, tmp_path):
     invs = [json.loads(x) for x in (truth.run_dir / "CTS" / "invocations.jsonl").read_text().splitlines()]
     ok = [i for i in invs if i["status"] == "ok"]
     assert len(tasks) == len(ok) == s.tasks and len(frags) == s.fragments
-    assert list(tasks["id"]) == list(range(len(tasks))), "dense ids in submission order"
-    assert list(tasks["submission_time"]) == sorted(tasks["submission_time"])
+    assert list(tasks["id"]) == list(range(len(tasks))), "dense ids in CTS order"
+    first = tasks[~tasks["name"].isin([i["trace_id"] for i in ok if i["attempt"] > 1])]
+    assert list(first["submission_time"]) == sorted(first["submission_time"]), "first attempts in submission order"
     ids = frags["id"].to_numpy()
     assert np.all(np.diff(ids) >= 0), "fragments grouped by task, in task order"
     assert set(ids) == set(tasks["id"]), "every task has fragments"
@@ -80,15 +81,30 @@ def test_round_trip_keeps_totals_order_and_grouping(parsed, tmp_path):
     mhz = 2100.0
     for row in tasks.itertuples():
         inv = by_name[row.name]
-        assert row.duration == inv["ts_end"] - inv["ts_start"]
-        assert row.submission_time == inv["ts_enqueue"]
+        # the slot: placement -> capacity release (the controller's release record; synthlogs writes them)
+        assert inv["ts_release"] is not None and inv["ts_release"] >= inv["ts_end"] - 1
+        assert row.duration == max(inv["ts_release"], inv["ts_end"]) - min(inv["ts_dispatch"], inv["ts_start"])
+        if inv["attempt"] == 1:
+            assert row.submission_time == inv["ts_enqueue"]
+        else:  # a retry is submitted when it was re-queued, after its predecessor was placed
+            assert inv["ts_requeue"] is not None and row.submission_time == inv["ts_requeue"] > inv["ts_enqueue"]
         assert row.cpu_count == inv["cpu_units"] and row.cpu_capacity == inv["cpu_units"] * mhz
         assert row.mem_capacity == max(inv["max_rss_kb"], peak_rows.get((inv["node_id"], row.name, inv["attempt"]), 0))
     # round trip: sum of cpu_usage x duration = sum of task CPU ms x MHz (within 0.1%)
     ours = float((frags["cpu_usage"] * frags["duration"]).sum())
     expected = sum(i["cpu_ms"] for i in ok) * mhz
-    assert ours == pytest.approx(expected, rel=1e-3)
+    assert ours == pytest.approx(expected, rel=1e-9), "exact CPU: the ceiling fit moves CPU, never loses it"
     assert ours == pytest.approx(s.mhz_ms, rel=1e-9)
+    per_task_cpu = (frags["cpu_usage"] * frags["duration"]).groupby(frags["id"]).sum() / mhz
+    assert per_task_cpu.reindex(tasks["id"]).to_numpy() == pytest.approx([by_name[x]["cpu_ms"] for x in tasks["name"]])
+    assert (frags["duration"] > 0).all(), "no zero-length fragment"
+    ceiling = tasks.set_index("id")["cpu_count"].reindex(frags["id"]).to_numpy() * mhz  # exclusive binding
+    assert (frags["cpu_usage"].to_numpy() <= ceiling * (1 + 1e-9)).all() and s.over_ceiling_fragments == 0
+    # app alone: the CTS run, no lead/trail
+    a = opendc.export(truth.run_dir, tmp_path / "app", app_only=True)
+    at = pq.read_table(tmp_path / "app" / "tasks.parquet").to_pandas()
+    assert a.app_only and all(r.duration == by_name[r.name]["ts_end"] - by_name[r.name]["ts_start"]
+                              for r in at.itertuples())
 
 
 def test_include_failed_and_fenced_never(parsed, tmp_path):
@@ -96,10 +112,19 @@ def test_include_failed_and_fenced_never(parsed, tmp_path):
     a = opendc.export(truth.run_dir, tmp_path / "a")
     b = opendc.export(truth.run_dir, tmp_path / "b", include_failed=True)
     assert b.tasks == a.tasks + 2
-    assert a.skipped["fenced (duplicate execution)"] == 1 and b.skipped["fenced (duplicate execution)"] == 1
+    key = "fenced (lost or duplicate execution)"
+    assert a.skipped[key] == 1 and b.skipped[key] == 1
     names = pq.read_table(tmp_path / "b" / "tasks.parquet")["name"].to_pylist()
     failed = [t["trace_id"] for t in truth.tasks if t["status"] == "failed"]
     assert set(failed) <= set(names)
+    # lost attempts: the fenced attempt 1, with its slot until the controller re-queued the task
+    c = opendc.export(truth.run_dir, tmp_path / "c", include_lost=True, include_failed=True)
+    assert c.tasks == b.tasks + 1 and c.lost_attempts == 1 and c.retries == 1 and not c.skipped[key]
+    t = pq.read_table(tmp_path / "c" / "tasks.parquet").to_pandas()
+    lost = next(x for x in truth.tasks if x["status"] == "fenced")
+    rows = t[t["name"] == lost["trace_id"]].sort_values("submission_time")
+    assert len(rows) == 2 and rows["submission_time"].iloc[0] == lost["ts_enqueue"]
+    assert rows["submission_time"].iloc[1] >= lost["ts_dispatch"], "the retry is submitted after attempt 1 was placed"
 
 
 def test_mhz_comes_from_metadata_or_flag_never_a_constant(parsed, tmp_path):
@@ -116,7 +141,7 @@ def test_mhz_comes_from_metadata_or_flag_never_a_constant(parsed, tmp_path):
     assert (t["cpu_capacity"] == t["cpu_count"] * 3000.0).all()
 
 
-def test_topology_groups_identical_nodes_and_experiment_points_at_files(parsed, tmp_path):
+def test_topology_has_a_host_per_node_and_the_experiment_points_at_files(parsed, tmp_path):
     truth = parsed(nodes=3, tasks=18)
     nodes_json = truth.run_dir / "CTS" / "nodes.json"
     nodes = json.loads(nodes_json.read_text())
@@ -124,16 +149,20 @@ def test_topology_groups_identical_nodes_and_experiment_points_at_files(parsed, 
     nodes_json.write_text(json.dumps(nodes))
     opendc.export(truth.run_dir, tmp_path / "od")
     topo = json.loads((tmp_path / "od" / "topology.json").read_text())
+    assert json.loads((tmp_path / "od" / "small_datacenter.json").read_text()) == topo
     hosts = topo["clusters"][0]["hosts"]
-    assert sorted((h["count"], h["cpu"]["coreCount"]) for h in hosts) == [(1, 8), (2, 4)]
+    assert [(h["name"], h["count"], h["cpu"]["coreCount"]) for h in hosts] == [
+        ("node01", 1, 4), ("node02", 1, 4), ("node03", 1, 8)]
     assert all(h["cpu"]["coreSpeed"] == "2.1 GHz" and h["memory"]["size"].endswith("iB") for h in hosts)
     exp = json.loads((tmp_path / "od" / "experiment.json").read_text())
     base = tmp_path / "od"  # every path in the experiment is relative to the experiment file
-    assert (base / exp["topologies"][0]["pathToFile"]).is_file()
+    assert (base / exp["topologies"][0]["importFrom"]).is_file()
     wl = exp["workloads"][0]
-    assert wl["type"] == "trace" and wl["source"]["type"] == "named"
-    assert (base / wl["source"]["name"] / "tasks.parquet").is_file()
-    assert (base / wl["source"]["name"] / "fragments.parquet").is_file()
+    assert wl["type"] == "trace" and wl["source"]["type"] == "uri" and wl["scalingPolicy"] == "NoDelay"
+    assert (base / wl["source"]["uri"] / "tasks.parquet").is_file()
+    assert (base / wl["source"]["uri"] / "fragments.parquet").is_file()
+    # synthlogs places first-fit with capacity 4 on 4 cores: ratio 1 (node03's 8 cores: no single ratio, noted)
+    assert exp["allocationPolicies"] == [opendc.allocation_policy("", "min", 1.0)]
 
 
 def test_export_parses_raw_logs_when_no_cts_yet(tmp_path):
@@ -272,3 +301,83 @@ def test_row_cache_gives_the_same_trace_and_is_ignored_when_stale(parsed, tmp_pa
     monkeypatch.setattr(cts, "COLUMNAR", False)
     audit.parse_and_audit(streamed.run_dir, with_plots=False)
     assert not (streamed.run_dir / "CTS" / rowcache.ROWS_CACHE).exists(), "a streamed node has no binary rows"
+
+
+# ---- experiment.json and small_datacenter.json against OpenDC's SDK model (FACTS.md §4, opendc-sdk-model) ----
+_UNIT = {"coreSpeed": r"^\d+(\.\d+)? (GHz|MHz)$", "size": r"^\d+(\.\d+)? (GiB|MiB)$",
+         "exportInterval": r"^\d+ seconds$"}
+_SPEC = {  # object kind -> {key: (type, required)}; unknown keys are refused (as `opendc --strict` does)
+    "experiment": {"topologies": (list, True), "workloads": (list, True), "allocationPolicies": (list, False),
+                   "failureModels": (list, False), "checkpointModels": (list, False), "exportModels": (list, False),
+                   "runs": (int, False), "initialSeed": (int, False), "name": (str, False)},
+    "topology": {"clusters": (list, True)},
+    "cluster": {"name": (str, False), "count": (int, False), "hosts": (list, True), "powerSource": (dict, False)},
+    "host": {"name": (str, False), "count": (int, False), "cpu": (dict, True), "memory": (dict, True),
+             "cpuPowerModel": (dict, False)},
+    "cpu": {"coreCount": (int, True), "coreSpeed": (str, True), "count": (int, False), "modelName": (str, False)},
+    "memory": {"size": (str, True)},
+    "workload": {"type": (str, True), "source": (dict, True), "scalingPolicy": (str, False),
+                 "sampleFraction": (float, False), "submissionTime": (str, False), "deferAll": (bool, False)},
+    "policy": {"type": (str, True), "filters": (list, False), "weighers": (list, False), "subsetSize": (int, False)},
+    "export": {"exportInterval": (str, False), "printFrequency": (int, False), "columns": (dict, False),
+               "filesToExport": (list, False)},
+}
+
+
+def _check(kind: str, obj: dict, where: str) -> None:
+    import re
+
+    spec = _SPEC[kind]
+    assert isinstance(obj, dict), where
+    assert not set(obj) - set(spec), f"{where}: keys OpenDC does not know: {set(obj) - set(spec)}"
+    for key, (typ, required) in spec.items():
+        if required:
+            assert key in obj, f"{where}: required key {key} missing"
+        if key in obj:
+            ok = isinstance(obj[key], typ) and not (typ is int and isinstance(obj[key], bool))
+            assert ok, f"{where}.{key}: {type(obj[key]).__name__}, not {typ.__name__}"
+            if key in _UNIT:
+                assert re.match(_UNIT[key], obj[key]), f"{where}.{key}: unit string {obj[key]!r}"
+
+
+def _check_topology(topo: dict, where: str) -> None:
+    _check("topology", topo, where)
+    assert topo["clusters"]
+    for c in topo["clusters"]:
+        _check("cluster", c, f"{where}.cluster")
+        assert c["hosts"]
+        for h in c["hosts"]:
+            _check("host", h, f"{where}.host")
+            _check("cpu", h["cpu"], f"{where}.host.cpu")
+            _check("memory", h["memory"], f"{where}.host.memory")
+            assert h["cpu"]["coreCount"] > 0 and h["count"] > 0
+
+
+def test_experiment_and_small_datacenter_follow_the_sdk_model(parsed, tmp_path):
+    truth = parsed(nodes=2, tasks=8)
+    opendc.export(truth.run_dir, tmp_path / "od")
+    base = tmp_path / "od"
+    exp = json.loads((base / "experiment.json").read_text())
+    _check("experiment", exp, "experiment")
+    assert "pathToFile" not in json.dumps(exp) and "outputFolder" not in exp, "legacy-only keys"
+    assert exp["topologies"] == [{"importFrom": "topology.json"}]  # resolved against the experiment's folder
+    _check_topology(json.loads((base / exp["topologies"][0]["importFrom"]).read_text()), "topology.json")
+    _check_topology(json.loads((base / "small_datacenter.json").read_text()), "small_datacenter.json")
+    (wl,) = exp["workloads"]
+    _check("workload", wl, "workload")
+    assert wl["type"] == "trace" and wl["scalingPolicy"] in ("NoDelay", "Perfect")
+    assert wl["source"] in ({"type": "uri", "uri": "."},) and (base / wl["source"]["uri"] / "tasks.parquet").is_file()
+    (pol,) = exp["allocationPolicies"]
+    _check("policy", pol, "policy")
+    assert pol["type"] == "filter"
+    for f in pol["filters"]:
+        assert f["type"] in ("vcpu", "ram", "instanceCount", "compute", "vcpuCapacity")
+        if f["type"] in ("vcpu", "ram"):
+            assert isinstance(f["allocationRatio"], float) and f["allocationRatio"] > 0
+    assert [f["type"] for f in pol["filters"]][:2] == ["vcpu", "ram"]
+    for w in pol["weighers"]:
+        assert w["type"] in ("ram", "coreRam", "instanceCount", "vcpuCapacity", "vcpu", "vgpu")
+        assert isinstance(w["multiplier"], float)
+    (ex,) = exp["exportModels"]
+    _check("export", ex, "exportModel")
+    assert ex["exportInterval"] == "1 seconds", "a short run gets a 1 s export interval, not the 5 min default"

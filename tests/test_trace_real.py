@@ -107,7 +107,10 @@ def test_real_adapter_and_collector_logs_parse_into_consistent_cts(run_env, tmp_
     s = opendc.export(run_dir, tmp_path / "od", cpu_freq_mhz=mhz)
     t = pq.read_table(tmp_path / "od" / "tasks.parquet").to_pandas()
     f = pq.read_table(tmp_path / "od" / "fragments.parquet").to_pandas()
-    assert s.tasks == 3 and len(f) == len(rows)
+    # the slot's lead (placement -> start) and trail (end -> release) fragments, when longer than 0 ms
+    edges = sum((i.get("ts_dispatch") is not None and i["ts_dispatch"] < i["ts_start"])
+                + (i.get("ts_release") is not None and i["ts_release"] > i["ts_end"]) for i in invs)
+    assert s.tasks == 3 and len(f) == len(rows) + edges
     assert (f.groupby("id")["duration"].sum().to_numpy() == t["duration"].to_numpy()).all()
     assert report.exists()
 

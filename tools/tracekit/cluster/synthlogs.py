@@ -1,10 +1,11 @@
 """Synthetic RAW logs of any size, in exactly the raw formats of ``schema.py`` (for tests and benchmarks).
 
 A small discrete simulation places tasks FIFO/first-fit on nodes with capacity, then writes per node
-``events.jsonl``, ``samples.jsonl``, ``node.json``, ``worker.json`` and the controller's ``dispatch.jsonl`` and
-``placements.jsonl``. Node timestamps are written in each node's own wall clock (controller time minus the node's
-clock offset), CPU as cumulative clock ticks (or cgroup µs) exactly like the collector. ``generate`` returns the
-ground truth so tests can check the parser against it.
+``events.jsonl``, ``samples.jsonl``, ``node.json``, ``worker.json`` and the controller's ``dispatch.jsonl``,
+``placements.jsonl`` and ``controller/events.jsonl`` (release and requeue records). Node timestamps are written
+in each node's own wall clock (controller time minus the node's clock offset), CPU as cumulative clock ticks (or
+cgroup µs) exactly like the collector. ``generate`` returns the ground truth so tests can check the parser
+against it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def _simulate(spec: SynthSpec, rng: random.Random) -> tuple[list[dict], list[dic
                            "ts_enqueue": ts_enqueue, "input": f"in/{tid}.mp4", "output": f"out/{tid}.mp4"})
         t = max(t, float(ts_enqueue))
         attempts = [1, 2] if i < spec.fenced else [1]
+        requeued = None
         for attempt in attempts:
+            if attempt > 1:  # re-queued after attempt 1 was placed: the retry is submitted then
+                t = max(t, runs[-1]["ts_dispatch"] + 1.0)
+                requeued = int(t)
             while True:
                 for n in nodes:
                     running[n] = [(e, u) for e, u in running[n] if e > t]
@@ -100,13 +105,15 @@ def _simulate(spec: SynthSpec, rng: random.Random) -> tuple[list[dict], list[dic
             start = dispatch + rng.uniform(2.0, 20.0)
             dur = rng.uniform(*spec.task_ms)
             end = start + dur
-            running[node].append((end + rng.uniform(0.5, 2.0), units))
+            release = end + rng.uniform(0.5, 2.0)
+            running[node].append((release, units))
             placements.append({"trace_id": tid, "attempt": attempt, "node": node, "ts": int(dispatch),
                                "weigher": "", "order": "min", "candidates": []})
             runs.append({"trace_id": tid, "attempt": attempt, "node_id": node, "profile": prof, "cpu_units": units,
                          "ts_enqueue": ts_enqueue, "ts_dispatch": int(dispatch), "start": start, "end": end,
                          "rate": units * rng.uniform(0.55, 0.98), "rss_kb": rng.randint(20_000, 400_000),
-                         "fenced": attempt == 1 and attempt != attempts[-1]})
+                         "fenced": attempt == 1 and attempt != attempts[-1], "release": int(release),
+                         "requeued": requeued if attempt > 1 else None})
     return dispatched, runs, placements
 
 
@@ -134,6 +141,21 @@ def generate(run_dir: str | Path, spec: SynthSpec | None = None) -> Truth:
         for p in placements:
             if p["trace_id"] not in rejected:
                 fh.write(dumps(p) + "\n")
+
+    # the controller's slot records: a release per accepted completion, a requeue per retry (Redis TIME ms)
+    (run_dir / paths.CONTROLLER_DIR).mkdir(exist_ok=True)
+    with open(run_dir / paths.CONTROLLER_DIR / "events.jsonl", "w") as fh:
+        for r in runs:
+            if r["requeued"] is not None:
+                lost = next(x for x in runs if x["trace_id"] == r["trace_id"] and x["attempt"] == r["attempt"] - 1)
+                fh.write(dumps({"kind": "requeue", "trace_id": r["trace_id"], "attempt": r["attempt"],
+                                "node_id": lost["node_id"], "ts": r["requeued"], "bump": True,
+                                "reason": f"node {lost['node_id']} lost (heartbeat expired)"}) + "\n")
+            if not r["fenced"]:
+                failed = (r["trace_id"], r["attempt"]) in failed_ids
+                fh.write(dumps({"kind": "release", "trace_id": r["trace_id"], "attempt": r["attempt"],
+                                "node_id": r["node_id"], "ts": r["release"],
+                                "outcome": "failed" if failed else "done"}) + "\n")
 
     boot_ms = spec.t0_ms - 3_600_000.0
     for ni in range(spec.nodes):

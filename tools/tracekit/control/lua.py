@@ -13,7 +13,8 @@ it, happens inside one script, so no crash point loses, duplicates or leaks anyt
     leave      a worker stops cleanly: placed-not-started tasks back to the head, keys removed
 
 Key names come from :class:`tracekit.core.keys.Keys` (rendered into the script text, so one prefix = one
-script set). Records that must reach a log file (placements, controller ``failed`` events) are added to
+script set). Records that must reach a log file (placements; controller ``failed`` events, and the ``requeue``
+and ``release`` records that give the trace its retry submissions and slot ends) are added to
 the ``controller:log`` stream in the same atomic step; the scheduler drains that stream into the files
 (each line carries its stream id, so a crash never loses or repeats a line).
 """
@@ -125,6 +126,8 @@ local function requeue(items, node, why, now)
         t.ts_dispatch = nil
         table.insert(back, cjson.encode(t))
         event('requeue', t.trace_id, t.attempt, node, why)
+        ctl_log('c', {kind='requeue', trace_id=t.trace_id, attempt=t.attempt, node_id=node, ts=now, bump=bump,
+                      reason=why})
       end
     end
   end
@@ -336,6 +339,7 @@ if total then
 end
 redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
 event(outcome, tid, attempt, node, '')
+ctl_log('c', {kind='release', trace_id=tid, attempt=attempt, node_id=node, ts=now_ms(), outcome=outcome})
 wake()
 return 'ok'
 """

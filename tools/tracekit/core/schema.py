@@ -20,6 +20,13 @@ Event log ``<node_id>/events.jsonl``: one JSON object per line with a ``kind``:
     ``failed``  the controller (``controller/events.jsonl``), a task given up after the maximum
                 number of attempts or with an unreadable payload (``REJECT_FIELDS``).
 
+Controller records in ``controller/events.jsonl`` besides ``failed`` (written by the Lua steps, ``ts`` = Redis TIME
+ms, the controller's time base):
+    ``requeue`` a task sent back to the head of q:pending (``REQUEUE_FIELDS``): ``attempt`` is the attempt it
+                goes back as (n+1 when ``bump``, the same n when a placed-not-started task is handed back),
+                ``node_id`` the node it came from (that node's capacity for it was reclaimed at ``ts``);
+    ``release`` an accepted completion (``RELEASE_FIELDS``): the attempt's capacity went back to its node at ``ts``.
+
 Samples ``<node_id>/samples.jsonl``: one JSON object per collector tick (``SAMPLE_TICK_FIELDS``)
     ``{"ts": wall_ms, "mono": mono_ms, "procs": [[...], ...]}``, one list per sampled process whose
     values are the ``SAMPLE_COLUMNS`` in their order (names, order and meaning are defined there
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 SENTINEL_FIELDS = ("trace_id", "attempt", "node_id", "pid", "starttime", "cgroup", "ts_created")
 
-EVENT_KINDS = ("exec", "reject", "fenced", "failed")
+EVENT_KINDS = ("exec", "reject", "fenced", "failed", "requeue", "release")
 
 EXEC_FIELDS = (
     "kind",  # "exec"
@@ -76,6 +83,8 @@ EXEC_FIELDS = (
 
 REJECT_FIELDS = ("kind", "trace_id", "attempt", "node_id", "profile", "ts", "reason", "payload_excerpt")
 FENCED_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "reason")
+REQUEUE_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "bump", "reason")
+RELEASE_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "outcome")
 
 SAMPLE_TICK_FIELDS = ("ts", "mono", "procs")
 
@@ -183,6 +192,8 @@ INVOCATION_FIELDS = (
     "cpuset",
     "starttime",
     "error",
+    "ts_release",  # controller ms: the attempt's capacity went back to its node (release or requeue record)
+    "ts_requeue",  # controller ms: when this attempt (n > 1) was re-queued (the requeue record that created it)
 )
 
 PROC_METRIC_FIELDS = ("ts_ms", "pid", "dt_ms", "cpu_ms", "rss_kb", "node_id", "trace_id", "attempt", "starttime")
@@ -202,4 +213,6 @@ NODE_FIELDS = (
     "clock_rtt_ms",
     "clk_tck",
     "page_size",
+    "hostname",  # node.json: the node's host name
+    "boot_time_ms",  # node.json: kernel boot time; nodes with the same one share one kernel (and its cores)
 )

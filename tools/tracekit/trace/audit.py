@@ -15,7 +15,7 @@ from pathlib import Path
 from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
 from tracekit.trace.model import ParseResult
-from tracekit.trace.vocabulary import has_run, no_cyclic_gc, task_key
+from tracekit.trace.vocabulary import has_run, no_cyclic_gc, shared_hosts, task_key
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 REPORT = "audit_report.md"
@@ -80,6 +80,12 @@ def check_nodes(result: ParseResult) -> Check:
     for node in r.missing_samples_file:
         details.append(f"`{node}`: no samples.jsonl (collector not running?)")
         verdicts.append(WARN)
+    rows = [n.row() for n in r.nodes]
+    cores = {row["node_id"]: row.get("cpu_cores") or 0 for row in rows}
+    for group in shared_hosts(rows):  # a note, not a warning: emulated clusters do this on purpose
+        details.append(f"note: {', '.join(f'`{g}`' for g in group)} run on one machine (same kernel: emulated or "
+                       f"overlapping nodes) and share its {max(cores[g] for g in group)} physical cores, not "
+                       f"{sum(cores[g] for g in group)}; the OpenDC export exports them as separate hosts and says so")
     return Check("Node metadata", _worst(*verdicts), f"{len(r.nodes)} node(s)", details)
 
 

@@ -67,7 +67,13 @@ def export_opendc(argv: list[str] | None = None) -> int:
                     help="logs/RUN_ID (its CTS/ is used; raw logs are parsed first if there is no CTS yet)")
     ap.add_argument("--output", required=True, metavar="DIR", help="folder for the trace (created)")
     ap.add_argument("--include-failed", action="store_true",
-                    help="also export executions that failed (default: successful ones only; fenced never)")
+                    help="also export executions that failed (default: successful ones only)")
+    ap.add_argument("--include-lost", action="store_true",
+                    help="also export lost attempts (executions superseded by a retry after their node or worker was "
+                         "lost), so the capacity they held until the re-queue is visible")
+    ap.add_argument("--app-only", action="store_true",
+                    help="durations of the application alone (ts_start -> ts_end) instead of the slot each task held "
+                         "(placement -> capacity release)")
     ap.add_argument("--cpu-freq-mhz", type=float, metavar="MHZ",
                     help="per-core MHz for nodes whose metadata has no cpu_freq_mhz (no default)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,7 +81,7 @@ def export_opendc(argv: list[str] | None = None) -> int:
     if a.cpu_freq_mhz is not None and a.cpu_freq_mhz <= 0:
         raise UsageError("--cpu-freq-mhz must be > 0")
     s = export(a.input, a.output, include_failed=a.include_failed, cpu_freq_mhz=a.cpu_freq_mhz,
-               progress=not a.quiet and sys.stderr.isatty())
+               progress=not a.quiet and sys.stderr.isatty(), app_only=a.app_only, include_lost=a.include_lost)
     print("\n".join(s.lines()))
     return 0
 

@@ -52,19 +52,69 @@ def load_events(result: ParseResult) -> dict[str, list[Task]]:
                 r.bad.add(where, f"unknown event kind {kind!r}")
         tasks[node.node_id] = node_tasks
     cfile = r.run_dir / paths.CONTROLLER_DIR / "events.jsonl"
+    slots = _SlotRecords()
     if cfile.exists():
         for lineno, ev in read_jsonl(cfile, r.bad):
-            if ev.get("kind") in ("failed", "reject"):
+            kind = ev.get("kind")
+            if kind in ("failed", "reject"):
                 r.invocations.append(_reject_invocation(ev, 0.0))
-            elif ev.get("kind") == "fenced":
+                slots.add(ev)
+            elif kind == "fenced":
                 fenced.add((ev.get("trace_id"), ev.get("attempt")))
+            elif kind in ("requeue", "release"):
+                if not slots.add(ev):
+                    r.bad.add(f"{cfile}:{lineno}", f"{kind} record without trace_id, attempt, node_id or numeric ts")
             else:
-                r.bad.add(f"{cfile}:{lineno}", f"unexpected controller event kind {ev.get('kind')!r}")
+                r.bad.add(f"{cfile}:{lineno}", f"unexpected controller event kind {kind!r}")
+    slots.apply(r.invocations)
     for inv in r.invocations:
         if inv.get("pid") is not None and (inv["trace_id"], inv["attempt"]) in fenced:
             inv["status"] = "fenced"
             inv["error"] = inv.get("error") or "completion refused: the task had been recovered and re-queued"
     return tasks
+
+
+class _SlotRecords:
+    """The controller's ``release`` / ``requeue`` / ``failed`` records -> ``ts_release`` and ``ts_requeue``.
+
+    ``ts_release`` of an attempt: its ``release`` record (accepted completion: capacity back at that instant);
+    else the ``requeue`` record that took the task off that node (attempt n+1, or n when handed back unstarted);
+    else the controller's ``failed`` record for that attempt on that node (given up: capacity reclaimed). ``ts_requeue``
+    of attempt n > 1: the ``requeue`` record that created it (``bump``). All are Redis TIME ms: no clock offset.
+    """
+
+    def __init__(self) -> None:
+        self.release: dict[tuple, int] = {}
+        self.reclaim: dict[tuple, int] = {}  # (trace_id, attempt that lost the slot, node) -> ts
+        self.created: dict[tuple, int] = {}  # (trace_id, attempt) -> ts of the requeue that created it
+
+    def add(self, ev: dict) -> bool:
+        tid, att, node, ts = ev.get("trace_id"), ev.get("attempt"), ev.get("node_id"), ev.get("ts")
+        if not (isinstance(tid, str) and isinstance(att, int) and isinstance(node, str) and is_number(ts)):
+            return False
+        ms = round_ms(float(ts))
+        kind = ev.get("kind")
+        if kind == "release":
+            self.release.setdefault((tid, att, node), ms)
+        elif kind == "requeue":
+            lost = att - 1 if ev.get("bump") else att
+            self.reclaim.setdefault((tid, lost, node), ms)
+            if ev.get("bump"):
+                self.created.setdefault((tid, att), ms)
+        else:  # failed: the controller gave the task up (its capacity on that node was reclaimed then)
+            self.reclaim.setdefault((tid, att, node), ms)
+        return True
+
+    def apply(self, invocations: list[dict]) -> None:
+        if not (self.release or self.reclaim or self.created):
+            return
+        for inv in invocations:
+            key = (inv.get("trace_id"), inv.get("attempt"), inv.get("node_id"))
+            ts = self.release.get(key, self.reclaim.get(key))
+            if ts is not None and inv.get("pid") is not None:
+                inv["ts_release"] = ts
+            if isinstance(inv.get("attempt"), int) and inv["attempt"] > 1:
+                inv["ts_requeue"] = self.created.get((inv.get("trace_id"), inv["attempt"]))
 
 
 def load_controller(result: ParseResult) -> None:

@@ -59,7 +59,8 @@ class NodeInfo:
             "cpu_freq_mhz": m.get("cpu_freq_mhz"), "capacity": w.get("capacity"),
             "allocation_ratio": w.get("allocation_ratio"), "parallel": w.get("parallel"),
             "binding": w.get("binding"), "clock_offset_ms": self.offset_ms, "clock_rtt_ms": self.rtt_ms,
-            "clk_tck": self.clk_tck, "page_size": self.page_size,
+            "clk_tck": self.clk_tck, "page_size": self.page_size, "hostname": m.get("hostname"),
+            "boot_time_ms": m.get("boot_time_ms"),
         }
         return {k: vals.get(k) for k in schema.NODE_FIELDS}
 

@@ -17,6 +17,8 @@ Public API::
                                              is not in the parser's order: then use ``sorted_task_rows``
         .sorted_task_rows(tasks, spill_dir)  the same for any row order (DuckDB joins and sorts, spilling to disk)
         .node_rows(nodes)                    (node, ts_ms, dt_ms, cpu_ms) numpy batches of every row of those nodes
+        .placement_policies()                Counter of (weigher, order) over the run's placements.jsonl (the
+                                             controller's file next to CTS/; empty when there is none)
 
 Rows come from the row cache (``rowcache``) whenever it is fresh, else from ``proc_metrics.jsonl``; both give the
 same values (cpu_ms = cpu_us / 1000, the exact decimal the JSON holds).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from tracekit.core import paths
 from tracekit.core.errors import BadInput, BadRunFolder, DependencyMissing
 from tracekit.core.jsonl import BadLines, read_jsonl
 from tracekit.trace import duck
@@ -48,6 +52,7 @@ PM_READ_SCHEMA = pa.schema([("node_id", pa.string()), ("trace_id", pa.string()),
 NODE_ROW_SCHEMA = pa.schema([("node_id", pa.string()), ("ts_ms", pa.int64()), ("dt_ms", pa.int64()),
                              ("cpu_ms", pa.float64())])
 TASK_ROW_NAMES = ["id", "ts_ms", "dt_ms", "cpu_ms", "rss_kb"]
+PLACEMENTS = paths.placements_path("_").name
 _DUCK_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}
 _DUCKDB_MISSING = "the OpenDC export needs the duckdb package: pip install -r requirements.txt"  # (its only user)
 
@@ -101,6 +106,20 @@ class CtsFolder:
             if not strict:
                 return []
             raise BadInput(f"{path}: unreadable ({exc.__class__.__name__}); re-run make parse", path=path) from None
+
+    # ---- the controller's placements (the run folder around the CTS) ----
+    def placement_policies(self) -> Counter:
+        """How the run's placements were made: Counter of ``(weigher, order)`` (``weigher`` '' = first-fit) over
+        ``placements.jsonl`` of the run folder holding this CTS (or this folder itself); empty when absent."""
+        out: Counter = Counter()
+        for cand in (self.path.parent, self.path):
+            path = cand / PLACEMENTS
+            if path.is_file():
+                for _, rec in read_jsonl(path, BadLines()):
+                    if isinstance(rec.get("weigher"), str) and isinstance(rec.get("order"), str):
+                        out[(rec["weigher"], rec["order"])] += 1
+                break
+        return out
 
     # ---- proc_metrics rows ----
     def row_cache(self) -> RowsCache | None:

@@ -171,3 +171,30 @@ def read_tick(raw: bytes) -> tuple[dict | None, str]:
     if type(tick.get("ts")) not in NUMBER_TYPES or type(tick.get("procs")) is not list:
         return None, "sample tick without numeric ts / procs list"
     return tick, ""
+
+
+# ---- nodes that share one machine ----
+SAME_BOOT_MS = 2000  # two boot times this close (each measured as now - uptime) are one kernel's
+
+
+def shared_hosts(nodes: list[dict]) -> list[list[str]]:
+    """Groups (2+ nodes each, in ``nodes`` order) of nodes that run on one machine and so share its physical cores:
+    the same kernel (``boot_time_ms`` within ``SAME_BOOT_MS``) with the same ``hostname`` or both emulated
+    (``stage`` "emu", network namespaces give each its own host name), or the same host name when boot times are
+    unknown. ``nodes`` are ``nodes.json`` entries."""
+    groups: list[list[dict]] = []
+    for nd in nodes:
+        for g in groups:
+            o = g[0]
+            b1, b2 = nd.get("boot_time_ms"), o.get("boot_time_ms")
+            same_name = nd.get("hostname") is not None and nd.get("hostname") == o.get("hostname")
+            if is_number(b1) and is_number(b2):
+                same = abs(b1 - b2) <= SAME_BOOT_MS and (same_name or nd.get("stage") == o.get("stage") == "emu")
+            else:
+                same = same_name
+            if same:
+                g.append(nd)
+                break
+        else:
+            groups.append([nd])
+    return [[str(n.get("node_id")) for n in g] for g in groups if len(g) > 1]
