@@ -21,6 +21,7 @@ COMMANDS = {
     "parse": "tracekit.trace.cli:parse_cts",
     "export-opendc": "tracekit.trace.cli:export_opendc",
     "export-perfetto": "tracekit.trace.cli:export_perfetto",
+    "compare-opendc": "tracekit.trace.cli:compare_opendc",
     "demo": "tracekit.cluster.cli:demo",
     "chaos": "tracekit.cluster.cli:chaos",
     "setup": "tracekit.cluster.cli:setup",

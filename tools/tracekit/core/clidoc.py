@@ -55,6 +55,8 @@ SCRIPTS = (
            "`make export`: CTS -> OpenDC parquet + topology/experiment JSON"),
     Script("tools/export_perfetto.py", (), "tracekit-export-perfetto",
            "`make perfetto`: CTS -> Chrome/Perfetto timeline"),
+    Script("tools/compare_opendc.py", (), "tracekit-compare-opendc",
+           "`make compare`: OpenDC's result vs the real run -> PASS/FAIL report + plots"),
     Script("tools/demo.py", (), "tracekit-demo", "`make demo`: the whole pipeline on an emulated cluster"),
     Script("tools/chaos.py", (), "tracekit-chaos", "`make chaos`: fault injection that must lose nothing"),
     Script("tools/setup_controller.sh", (), "tracekit-setup controller",
