@@ -37,7 +37,11 @@ def gantt(path: Path, nodes: list[str], real: dict, sim: dict) -> None:
             nl = int(lanes.max()) + 1 if lanes.size else 1
             y = -(top + lanes)
             lw = max(1.0, min(8.0, 60.0 / (nl + 1)))
-            ax.hlines(y, s, np.maximum(e, s + 1e-3), colors=colour, linewidth=lw, label=what)
+            # one polyline per panel side, bars separated by NaN: 100 k bars draw in well under a second
+            nan = np.full(len(s), np.nan)
+            ax.plot(np.column_stack([s, np.maximum(e, s + 1e-3), nan]).ravel(),
+                    np.column_stack([y, y, nan]).ravel(), color=colour, linewidth=lw, solid_capstyle="butt",
+                    label=what)
             top += nl + 0.5
         ax.set_ylabel(lab, rotation=0, ha="right", va="center")
         ax.set_yticks([])
