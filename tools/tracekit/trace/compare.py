@@ -287,7 +287,8 @@ def checks(m: dict, th: Thresholds) -> list[Check]:
                          _judge(None if math.isnan(c["pearson"]) else c["pearson"] >= th.cpu_pearson),
                          "" if not math.isnan(c["pearson"]) else "a constant series has no correlation"))
         out.append(Check(f"CPU {node} RMSE", f"{_num(c['rmse'])} cores",
-                         f"<= {100 * th.cpu_rmse_median:g} % of the real median ({_num(lim_rmse)} cores)",
+                         f"<= {100 * th.cpu_rmse_median:g} % of the real busy median {_num(c['median'])} = "
+                         f"{_num(lim_rmse)} cores",
                          _judge(None if math.isnan(c["rmse"]) or c["median"] <= 0 else c["rmse"] <= lim_rmse),
                          "" if c["median"] > 0 else "the real median is 0: no relative limit"))
     return out
