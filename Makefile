@@ -12,7 +12,7 @@ export RUN_ID
 # `make test` runs everything; TEST_ARGS passes extra pytest flags (e.g. TEST_ARGS='-k fifo').
 TEST_ARGS ?=
 
-.PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto \
+.PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto compare \
         demo chaos bench clean-run stop-node
 
 help: ## list the targets
@@ -65,6 +65,10 @@ replay: $(READY) ## replay logs/RUN_ID/opendc under OpenDC's rules -> opendc-rep
 
 perfetto: $(READY) ## CTS of RUN_ID -> logs/RUN_ID/timeline.json (open in ui.perfetto.dev)
 	$(PY) tools/export_perfetto.py --input "logs/$(RUN_ID)" --output "logs/$(RUN_ID)/timeline.json"
+
+compare: $(READY) ## OpenDC result in OPENDC_OUT vs RUN_ID's CTS -> PASS/FAIL report + plots (STRICT=1: exit 1 on FAIL)
+	@test -n "$(OPENDC_OUT)" || { echo "usage: make compare OPENDC_OUT=<OpenDC output folder> [RUN_ID=...]"; exit 2; }
+	$(PY) tools/compare_opendc.py --opendc "$(OPENDC_OUT)" --input "logs/$(RUN_ID)" $(if $(STRICT),--strict,)
 
 # demo and chaos first make sure the machine has everything (setup is idempotent and quick when nothing is
 # missing): on a fresh machine the system python has none of the packages.

@@ -22,6 +22,7 @@ COMMANDS = {
     "export-opendc": "tracekit.trace.cli:export_opendc",
     "export-perfetto": "tracekit.trace.cli:export_perfetto",
     "replay-opendc": "tracekit.trace.cli:replay_opendc",
+    "compare-opendc": "tracekit.trace.cli:compare_opendc",
     "demo": "tracekit.cluster.cli:demo",
     "chaos": "tracekit.cluster.cli:chaos",
     "setup": "tracekit.cluster.cli:setup",

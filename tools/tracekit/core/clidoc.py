@@ -57,6 +57,8 @@ SCRIPTS = (
            "`make perfetto`: CTS -> Chrome/Perfetto timeline"),
     Script("tools/replay_opendc.py", (), "tracekit-replay-opendc",
            "`make replay` (also after `make export`): replay the export under OpenDC's rules, verdict in the audit"),
+    Script("tools/compare_opendc.py", (), "tracekit-compare-opendc",
+           "`make compare`: OpenDC's result vs the real run -> PASS/FAIL report + plots"),
     Script("tools/demo.py", (), "tracekit-demo", "`make demo`: the whole pipeline on an emulated cluster"),
     Script("tools/chaos.py", (), "tracekit-chaos", "`make chaos`: fault injection that must lose nothing"),
     Script("tools/setup_controller.sh", (), "tracekit-setup controller",

@@ -1,5 +1,5 @@
-"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-export-opendc`, `tracekit-export-perfetto`,
-`tracekit-replay-opendc`).
+"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-export-opendc`,
+`tracekit-export-perfetto`, `tracekit-replay-opendc`, `tracekit-compare-opendc`).
 
 Each parses its flags and calls one function of the area; the scripts under ``tools/`` and the
 ``[project.scripts]`` entry points both call these."""
@@ -13,12 +13,14 @@ from pathlib import Path
 
 from tracekit.core import paths
 from tracekit.core.cli import command
-from tracekit.core.errors import EXIT_FAILURE, UsageError
+from tracekit.core.errors import EXIT_FAILURE, RunFailed, UsageError
 from tracekit.trace import audit
+from tracekit.trace import compare as cmp
 from tracekit.trace.export.opendc import export
 from tracekit.trace.export.perfetto import export_timeline
 from tracekit.trace.model import discover_nodes_quiet
 from tracekit.trace.replay_io import OUTPUT_DIR, run_replay
+from tracekit.trace.sim_vs_real import compare
 
 
 @command("parse_cts.py")
@@ -128,3 +130,82 @@ def replay_opendc(argv: list[str] | None = None) -> int:
     res = run_replay(a.input, a.experiment, a.cts, a.output, update_report=not a.no_report)
     print("\n".join(res.lines()))
     return EXIT_FAILURE if (a.strict and res.verdict == audit.FAIL) else 0
+
+
+@command("compare_opendc.py")
+def compare_opendc(argv: list[str] | None = None) -> int:
+    """`tracekit-compare-opendc` / `tools/compare_opendc.py`."""
+    d = cmp.Thresholds()
+    ap = argparse.ArgumentParser(
+        description="Compare an OpenDC result (task.parquet, host.parquet if present; or the replay's, same schema) "
+                    "with the real run: makespan, per-task start and wait errors, wait percentiles + KS test, "
+                    "cumulative throughput, CPU per node. Writes compare_report.md/.json and plots; exit 0 unless "
+                    "--strict and a check FAILs (1).")
+    ap.add_argument("--opendc", required=True, metavar="PATH",
+                    help="OpenDC output folder (task.parquet is searched below it, e.g. "
+                         "output/<name>/raw-output/<run>/seed=<n>/) or the task.parquet itself")
+    ap.add_argument("--input", required=True, metavar="DIR", help="the run: logs/RUN_ID (its CTS/) or a CTS folder")
+    ap.add_argument("--output", metavar="DIR", help="report folder (default: <folder of task.parquet>/compare)")
+    ap.add_argument("--trace", metavar="DIR",
+                    help="the exported trace (tasks.parquet) to map task_id to names when the result has no names")
+    ap.add_argument("--real-start", choices=("auto", "dispatch", "exec"), default="auto",
+                    help="real counterpart of OpenDC's schedule_time: placement (ts_dispatch), exec (ts_start), or "
+                         "auto: whichever the simulated durations match (default auto)")
+    ap.add_argument("--bin-s", type=float, metavar="S",
+                    help="bin width for throughput and CPU (default: a round width giving <= 100 bins; CPU bins at "
+                         "least the export interval)")
+    g = ap.add_argument_group("criteria (defaults: the original Tracekit's)")
+    g.add_argument("--wait-p50", type=float, default=d.wait_rel[50], metavar="F",
+                   help=f"max relative error of the wait p50 (default {d.wait_rel[50]:g})")
+    g.add_argument("--wait-p95", type=float, default=d.wait_rel[95], metavar="F",
+                   help=f"... p95 (default {d.wait_rel[95]:g})")
+    g.add_argument("--wait-p99", type=float, default=d.wait_rel[99], metavar="F",
+                   help=f"... p99 (default {d.wait_rel[99]:g})")
+    g.add_argument("--wait-floor-ms", type=float, default=d.wait_floor_ms, metavar="MS",
+                   help="a real wait percentile below this is divided by this instead: OpenDC schedules on a 1 s grid "
+                        f"(default {d.wait_floor_ms:g}; 0 = plain relative error)")
+    g.add_argument("--ks-alpha", type=float, default=d.ks_alpha, metavar="A",
+                   help=f"KS test of the wait distributions passes when p >= A (default {d.ks_alpha:g})")
+    g.add_argument("--throughput-rmse", type=float, default=d.throughput_rmse, metavar="F",
+                   help="max RMSE of the cumulative completions, fraction of the tasks "
+                        f"(default {d.throughput_rmse:g})")
+    g.add_argument("--max-lag-bins", type=int, default=d.max_lag_bins, metavar="N",
+                   help=f"lag search for the throughput RMSE, bins each way (default {d.max_lag_bins})")
+    g.add_argument("--makespan-rel", type=float, default=d.makespan_rel, metavar="F",
+                   help=f"max relative makespan error for long runs (default {d.makespan_rel:g})")
+    g.add_argument("--makespan-abs-s", type=float, default=d.makespan_abs_s, metavar="S",
+                   help=f"max makespan error for shorter runs (default {d.makespan_abs_s:g} s)")
+    g.add_argument("--makespan-long-s", type=float, default=d.makespan_long_s, metavar="S",
+                   help=f"a run this long or longer is judged relatively (default {d.makespan_long_s:g} s)")
+    g.add_argument("--cpu-smape", type=float, default=d.cpu_smape, metavar="F",
+                   help=f"max CPU sMAPE per node (default {d.cpu_smape:g})")
+    g.add_argument("--cpu-pearson", type=float, default=d.cpu_pearson, metavar="R",
+                   help=f"min CPU Pearson r per node (default {d.cpu_pearson:g})")
+    g.add_argument("--cpu-rmse", type=float, default=d.cpu_rmse_median, metavar="F",
+                   help="max CPU RMSE per node, fraction of the real median while busy "
+                        f"(default {d.cpu_rmse_median:g})")
+    g.add_argument("--start-p95-ms", type=float, metavar="MS",
+                   help="also judge the per-task start error at p95 (default: reported only)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a check FAILs")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    a = ap.parse_args(argv)
+    if a.bin_s is not None and a.bin_s <= 0:
+        raise UsageError("--bin-s must be > 0")
+    if a.max_lag_bins < 0:
+        raise UsageError("--max-lag-bins must be >= 0")
+    th = cmp.Thresholds(wait_rel={50: a.wait_p50, 95: a.wait_p95, 99: a.wait_p99}, wait_floor_ms=a.wait_floor_ms,
+                        ks_alpha=a.ks_alpha, throughput_rmse=a.throughput_rmse, max_lag_bins=a.max_lag_bins,
+                        makespan_rel=a.makespan_rel, makespan_abs_s=a.makespan_abs_s,
+                        makespan_long_s=a.makespan_long_s, cpu_smape=a.cpu_smape, cpu_pearson=a.cpu_pearson,
+                        cpu_rmse_median=a.cpu_rmse, start_p95_ms=a.start_p95_ms)
+    res = compare(a.opendc, a.input, a.output, th, real_start=a.real_start, trace_dir=a.trace,
+                  bin_ms=a.bin_s * 1000 if a.bin_s else None, plots=not a.no_plots)
+    width = max(len(c.name) for c in res.checks)
+    for c in res.checks:
+        print(f"  {c.verdict:<4}  {c.name:<{width}}  {c.value}" + (f"  [{c.limit}]" if c.limit else ""))
+    print(f"compare: {res.verdict} — {res.report['matching']['how']}; {res.report['matching']['real_start']}")
+    for p in res.files:
+        print(f"  wrote {p}")
+    if a.strict and res.verdict == cmp.FAIL:
+        raise RunFailed(f"{sum(c.verdict == cmp.FAIL for c in res.checks)} check(s) FAIL (--strict)")
+    return 0
