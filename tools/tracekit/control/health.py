@@ -40,7 +40,7 @@ class Health:
 
     def problem(self, what: str, kind: str, detail: str) -> None:
         with self._lock:
-            if what in self.problems:
+            if self.problems.get(what) == f"{kind}: {detail}":
                 return
             self.problems[what] = f"{kind}: {detail}"
             self.since_ms = self.since_ms or int(time.time() * 1000)

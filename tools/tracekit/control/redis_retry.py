@@ -65,9 +65,10 @@ def error_code(exc: BaseException) -> str:
         return ""
     text = str(exc).strip()
     # redis-py strips the code of some replies it maps to a class; give it back
-    for cls, code in ((redis.OutOfMemoryError, "OOM"), (redis.ReadOnlyError, "READONLY"),
-                      (redis.NoPermissionError, "NOPERM"), (redis.NoScriptError, "NOSCRIPT"),
-                      (redis.TryAgainError, "TRYAGAIN"), (redis.AuthenticationError, "WRONGPASS")):
+    E = redis.exceptions
+    for cls, code in ((E.OutOfMemoryError, "OOM"), (E.ReadOnlyError, "READONLY"),
+                      (E.NoPermissionError, "NOPERM"), (E.NoScriptError, "NOSCRIPT"),
+                      (E.TryAgainError, "TRYAGAIN")):
         if isinstance(exc, cls) and not text.startswith(code):
             return code
     word = text.split(" ", 1)[0]

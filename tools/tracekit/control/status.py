@@ -16,19 +16,26 @@ from tracekit.core.keys import Keys
 def snapshot(client: redis.Redis, keys: Keys) -> dict:
     """Everything the status view shows, read in one pipeline (consistent enough for a human view)."""
     nodes = client.zrange(keys.nodes, 0, -1)
-    pipe = client.pipeline(transaction=True)
-    pipe.llen(keys.pending)
-    pipe.lindex(keys.pending, 0)
-    pipe.lrange(keys.slots, 0, -1)
-    pipe.hlen(keys.done)
-    pipe.hlen(keys.failed)
-    pipe.get(keys.scheduler_lock)
-    for n in nodes:
-        pipe.mget(keys.heartbeat(n), keys.cap(n), keys.cap_total(n), keys.run_count(n))
-        pipe.hgetall(keys.node_info(n))
-        pipe.llen(keys.queue(n))
-        pipe.llen(keys.running(n))
-    res = pipe.execute()
+
+    def read(transaction: bool) -> list:
+        pipe = client.pipeline(transaction=transaction)
+        pipe.llen(keys.pending)
+        pipe.lindex(keys.pending, 0)
+        pipe.lrange(keys.slots, 0, -1)
+        pipe.hlen(keys.done)
+        pipe.hlen(keys.failed)
+        pipe.get(keys.scheduler_lock)
+        for n in nodes:
+            pipe.mget(keys.heartbeat(n), keys.cap(n), keys.cap_total(n), keys.run_count(n))
+            pipe.hgetall(keys.node_info(n))
+            pipe.llen(keys.queue(n))
+            pipe.llen(keys.running(n))
+        return pipe.execute()
+
+    try:
+        res = read(True)
+    except redis.ResponseError:  # a Redis over maxmemory refuses MULTI too: read without a transaction
+        res = read(False)
     pending, head, slots, n_done, n_failed, lock = res[:6]
     rows, states = [], []
     for i, n in enumerate(nodes):
