@@ -160,6 +160,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     health = Health(client, keys, "scheduler")
     retry = Retrier(log, stop, health)
     retry(lambda: acquire_lock(client, keys, me), "lock")
+    health.clear()  # a record left by a killed predecessor
     retry(lambda: client.hset(keys.config, "max_attempts", cfg.max_attempts), "config")
     scripts = Scripts(client, keys)
     drain = LogDrain(client, keys, cfg.run_id)

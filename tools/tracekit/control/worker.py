@@ -657,6 +657,7 @@ class Worker:
         try:
             self.claim_node()
             claimed = True
+            self.health.clear()  # a record left by a killed predecessor of this node
             self.stop_orphans()
             self.register()
             hb = threading.Thread(target=guarded(self._heartbeat, "heartbeat", log, self._crashed), daemon=True,
