@@ -114,7 +114,9 @@ def test_capacity_from_ratio():
     assert capacity_for(1.0, 2) == 2
     assert capacity_for(1.5, 2) == 3
     assert capacity_for(1.25, 4) == 5
-    assert capacity_for(0.4, 2) == 0
+    for ratio, cores in ((0.4, 2), (0.1, 2), (0.01, 64)):  # a worker with capacity 0 could never run a task
+        with pytest.raises(UsageError, match="capacity would be 0"):
+            capacity_for(ratio, cores)
     assert capacity_for(1.0, 2, units=7) == 7
     with pytest.raises(UsageError):
         capacity_for(0, 2)

@@ -12,6 +12,9 @@ A :class:`tracekit.cluster.emulation.Cluster` (Redis with AOF on) runs ``total``
                scheduler declares it dead and re-queues its tasks, then heal it (its late completions
                must be fenced). Without network namespaces the worker is frozen (SIGSTOP/SIGCONT)
                instead, and the report says so.
+    rediserr   Redis answers with error replies for 1-3 s: over maxmemory (OOM), min-replicas-to-write
+               (NOREPLICAS on every write) or an ACL denying EVALSHA/EVAL/BLMOVE (NOPERM); the daemons back
+               off (the calls per second per daemon are recorded) and every daemon is healthy again after
 
 The first round injects every kind once (random order), later faults are random until every task has
 finished. Each fault is one line in ``logs/$RUN_ID/chaos.jsonl`` and on screen. At the end the harness
@@ -50,7 +53,13 @@ from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, Conflict, UsageError
 from tracekit.core.jsonl import append_line, read_jsonl
 
-FAULTS = ("worker", "scheduler", "redis", "cut")
+FAULTS = ("worker", "scheduler", "redis", "cut", "rediserr")
+# rediserr: Redis answers with error replies for a while (mode -> how to switch it on and off)
+REDIS_ERROR_MODES = {
+    "oom": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
+    "noreplicas": (("CONFIG", "SET", "min-replicas-to-write", "1"), ("CONFIG", "SET", "min-replicas-to-write", "0")),
+    "noperm": (("ACL", "SETUSER", "default", "-evalsha", "-eval", "-blmove"), ("ACL", "SETUSER", "default", "+@all")),
+}
 PROFILE = "chaos-synth"
 HEARTBEAT_TTL_S = 3.0  # the worker's default --heartbeat-ttl
 
@@ -304,6 +313,33 @@ class Injector:
         self.fault_log("redis", None, "restored", up_s=round(up, 2), heartbeats_back_s=None if beats is None
                   else round(beats, 2))
 
+    def _rediserr(self) -> None:
+        srv = self.cluster.redis
+        if srv is None:
+            self.skipped.append("rediserr: an external Redis (REDIS_URL) is not reconfigured by the harness")
+            self.fault_log("rediserr", None, "skipped", reason="external Redis")
+            return
+        mode = self.rng.choice(sorted(REDIS_ERROR_MODES))
+        on, off = REDIS_ERROR_MODES[mode]
+        down = round(self.rng.uniform(1.0, 3.0), 2)
+        admin = srv.client()
+
+        def calls() -> int:
+            return sum(int(v.get("calls", 0)) + int(v.get("rejected_calls", 0)) + int(v.get("failed_calls", 0))
+                       for v in admin.info("commandstats").values())
+        c0, t0 = calls(), time.monotonic()
+        admin.execute_command(*on)
+        try:
+            self.fault_log("rediserr", None, "refused", mode=mode, down_s=down)
+            time.sleep(down)
+        finally:
+            admin.execute_command(*off)
+        daemons = len(self.cluster.node_ids) + 1  # the Redis clients that loop: workers and the scheduler
+        rate = (calls() - c0) / (time.monotonic() - t0) / daemons
+        back = _wait(lambda: self.client.hlen(self.cluster.keys.health) == 0, 30, 0.1)
+        self.fault_log("rediserr", None, "restored", mode=mode, calls_per_s_per_daemon=round(rate, 1),
+                       healthy_back_s=None if back is None else round(back, 2))
+
     def _cut(self) -> None:
         node = self._busy_node()
         k = self.cluster.keys
@@ -528,7 +564,7 @@ def recovery_stats(records: list[dict]) -> dict[str, str]:
     """Median / max of each recovery time in chaos.jsonl, per fault kind."""
     vals: dict[str, list[float]] = defaultdict(list)
     for r in records:
-        for key in ("back_s", "heartbeats_back_s", "declared_dead_after_s", "rejoined_s"):
+        for key in ("back_s", "heartbeats_back_s", "declared_dead_after_s", "rejoined_s", "healthy_back_s"):
             if isinstance(r.get(key), (int, float)):
                 vals[f"{r['fault']} {key}"].append(float(r[key]))
     return {k: f"median {statistics.median(v):.2f} s, max {max(v):.2f} s (n={len(v)})" for k, v in sorted(vals.items())}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from tracekit.control.health import Health
 from tracekit.control.lua import Scripts
 from tracekit.control.placement import ORDERS, WEIGHERS
 from tracekit.control.redis_retry import Retrier
@@ -30,6 +31,7 @@ from tracekit.core.errors import Conflict, UsageError
 from tracekit.core.keys import Keys
 
 LOCK_TTL_MS = 5000
+LOCK_REFRESH_S = LOCK_TTL_MS / 1000 / 3  # the longest wait between two refreshes of the lock, whatever --reap-interval
 log = logging.getLogger("scheduler_central")
 
 
@@ -88,20 +90,22 @@ class LogDrain:
             if not entries:
                 return n
             out: dict[str, list[bytes]] = {f: [] for f in self.files}
+            pos = dict(self.last)  # committed only once the lines are written
             for sid, fields in entries:
                 f, rec = fields.get("f"), fields.get("r") or ""
-                if f not in self.files or _sid(sid) <= self.last[f]:
+                if f not in self.files or _sid(sid) <= pos[f]:
                     continue  # written before a crash, not yet deleted
                 # the record is a JSON object from cjson: splice the stream id in without re-encoding
                 if not (rec.startswith("{") and rec.endswith("}")):
                     rec = json.dumps({"raw": rec})
                 sep = "," if len(rec) > 2 else ""
                 out[f].append(f'{rec[:-1]}{sep}"sid":"{sid}"}}\n'.encode())
-                self.last[f] = _sid(sid)
+                pos[f] = _sid(sid)
                 n += 1
             for f, chunk in out.items():
-                if chunk:
+                if chunk:  # a failed write raises before its position moves and before anything is deleted
                     _append_all(self.files[f], b"".join(chunk))
+                self.last[f] = pos[f]
             self.client.xdel(self.keys.controller_log, *[sid for sid, _ in entries])
             self.written += n
 
@@ -153,11 +157,13 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    acquire_lock(client, keys, me)
-    client.hset(keys.config, "max_attempts", cfg.max_attempts)
+    health = Health(client, keys, "scheduler")
+    retry = Retrier(log, stop, health)
+    retry(lambda: acquire_lock(client, keys, me), "lock")
+    health.clear()  # a record left by a killed predecessor
+    retry(lambda: client.hset(keys.config, "max_attempts", cfg.max_attempts), "config")
     scripts = Scripts(client, keys)
     drain = LogDrain(client, keys, cfg.run_id)
-    retry = Retrier(log, stop)
     log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s)", cfg.weigher, cfg.order,
              cfg.max_attempts, cfg.run_id)
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
@@ -201,7 +207,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                 continue
             if cfg.exit_when_idle and status == "empty":
                 break
-            timeout = max(0.05, min(cfg.reap_interval, next_reap - time.monotonic()))
+            timeout = max(0.05, min(cfg.reap_interval, next_reap - time.monotonic(), LOCK_REFRESH_S))
             try:
                 retry(lambda t=timeout: client.blpop([keys.wake], timeout=t), "wait")
             except redis.RedisError:
@@ -214,5 +220,6 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                 client.delete(keys.scheduler_lock)
         except redis.RedisError:
             pass
+        health.clear()
     log.info("central scheduler stopped after %d placement(s)", total_placed)
     return 0

@@ -11,6 +11,8 @@ it, happens inside one script, so no crash point loses, duplicates or leaks anyt
     reap       every registered node without heartbeat: its running and placed tasks go back to the
                head of q:pending with attempt+1 (or failed after max attempts); its keys leave the pool
     leave      a worker stops cleanly: placed-not-started tasks back to the head, keys removed
+    drain      a worker starts stopping: no more placements on it, placed-not-started tasks back to the head
+    own        the one worker of a node: owner token (SET NX with TTL, refreshed by the heartbeat)
 
 Key names come from :class:`tracekit.core.keys.Keys` (rendered into the script text, so one prefix = one
 script set). Records that must reach a log file (placements; controller ``failed`` events, and the ``requeue``
@@ -175,7 +177,9 @@ for s = 1, n, CH do
     par[i] = 0
     slots[i] = 0
     if alive[i] then
-      par[i] = tonumber(redis.call('HGET', K.node_info(nodes[i]), 'parallel') or '0') or 0
+      local info = redis.call('HMGET', K.node_info(nodes[i]), 'parallel', 'draining')
+      par[i] = tonumber(info[1] or '0') or 0
+      if info[2] == '1' then alive[i] = false end  -- a stopping worker gets no new placement
       if par[i] > 0 then any_slots = true end
     end
   end
@@ -367,6 +371,43 @@ event('leave', '', 0, node, inst)
 return r
 """
 
+DRAIN = r"""
+-- ARGV: node, instance. A worker that is stopping (first SIGTERM): PLACE skips it from now on, and its placed
+-- but not started tasks go back to the head of q:pending (same attempt) with their capacity, run_count and slot
+-- tokens. Returns {requeued, failed}, or {-1, 0} when this instance is no longer the registered one.
+local node, inst = ARGV[1], ARGV[2]
+if redis.call('HGET', K.node_info(node), 'instance') ~= inst then return {-1, 0} end
+redis.call('HSET', K.node_info(node), 'draining', '1')
+local items, units = {}, 0
+for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
+  table.insert(items, {raw, false})
+  units = units + (units_of(decode(raw)) or 0)
+end
+if #items == 0 then return {0, 0} end
+redis.call('DEL', K.queue(node))
+local total = tonumber(redis.call('GET', K.cap_total(node)) or '0') or 0
+if redis.call('INCRBY', K.cap(node), units) > total then redis.call('SET', K.cap(node), total) end
+if redis.call('DECRBY', K.run_count(node), #items) < 0 then redis.call('SET', K.run_count(node), 0) end
+if (tonumber(redis.call('HGET', K.node_info(node), 'parallel') or '0') or 0) > 0 then
+  for _ = 1, #items do redis.call('RPUSH', K.slots, node) end
+end
+local nb, nf = requeue(items, node, 'worker on ' .. node .. ' is stopping', now_ms())
+event('drain', '', 0, node, inst)
+return {nb, nf}
+"""
+
+OWN = r"""
+-- KEYS: owner:<node>. ARGV: token (host:pid:instance), ttl_ms, expected ('' or the token of a dead previous
+-- worker to take over). The one worker of a node: returns {1, token} when the caller owns the node (taken or
+-- refreshed), else {0, holder}.
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] or (ARGV[3] ~= '' and cur == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return {1, ARGV[1]}
+end
+return {0, cur}
+"""
+
 
 class Scripts:
     """The Lua scripts bound to one client and key prefix (EVALSHA, reloaded after a Redis restart)."""
@@ -381,4 +422,4 @@ class Scripts:
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     pre = _prelude(Keys(prefix))
     return {"place": pre + metrics + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
-            "reap": pre + REAP, "leave": pre + LEAVE}
+            "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN}

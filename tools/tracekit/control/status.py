@@ -8,6 +8,7 @@ import time
 
 import redis
 
+from tracekit.control.health import read_health, redis_write_blockers
 from tracekit.control.placement import NodeState, choose
 from tracekit.core.keys import Keys
 
@@ -15,29 +16,38 @@ from tracekit.core.keys import Keys
 def snapshot(client: redis.Redis, keys: Keys) -> dict:
     """Everything the status view shows, read in one pipeline (consistent enough for a human view)."""
     nodes = client.zrange(keys.nodes, 0, -1)
-    pipe = client.pipeline(transaction=True)
-    pipe.llen(keys.pending)
-    pipe.lindex(keys.pending, 0)
-    pipe.lrange(keys.slots, 0, -1)
-    pipe.hlen(keys.done)
-    pipe.hlen(keys.failed)
-    pipe.get(keys.scheduler_lock)
-    for n in nodes:
-        pipe.mget(keys.heartbeat(n), keys.cap(n), keys.cap_total(n), keys.run_count(n))
-        pipe.hgetall(keys.node_info(n))
-        pipe.llen(keys.queue(n))
-        pipe.llen(keys.running(n))
-    res = pipe.execute()
+
+    def read(transaction: bool) -> list:
+        pipe = client.pipeline(transaction=transaction)
+        pipe.llen(keys.pending)
+        pipe.lindex(keys.pending, 0)
+        pipe.lrange(keys.slots, 0, -1)
+        pipe.hlen(keys.done)
+        pipe.hlen(keys.failed)
+        pipe.get(keys.scheduler_lock)
+        for n in nodes:
+            pipe.mget(keys.heartbeat(n), keys.cap(n), keys.cap_total(n), keys.run_count(n))
+            pipe.hgetall(keys.node_info(n))
+            pipe.llen(keys.queue(n))
+            pipe.llen(keys.running(n))
+        return pipe.execute()
+
+    try:
+        res = read(True)
+    except redis.ResponseError:  # a Redis over maxmemory refuses MULTI too: read without a transaction
+        res = read(False)
     pending, head, slots, n_done, n_failed, lock = res[:6]
     rows, states = [], []
     for i, n in enumerate(nodes):
         (hb, cap, total, rc), info, qlen, rlen = res[6 + 4 * i: 10 + 4 * i]
         par = int(info.get("parallel", 0) or 0)
-        row = {"node": n, "alive": hb is not None, "cap": int(cap or 0), "cap_total": int(total or 0),
+        draining = info.get("draining") == "1"
+        row = {"node": n, "alive": hb is not None, "draining": draining, "cap": int(cap or 0),
+               "cap_total": int(total or 0),
                "run_count": int(rc or 0), "parallel": par, "free_slots": slots.count(n) if par > 0 else None,
                "queued": qlen, "running": rlen, "binding": info.get("binding"), "host": info.get("host")}
         rows.append(row)
-        states.append(NodeState(n, row["alive"], row["cap"], row["cap_total"], row["run_count"], par,
+        states.append(NodeState(n, row["alive"] and not draining, row["cap"], row["cap_total"], row["run_count"], par,
                                 slots.count(n)))
     head_info = None
     if head is not None:
@@ -52,18 +62,40 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
         except (ValueError, TypeError, AttributeError):
             head_info = {"trace_id": None, "why": "unreadable payload (the scheduler records it failed)"}
     return {"pending": pending, "head": head_info, "nodes": rows, "done": n_done, "failed": n_failed,
-            "scheduler": lock, "slot_tokens": len(slots)}
+            "scheduler": lock, "slot_tokens": len(slots), **health_snapshot(client, keys)}
+
+
+def health_snapshot(client: redis.Redis, keys: Keys) -> dict:
+    """Degraded daemons (their ``health`` records) and why Redis refuses writes, if it does."""
+    try:
+        daemons = read_health(client, keys)
+    except (redis.RedisError, OSError):
+        daemons = {}
+    return {"health": daemons, "redis_problems": redis_write_blockers(client)}
+
+
+def health_lines(snapshot: dict) -> list[str]:
+    """One line per degraded daemon and per reason Redis refuses writes (none when all is well)."""
+    out = [f"redis: {p}" for p in snapshot.get("redis_problems") or []]
+    now = time.time() * 1000
+    for daemon, rec in sorted((snapshot.get("health") or {}).items()):
+        since = rec.get("since_ms")
+        age = f" for {max(0.0, (now - since) / 1000):.0f} s" if isinstance(since, (int, float)) else ""
+        problems = "; ".join(f"{k}: {v}" for k, v in (rec.get("problems") or {}).items())
+        out.append(f"health: {daemon} {rec.get('state', 'degraded')}{age}: {problems or '?'}"[:300])
+    return out
 
 
 def render(snapshot: dict) -> str:
     """The snapshot as a small text table."""
     out = [f"scheduler: {snapshot['scheduler'] or 'not running'}    q:pending {snapshot['pending']}    "
            f"done {snapshot['done']}    failed {snapshot['failed']}"]
+    out += health_lines(snapshot)
     if snapshot["head"]:
         h = snapshot["head"]
         out.append(f"head: {h.get('trace_id')} {h.get('profile', '')} cpu_units={h.get('cpu_units', '?')} "
                    f"attempt={h.get('attempt', '?')}: {h['why']}")
-    cols = ("node", "alive", "cap", "cap_total", "run_count", "free_slots", "queued", "running", "binding")
+    cols = ("node", "alive", "draining", "cap", "cap_total", "run_count", "free_slots", "queued", "running", "binding")
     table = [cols] + [tuple("-" if r[c] is None else str(r[c]) for c in cols) for r in snapshot["nodes"]]
     w = [max(len(row[i]) for row in table) for i in range(len(cols))]
     out += ["  ".join(v.ljust(w[i]) for i, v in enumerate(row)) for row in table]

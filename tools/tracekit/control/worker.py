@@ -30,19 +30,21 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import redis
 
+from tracekit.control.health import Health, guarded
 from tracekit.control.lua import Scripts
 from tracekit.control.profiles import load_profiles
-from tracekit.control.redis_retry import Retrier
+from tracekit.control.redis_retry import RedisFatal, Retrier
 from tracekit.control.task import Command, InvalidTask, Task, build_command, parse_task, tmp_output_for
 from tracekit.core import paths
 from tracekit.core.clock import redis_clock_offset, wall_ms
-from tracekit.core.errors import Conflict, TracekitError, UsageError
+from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
@@ -52,6 +54,7 @@ from tracekit.node.procfs import format_cpu_list
 log = logging.getLogger("worker")
 ADAPTERS = paths.REPO_ROOT / "tools" / "adapters"
 BEAT_EVERY_S = 1.0
+RECONCILE_EVERY_S = 2.0  # how often the take loop compares running:<node> with what this worker holds
 
 
 # ---- configuration ----
@@ -84,7 +87,11 @@ def capacity_for(ratio: float, cores: int, units: int = 0) -> int:
         return units
     if not (ratio > 0 and math.isfinite(ratio)):
         raise UsageError("--allocation-ratio must be a positive number")
-    return int(math.floor(ratio * cores + 1e-9))
+    cap = int(math.floor(ratio * cores + 1e-9))
+    if cap < 1:
+        raise UsageError(f"capacity would be 0: --allocation-ratio {ratio:g} x {cores} logical core(s) floors to 0; "
+                         "raise the ratio or set --capacity-units")
+    return cap
 
 
 @dataclass
@@ -121,6 +128,25 @@ def _remove_superseded_tmp(output: Path, trace_id: str, attempt: int) -> None:
             tmp_output_for(output, trace_id, a).unlink(missing_ok=True)
 
 
+def undeliverable(tmp: Path | None, output: Path | None) -> str | None:
+    """Why the renaming of ``tmp`` onto ``output`` would fail (checked before a success is reported), or None."""
+    if tmp is None or output is None or not tmp.exists():
+        return None
+    if output.is_dir() and not output.is_symlink():
+        return f"{output} is a directory"
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        return f"cannot write in {output.parent}"
+    return None
+
+
+def is_task_leader(p: psutil.Process) -> bool:
+    """``p`` leads its own session, as every task the worker launches does (``start_new_session``)."""
+    try:
+        return os.getsid(p.pid) == p.pid
+    except OSError:
+        return False
+
+
 # ---- the worker ----
 
 
@@ -133,8 +159,16 @@ class Worker:
         self.instance = uuid.uuid4().hex[:12]
         self.stop = threading.Event()
         self.signals = 0
-        self.retry = Retrier(log)  # completions and registration: retried until Redis answers
-        self.take_retry = Retrier(log, self.stop)  # taking stops retrying once we are asked to stop
+        paths.check_node_id(cfg.node)
+        self.health = Health(client, keys, f"worker:{cfg.node}")
+        self.retry = Retrier(log, health=self.health)  # completions and registration: retried until Redis answers
+        self.take_retry = Retrier(log, self.stop, self.health)  # taking stops retrying once we are asked to stop
+        self.beat_retry = Retrier(log, health=self.health)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{self.instance}"
+        self.held: Counter = Counter()  # payloads (bytes) taken and not yet completed: reconciled with Redis
+        self.orphans: list = []  # payloads found in running:<node> that no take returned (lost reply)
+        self.next_reconcile = 0.0
+        self.fatal: BaseException | None = None
         self.lock = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
         self.running: dict[tuple[str, int], Running] = {}
         self.threads: list[threading.Thread] = []
@@ -168,14 +202,15 @@ class Worker:
         """
         found = []
         for p in psutil.process_iter(["pid", "cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if p.pid == os.getpid() or not any(a.endswith("_wrapper.py") and Path(a).parent == ADAPTERS for a in cmd):
+            if p.pid == os.getpid() or not is_task_leader(p):
                 continue
             try:
                 env = p.environ()
             except psutil.Error:
                 continue
-            if env.get("RUN_ID") == self.cfg.run_id and env.get("NODE_ID") == self.cfg.node and env.get("TRACE_ID"):
+            # any checkout, any install path: a task this node's worker launched carries these in its environment
+            if (env.get("RUN_ID") == self.cfg.run_id and env.get("NODE_ID") == self.cfg.node and env.get("TRACE_ID")
+                    and env.get("TC_EVENT_LOG")):
                 found.append(p)
                 log.warning("stopping adapter pid %d of %s attempt %s left by a previous worker", p.pid,
                             env.get("TRACE_ID"), env.get("ATTEMPT"))
@@ -210,6 +245,38 @@ class Worker:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
 
+    def claim_node(self, wait_s: float | None = None) -> None:
+        """Become the one worker of this node (owner token in Redis, whatever the logs root) or raise Conflict.
+
+        A token left by a dead worker of this host is taken over at once; one held by a live worker (or by a
+        worker of another host) is waited for up to the heartbeat TTL + 1 s, then refused with one line.
+        """
+        key = self.keys.owner(self.cfg.node)
+        ttl = self.cfg.heartbeat_ttl_ms
+        deadline = time.monotonic() + (ttl / 1000 + 1.0 if wait_s is None else wait_s)
+        while True:
+            ok, holder = self.retry(lambda: self.scripts.own(keys=[key], args=[self.token, ttl, ""]), "own")
+            if int(ok) == 1:
+                return
+            host, _, rest = (holder or "").partition(":")
+            pid = rest.partition(":")[0]
+            if host == socket.gethostname() and pid.isdigit() and not live_worker_pid(int(pid)):
+                ok, _ = self.retry(lambda h=holder: self.scripts.own(keys=[key], args=[self.token, ttl, h]), "own")
+                if int(ok) == 1:
+                    log.warning("took over node %s from a dead worker (%s)", self.cfg.node, holder)
+                    return
+                continue
+            if time.monotonic() >= deadline:
+                raise Conflict(f"a worker for node {self.cfg.node} is already running ({holder}, owner key {key}); "
+                               "stop it first (make stop-node) or use another --node-id")
+            time.sleep(0.2)
+
+    def _release_node(self) -> None:
+        key = self.keys.owner(self.cfg.node)
+        with contextlib.suppress(redis.RedisError, OSError):
+            if self.client.get(key) == self.token:
+                self.client.delete(key)
+
     def register(self) -> None:
         """(Re)register: reconcile this node's keys in one atomic step and write worker.json."""
         mode = "1" if self.cfg.clear_queue else ("2" if self.cfg.reset_capacity else "0")
@@ -243,7 +310,16 @@ class Worker:
     def _heartbeat(self) -> None:
         while not self.done_event.is_set():
             try:
-                ok = self.scripts.beat(args=[self.cfg.node, self.instance, self.cfg.heartbeat_ttl_ms])
+                owned, holder = self.beat_retry(lambda: self.scripts.own(
+                    keys=[self.keys.owner(self.cfg.node)], args=[self.token, self.cfg.heartbeat_ttl_ms, ""]), "beat")
+                if int(owned) == 0:
+                    log.error("another worker (%s) owns node %s now; stopping", holder, self.cfg.node)
+                    self.replaced = True
+                    self.stop.set()
+                    self.stop_doomed()
+                    return
+                ok = self.beat_retry(lambda: self.scripts.beat(args=[self.cfg.node, self.instance,
+                                                                     self.cfg.heartbeat_ttl_ms]), "beat")
                 if ok == 0:
                     holder = self.client.hget(self.keys.node_info(self.cfg.node), "instance")
                     if holder:
@@ -258,10 +334,14 @@ class Worker:
                                     self.cfg.node, n)
                         self.stop_doomed()
                         self.register()
-            except redis.RedisError as exc:  # the take loop logs the outage; the TTL tells the scheduler
+                        if self.stop.is_set():
+                            self._drain()
+            except RedisFatal:
+                raise  # the daemon stops loudly (guarded thread)
+            except redis.RedisError as exc:  # the beat retrier logs the outage; the TTL tells the scheduler
                 log.debug("heartbeat failed: %s", exc)
             except Exception as exc:  # the heartbeat thread must outlive any local error (disk full, ...)
-                log.error("heartbeat: %s", exc)
+                log.error("heartbeat: %s: %s", exc.__class__.__name__, exc)
             self.done_event.wait(BEAT_EVERY_S)
 
     # ---- events ----
@@ -295,10 +375,66 @@ class Worker:
                                           "LEFT", "RIGHT", 1.0, **{NEVER_DECODE: True})
         if got is None:
             return None
+        with self.lock:
+            self.held[got] += 1
         try:
             return got.decode()
         except UnicodeDecodeError:
             return got
+
+    def _release(self, raw: str | bytes) -> None:
+        """The completion of ``raw`` returned (accepted, dup or fenced): this worker holds it no more."""
+        b = raw if isinstance(raw, bytes) else raw.encode()
+        with self.lock:
+            if self.held.get(b, 0) > 1:
+                self.held[b] -= 1
+            else:
+                self.held.pop(b, None)
+
+    def reconcile(self) -> int:
+        """Compare running:<node> with what this worker holds; payloads nobody holds are orphans (a BLMOVE that
+        Redis executed but whose reply was lost): they are handed to the take loop as if just taken, so they
+        run and complete (their capacity comes back). Called from the take loop only (no take in flight).
+        Returns the number of orphans found."""
+        from redis.client import NEVER_DECODE
+
+        with self.lock:
+            held = Counter(self.held)
+        items = self.take_retry(lambda: self.client.execute_command(
+            "LRANGE", self.keys.running(self.cfg.node), 0, -1, **{NEVER_DECODE: True}), "reconcile")
+        orphans = Counter(items or []) - held
+        for raw, n in orphans.items():
+            for _ in range(n):
+                log.warning("found a payload in %s that no take returned (lost reply?): running it (%s)",
+                            self.keys.running(self.cfg.node), raw[:80].decode(errors="replace"))
+                with self.lock:
+                    self.held[raw] += 1
+                try:
+                    self.orphans.append(raw.decode())
+                except UnicodeDecodeError:
+                    self.orphans.append(raw)
+        return sum(orphans.values())
+
+    def _next(self) -> str | bytes | None:
+        """The next payload: an orphan found by :meth:`reconcile`, else a take (BLMOVE, up to 1 s)."""
+        if not self.orphans and time.monotonic() >= self.next_reconcile:
+            self.next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+            self.reconcile()
+        if self.orphans:
+            return self.orphans.pop(0)
+        return self.take_retry(self._take, "take")
+
+    def _drain(self) -> None:
+        """First signal: mark the node draining (no new placement) and hand back its placed-not-started tasks."""
+        back, _ = self.retry(lambda: self.scripts.drain(args=[self.cfg.node, self.instance]), "drain")
+        if int(back) > 0:
+            log.info("draining: %d placed task(s) went back to q:pending", back)
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A daemon thread died: stop loudly (the main loop raises once the other threads are done)."""
+        if self.fatal is None:
+            self.fatal = exc
+        self.stop.set()
 
     def _reject_bytes(self, raw: bytes) -> None:
         tid = "bad-" + hashlib.sha1(raw).hexdigest()[:12]
@@ -311,12 +447,14 @@ class Worker:
         # the exact bytes go back to the Lua step, so it finds (and removes) them in running:<node>
         self.retry(lambda: self.scripts.complete(args=[self.cfg.node, raw, tid, 1, "failed",
                                                        json.dumps(rec, separators=(",", ":"))]), "complete")
+        self._release(raw)
 
     def _complete(self, raw: str, tid: str, attempt: int, outcome: str, extra: dict) -> str:
         rec = {"trace_id": tid, "attempt": attempt, "node_id": self.cfg.node, "by": "worker", "ts_done": self._ctl_ms()}
         rec.update(extra)
         out = self.retry(lambda: self.scripts.complete(args=[self.cfg.node, raw, tid, attempt, outcome,
                                                               json.dumps(rec, separators=(",", ":"))]), "complete")
+        self._release(raw)
         return out
 
     def _binding_env(self, task: Task) -> tuple[dict, list[int]]:
@@ -407,7 +545,8 @@ class Worker:
                  bind_env.get("TC_CPUSET") or bind_env.get("TC_CPU_WEIGHT"), proc.pid,
                  " [no adapter: direct launch]" if fallback else "")
         self._rebalance()
-        th = threading.Thread(target=self._wait, args=(run, t0), daemon=True, name=f"task-{task.trace_id}")
+        th = threading.Thread(target=guarded(lambda: self._wait(run, t0), f"task-{task.trace_id}", log, self._crashed),
+                              daemon=True, name=f"task-{task.trace_id}")
         th.start()
         self.threads.append(th)
 
@@ -463,7 +602,13 @@ class Worker:
             self.running.pop((task.trace_id, task.attempt), None)
         self._rebalance()
         tmp = cmd.tmp_output_path
-        if rc == 0:
+        problem = undeliverable(tmp, cmd.output_path) if rc == 0 else None
+        if problem:
+            log.warning("%s attempt %d exited 0 but its output cannot be delivered: %s", task.trace_id,
+                        task.attempt, problem)
+            outcome, extra = "failed", {"status": "failed", "exit_code": 0,
+                                        "reason": f"output not delivered: {problem}"}
+        elif rc == 0:
             outcome, extra = "done", {"status": "ok", "exit_code": 0}
         else:
             why = f"killed by signal {-rc}" if rc < 0 else (f"killed by signal {rc - 128}" if rc > 128 else
@@ -471,7 +616,7 @@ class Worker:
             outcome, extra = "failed", {"status": "failed", "exit_code": rc, "reason": f"application failed: {why}"}
         verdict = self._complete(run.raw, task.trace_id, task.attempt, outcome, extra)
         if verdict in ("ok", "dup"):
-            if rc == 0 and tmp is not None and tmp.exists():
+            if outcome == "done" and tmp is not None and tmp.exists():
                 os.replace(tmp, cmd.output_path)
             elif tmp is not None:
                 tmp.unlink(missing_ok=True)
@@ -508,16 +653,21 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
+        claimed = False
         try:
+            self.claim_node()
+            claimed = True
+            self.health.clear()  # a record left by a killed predecessor of this node
             self.stop_orphans()
             self.register()
-            hb = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+            hb = threading.Thread(target=guarded(self._heartbeat, "heartbeat", log, self._crashed), daemon=True,
+                                  name="heartbeat")
             hb.start()
             idle_since = time.monotonic()
             while not self.stop.is_set():
                 try:
-                    raw = self.take_retry(self._take, "take")
-                except redis.RedisError:
+                    raw = self._next()
+                except redis.RedisError:  # only once stopping: the take retrier retries everything else
                     continue
                 if isinstance(raw, bytes):  # not UTF-8: it can never be a task; reject it, keep serving
                     self._reject_bytes(raw)
@@ -536,17 +686,27 @@ class Worker:
                         idle_since = time.monotonic()
                     elif time.monotonic() - idle_since > 2.0:
                         self.stop.set()
+            if not self.replaced and self.fatal is None:
+                self._drain()
             for th in self.threads:
                 th.join()
+            if self.fatal is not None:
+                if isinstance(self.fatal, TracekitError):
+                    raise self.fatal
+                raise StepFailed(f"worker {self.cfg.node} stopped: a thread died: {self.fatal.__class__.__name__}: "
+                                 f"{self.fatal} (traceback in the log)")
             if not self.replaced:
                 back, failed = self.retry(lambda: self.scripts.leave(args=[self.cfg.node, self.instance]), "leave")
                 if back or failed:
                     log.info("left the pool: %d placed task(s) went back to q:pending", back)
             self.done_event.set()
+            self.health.clear()
             log.info("worker %s stopped", self.cfg.node)
             return 0
         finally:
             self.done_event.set()
+            if claimed and not self.replaced:
+                self._release_node()
             try:
                 if self.pidfile.read_text().split()[0] == str(os.getpid()):
                     self.pidfile.unlink()

@@ -111,10 +111,36 @@ class Keys:
         """Hash of run-wide settings written by the scheduler (max_attempts)."""
         return self._k("config")
 
+    @property
+    def health(self) -> str:
+        """Hash daemon (``worker:<node>``, ``scheduler``) -> JSON of what fails while it is degraded."""
+        return self._k("health")
+
+    def owner(self, node: str) -> str:
+        """String with TTL: ``host:pid:instance`` of the one worker that runs ``node`` (refreshed by its heartbeat)."""
+        return self._k(f"owner:{node}")
+
     def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
-                 self.controller_log, self.scheduler_lock, self.seq, self.config]
+                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
-                                                self.run_count(n), self.node_info(n), self.heartbeat(n))]
+                                                self.run_count(n), self.node_info(n), self.heartbeat(n),
+                                                self.owner(n))]
         return fixed + per_node
+
+
+PER_NODE = ("queue", "running", "cap", "cap_total", "run_count", "node_info", "heartbeat", "owner")
+
+
+def reserved_node_ids() -> frozenset[str]:
+    """Node ids whose per-node key would be one of the fixed keys (``pending``: ``q:pending``)."""
+    k = Keys()
+    fixed = [k.pending, k.slots, k.nodes, k.wake, k.done, k.failed, k.events, k.controller_log,
+             k.scheduler_lock, k.seq, k.config, k.health]
+    out = set()
+    for name in PER_NODE:
+        pre, _, post = getattr(k, name)("\x00").partition("\x00")
+        out.update(f[len(pre):len(f) - len(post)] for f in fixed
+                   if f.startswith(pre) and f.endswith(post) and len(f) > len(pre) + len(post))
+    return frozenset(out)

@@ -70,8 +70,34 @@ def run_id(explicit: str | None = None) -> str:
 
 
 def node_id(explicit: str | None = None) -> str:
-    """The node id: explicit value, else ``$NODE_ID``, else the hostname."""
-    return check_id("NODE_ID", explicit or os.environ.get("NODE_ID") or socket.gethostname())
+    """The node id: explicit value, else ``$NODE_ID``, else the hostname; never a reserved name."""
+    return check_node_id(explicit or os.environ.get("NODE_ID") or socket.gethostname())
+
+
+def reserved_node_ids() -> frozenset[str]:
+    """Names a node id may not take: what sits beside the node folders in ``logs/$RUN_ID/`` (``controller``,
+    ``pids``, ``placements.jsonl``, ``CTS``, ...) and what would make a node key one of the fixed Redis keys
+    (``pending``: ``q:pending``)."""
+    from tracekit.core.keys import reserved_node_ids as key_names
+
+    rid = "r"
+    files = [controller_dir(rid), placements_path(rid), dispatch_path(rid), chaos_log_path(rid),
+             chaos_report_path(rid), cts_dir(rid), run_dir(rid) / "opendc", run_dir(rid) / "timesync.log",
+             run_dir(rid) / "chaos_profiles.json"]
+    names = {p.name for p in files}
+    if Path(pid_dir(rid)).parent == run_dir(rid):
+        names.add(Path(pid_dir(rid)).name)
+    names.add("pids")
+    return frozenset(names | set(key_names()))
+
+
+def check_node_id(value: str) -> str:
+    """A node id: :func:`check_id` and not a reserved name (one-line :class:`UsageError` otherwise)."""
+    check_id("NODE_ID", value)
+    if value in reserved_node_ids():
+        raise UsageError(f"NODE_ID {value!r} is reserved (it would share a Redis key or a folder of the run with "
+                         f"the control plane): choose another, e.g. {value}-1")
+    return value
 
 
 def run_dir(rid: str) -> Path:

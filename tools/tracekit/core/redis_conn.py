@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import redis
 
@@ -57,11 +58,45 @@ def resolve_url(flag: str | None) -> str:
     return DEFAULT_URL
 
 
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]*\](?::[0-9]*)?|[A-Za-z0-9._~%\-]*(?::[0-9]*)?")
+
+
+def _split(url: str) -> tuple[str, str | None, str, str]:
+    """``(scheme, userinfo or None, host[:port] + path, query)`` of a Redis URL, for any password characters.
+
+    The user part ends at the first ``@`` that is followed by a host (and optional port) and then ``/``, ``?`` or
+    the end, so a password may hold ``/ # ? @ :`` unescaped. The query is everything after the first ``?`` of the
+    rest (a ``#`` there belongs to a value: Redis URLs have no fragment). An ``@`` inside a query value must be
+    written ``%40``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, "", ""
+    user = None
+    start = 0
+    while True:
+        i = rest.find("@", start)
+        if i < 0:
+            break
+        tail = rest[i + 1:]
+        m = _HOST.match(tail)
+        end = m.end() if m else 0
+        in_query = re.search(r"[?&]password=", rest[:i]) is not None  # an '@' inside ?password=...
+        if (end == len(tail) or tail[end] in "/?") and (end > 0 or scheme == "unix") and not in_query:
+            user, rest = rest[:i], tail
+            break
+        start = i + 1
+    base, _, query = rest.partition("?")
+    return scheme, user, base, query
+
+
 def _url_password(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.password:
-        return parts.password
-    return dict(parse_qsl(parts.query)).get("password")
+    _, user, _, query = _split(url)
+    if user is not None and ":" in user:
+        pw = user.partition(":")[2]
+        if pw:
+            return pw
+    return dict(parse_qsl(query)).get("password")
 
 
 def resolve_password(url: str, password_file: str | None = None) -> str | None:
@@ -81,26 +116,27 @@ def resolve_password(url: str, password_file: str | None = None) -> str | None:
 
 
 def strip_password(url: str) -> str:
-    """The URL without any password (user part or ``password=`` query)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """The URL without any password (user part or ``password=`` query); never raises."""
+    scheme, user, base, query = _split(url)
+    name = (user or "").partition(":")[0]
+    q = urlencode([(k, v) for k, v in parse_qsl(query) if k != "password"])
+    return f"{scheme}://{name + '@' if name else ''}{base}{'?' + q if q else ''}" if "://" in url else url
 
 
 def redact(url: str) -> str:
-    """The URL as it may be shown or logged: the password replaced by ``***``."""
-    clean = strip_password(url)
-    if _url_password(url) is None:
-        return clean
-    parts = urlsplit(clean)
-    user = parts.username or ""
-    host = parts.netloc.split("@")[-1]
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """The URL as it may be shown or logged: the password replaced by ``***``; never raises."""
+    try:
+        scheme, user, base, query = _split(url)
+        if user is None and "@" in base:  # not a URL this module understands: show no user part at all
+            return f"{scheme}://***@{base.rpartition('@')[2]}"
+        if _url_password(url) is None:
+            return strip_password(url)
+        name = (user or "").partition(":")[0]
+        q = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query)], safe="*")
+        return f"{scheme}://{name}{':***@' if user is not None and ':' in user else ('@' if name else '')}{base}" + (
+            f"?{q}" if q else "")
+    except Exception:  # never let a URL's text escape through an error message
+        return "<Redis URL>"
 
 
 def connect(
@@ -112,7 +148,7 @@ def connect(
 ) -> redis.Redis:
     """A checked connection (PING answered), or :class:`RedisUnavailable` (exit code 2) with one line."""
     url = resolve_url(url)
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+    if url.partition("://")[0] not in ("redis", "rediss", "unix"):
         raise UsageError(f"bad Redis URL {redact(url)!r}: expected redis://, rediss:// or unix://")
     password = resolve_password(url, password_file)
     try:
@@ -134,6 +170,8 @@ def connect(
         raise RedisUnavailable(f"Redis at {redact(url)} answered: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    except ValueError:  # redis-py's own URL parsing (a bad port, db, option): its message may quote the URL
+        raise UsageError(f"bad Redis URL {redact(url)}") from None
     return client
 
 
