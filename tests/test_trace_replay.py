@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -327,3 +328,11 @@ def test_splice_goes_before_the_plots_and_replaces_itself(tmp_path):
     rio.splice_report(p, "## Replay (OpenDC rules): PASS\n\ny\n")
     text = p.read_text()
     assert text.count("## Replay") == 1 and "PASS" in text and text.index("## Replay") < text.index("## Plots")
+
+
+def test_placement_agreement_names_the_differences_only_when_placements_differ():
+    hosts = [rp.Host("node1", "node1", 2, 2600.0, 1024), rp.Host("node2", "node2", 2, 2600.0, 1024)]
+    res = SimpleNamespace(hosts=hosts, host=np.array([0, 1, 1, -1]))
+    line = rio.placement_agreement(res, ["node1", "node1", "node2", None], ["weigher x: why"])
+    assert line.startswith("placement: 2 of 3 task(s)") and "why" in line
+    assert "why" not in rio.placement_agreement(res, ["node1", "node2", "node2", None], ["weigher x: why"])

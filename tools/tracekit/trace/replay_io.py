@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from tracekit.core.errors import BadInput
 from tracekit.trace import replay as rp
+from tracekit.trace.export.opendc import policy_differences
 from tracekit.trace.vocabulary import INVOCATIONS, has_run
 
 TASKS, FRAGMENTS, EXPERIMENT = "tasks.parquet", "fragments.parquet", "experiment.json"
@@ -386,11 +387,13 @@ def write_task_parquet(path: Path, table: pa.Table) -> None:
 # --- the real run ----------------------------------------------------------------------------------------------
 
 
-def real_reference(invocations: list[dict], tasks: rp.Tasks) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def real_reference(invocations: list[dict], tasks: rp.Tasks
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str | None]]:
     """Per task of the trace: the real placement (``ts_dispatch``, else ``ts_start``), end (``ts_release`` when
     the CTS has it, else ``ts_end``) and submission (``ts_enqueue``), epoch ms; -1 where no executed attempt
     matches. A task's ``name`` is its trace_id; the k-th task of a name takes that trace_id's k-th executed attempt
-    (fenced executions are never exported). Returns the arrays and the number of unmatched tasks."""
+    (fenced executions are never exported). Returns the arrays, the number of unmatched tasks and the real node of
+    each task (None when unmatched)."""
     by_id: dict[str, list[dict]] = {}
     for inv in invocations:
         if inv.get("status") != "fenced" and has_run(inv) and inv.get("trace_id") is not None:
@@ -399,6 +402,7 @@ def real_reference(invocations: list[dict], tasks: rp.Tasks) -> tuple[np.ndarray
         lst.sort(key=lambda i: (i.get("attempt") or 0, i.get("ts_start") or 0))
     n = len(tasks)
     place, end, sub = (np.full(n, -1, dtype=np.int64) for _ in range(3))
+    nodes: list[str | None] = [None] * n
     used: dict[str, int] = {}
     unmatched = 0
     for k, name in enumerate(tasks.name):
@@ -413,7 +417,20 @@ def real_reference(invocations: list[dict], tasks: rp.Tasks) -> tuple[np.ndarray
         e = inv.get("ts_release") if inv.get("ts_release") is not None else inv.get("ts_end")
         s = inv.get("ts_enqueue") if inv.get("ts_enqueue") is not None else int(tasks.submission_ms[k])
         place[k], end[k], sub[k] = int(p), int(e), int(s)
-    return place, end, sub, unmatched
+        nodes[k] = inv.get("node_id")
+    return place, end, sub, unmatched, nodes
+
+
+def placement_agreement(res: rp.ReplayResult, real_nodes: list[str | None], differences: list[str]) -> str:
+    """How many tasks the replay put on the node the real scheduler chose (hosts are named after nodes); when some
+    differ, why: what OpenDC's policy does differently (``export.opendc.policy_differences``)."""
+    names = [res.hosts[h].name if h >= 0 else None for h in res.host]
+    pairs = [(real, sim) for real, sim in zip(real_nodes, names) if real is not None]
+    same = sum(real == sim for real, sim in pairs)
+    line = f"placement: {same} of {len(pairs)} task(s) on the node the real scheduler chose"
+    if same < len(pairs) and differences:
+        line += ("; the others follow OpenDC's policy, which differs from the real one: " + "; ".join(differences))
+    return line
 
 
 # --- the whole check -------------------------------------------------------------------------------------------
@@ -466,12 +483,17 @@ def run_replay(trace_dir: str | Path, experiment: str | Path | None = None, cts_
     out = Path(out_dir) if out_dir else trace.resolve().parent / OUTPUT_DIR
     cts = Path(cts_dir) if cts_dir else default_cts(trace)
     real = None
+    real_nodes: list[str | None] = []
+    differences: list[str] = []
     if cts is not None:
         folder = CtsFolder(cts / "CTS" if (cts / "CTS" / INVOCATIONS).is_file() else cts)
-        place, end, sub, unmatched = real_reference(folder.invocations(), tasks)
+        place, end, sub, unmatched, real_nodes = real_reference(folder.invocations(), tasks)
         real = (place, end, sub)
         if unmatched:
             notes.append(f"{unmatched} task(s) of the trace match no executed attempt in {folder.path}: not compared")
+        policies = folder.placement_policies()
+        if policies:
+            differences = policy_differences(*policies.most_common(1)[0][0])
     figs: dict[str, rp.Figures] = {}
     outputs: list[Path] = []
     summary: dict = {"experiment": str(exp.path), "trace": str(trace.resolve()), "policy": exp.policy.describe(),
@@ -492,6 +514,8 @@ def run_replay(trace_dir: str | Path, experiment: str | Path | None = None, cts_
                      start_err_max_ms=f.start_pct(1.0))
         summary["grids"][grid] = g
         if grid == "1ms":
+            if real_nodes:
+                notes.append(placement_agreement(res, real_nodes, differences))
             if res.dropped:
                 notes.append(f"{res.dropped} task(s) without fragments: OpenDC drops them silently")
             if res.terminated:

@@ -98,10 +98,13 @@ def node_mhz(nodes: list[dict], needed: set, cpu_freq_mhz: float | None) -> dict
 
 # ---- the real scheduler in OpenDC's terms (pure; the replay uses the same mapping) ----
 WEIGHER_MULTIPLIER = {  # (weigher, order) -> (OpenDC weigher type, multiplier); OpenDC prefers the highest score
-    ("instances", "min"): ("instanceCount", -1.0),  # fewest tasks per host first
-    ("instances", "max"): ("instanceCount", 1.0),
-    ("vcpu", "min"): ("vcpu", 1.0),  # OpenDC's vcpu weight = ratio - provisioned cores: most free cores first
-    ("vcpu", "max"): ("vcpu", -1.0),
+    # OpenDC's FilterScheduler starts its best weight at Double.MIN_VALUE (the smallest positive double), so a
+    # weigher with a negative multiplier never beats it and the first candidate wins: "fewest tasks" and "most
+    # used" must be said with a positive multiplier on another weigher.
+    ("instances", "min"): ("vcpu", 1.0),  # most free vCPUs first: spreads like fewest tasks per capacity unit
+    ("instances", "max"): ("instanceCount", 1.0),  # most tasks first
+    ("vcpu", "min"): ("vcpu", 1.0),  # OpenDC's vcpu weight = cores x ratio - provisioned cores: most free first
+    ("vcpu", "max"): ("instanceCount", 1.0),  # most used first, by task count (the negative vcpu weigher cannot)
 }
 
 
@@ -136,11 +139,14 @@ def policy_differences(weigher: str, order: str) -> list[str]:
                       "SortedHostViewList.kt); the real scheduler takes the first fitting node in node_id order")
     else:
         metric = "run_count / cap_total" if weigher == "instances" else "(cap_total - cap) / cap_total"
-        theirs = "instance count" if weigher == "instances" else "allocation ratio - provisioned cores"
+        kind, _ = WEIGHER_MULTIPLIER[(weigher, order)]
+        theirs = {"instanceCount": "instance count", "vcpu": "free vCPUs (cores x ratio - provisioned cores)"}[kind]
         out.insert(0, f"weigher {weigher}/{order}: the real scheduler compares {metric} (normalised per capacity), "
-                      f"OpenDC the absolute {theirs}: the same choice only when nodes have equal capacity; ties go "
-                      "to node_id order in the real run, to OpenDC's candidate order (used hosts, then empty ones) "
-                      "there, and OpenDC's weight array is not reset between calls (FilterScheduler.kt)")
+                      f"OpenDC the absolute {theirs}: the same choice only when nodes have equal capacity and, "
+                      "where the weigher differs, tasks have equal cpu_units; OpenDC's negative multipliers pick the "
+                      "first candidate (FilterScheduler.kt: best weight starts at Double.MIN_VALUE), so they are not "
+                      "used; ties go to node_id order in the real run, to OpenDC's candidate order (used hosts, then "
+                      "empty ones) there, and OpenDC's weight array is not reset between calls (FilterScheduler.kt)")
     return out
 
 
