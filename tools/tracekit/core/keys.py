@@ -107,6 +107,12 @@ class Keys:
         return self._k("seq")
 
     @property
+    def trace_ids(self) -> str:
+        """Hash trace_id -> how the run last used it (``p<attempt>`` placed, ``q<attempt>`` re-queued, ``f`` failed,
+        ``d`` completed): the central scheduler refuses a second payload with a trace_id already used."""
+        return self._k("trace_ids")
+
+    @property
     def config(self) -> str:
         """Hash of run-wide settings written by the scheduler (max_attempts)."""
         return self._k("config")
@@ -114,7 +120,7 @@ class Keys:
     def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
-                 self.controller_log, self.scheduler_lock, self.seq, self.config]
+                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.trace_ids]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
                                                 self.run_count(n), self.node_info(n), self.heartbeat(n))]
         return fixed + per_node
