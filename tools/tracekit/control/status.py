@@ -8,6 +8,7 @@ import time
 
 import redis
 
+from tracekit.control import payload
 from tracekit.control.placement import NodeState, choose
 from tracekit.core.keys import Keys
 
@@ -16,8 +17,10 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
     """Everything the status view shows, read in one pipeline (consistent enough for a human view)."""
     nodes = client.zrange(keys.nodes, 0, -1)
     pipe = client.pipeline(transaction=True)
+    from redis.client import NEVER_DECODE
+
     pipe.llen(keys.pending)
-    pipe.lindex(keys.pending, 0)
+    pipe.execute_command("LINDEX", keys.pending, 0, **{NEVER_DECODE: True})  # bytes: any payload, even not UTF-8
     pipe.lrange(keys.slots, 0, -1)
     pipe.hlen(keys.done)
     pipe.hlen(keys.failed)
@@ -39,20 +42,30 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
         rows.append(row)
         states.append(NodeState(n, row["alive"], row["cap"], row["cap_total"], row["run_count"], par,
                                 slots.count(n)))
-    head_info = None
-    if head is not None:
-        try:
-            d = json.loads(head)
-            units = int(d.get("cpu_units"))
-            dec = choose(states, units)
-            why = (f"placeable on {dec.node}" + ("" if lock else " but no central scheduler is running")
-                   if dec.node else dec.reason)
-            head_info = {"trace_id": d.get("trace_id"), "profile": d.get("profile"), "cpu_units": units,
-                         "attempt": d.get("attempt"), "why": why}
-        except (ValueError, TypeError, AttributeError):
-            head_info = {"trace_id": None, "why": "unreadable payload (the scheduler records it failed)"}
+    head_info = None if head is None else head_status(client, keys, head, states, lock)
     return {"pending": pending, "head": head_info, "nodes": rows, "done": n_done, "failed": n_failed,
             "scheduler": lock, "slot_tokens": len(slots)}
+
+
+def head_status(client: redis.Redis, keys: Keys, head: bytes, states: list, lock: str | None) -> dict:
+    """The head of q:pending and why it waits; a payload the gate refuses is named with the rule it breaks (the
+    scheduler records it failed and moves on, or would once one runs)."""
+    later = "" if lock else " once a central scheduler runs"
+    try:
+        env = payload.check(head)
+    except payload.InvalidPayload as exc:
+        return {"trace_id": exc.trace_id, "profile": exc.profile, "cpu_units": None, "attempt": exc.attempt,
+                "why": f"bad payload, the scheduler records it failed{later}: {exc}"}
+    base = {"trace_id": env.trace_id, "profile": env.profile, "cpu_units": env.cpu_units, "attempt": env.attempt}
+    if env.cpu_units is None:
+        return {**base, "why": f"no cpu_units: the scheduler records it failed{later}"}
+    mark = client.hget(keys.trace_ids, env.trace_id)
+    if mark and mark != f"q{env.attempt}":
+        return {**base, "why": f"duplicate trace_id (already used in this run): the scheduler records it failed{later}"}
+    dec = choose(states, env.cpu_units)
+    why = (f"placeable on {dec.node}" + ("" if lock else " but no central scheduler is running")
+           if dec.node else dec.reason)
+    return {**base, "why": why}
 
 
 def render(snapshot: dict) -> str:
