@@ -20,7 +20,7 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
     from redis.client import NEVER_DECODE
 
     pipe.llen(keys.pending)
-    pipe.execute_command("LINDEX", keys.pending, 0, **{NEVER_DECODE: True})  # bytes: any payload, even not UTF-8
+    pipe.llen(keys.pending)  # (keeps the positions below; the head itself is read as bytes, see below)
     pipe.lrange(keys.slots, 0, -1)
     pipe.hlen(keys.done)
     pipe.hlen(keys.failed)
@@ -31,7 +31,9 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
         pipe.llen(keys.queue(n))
         pipe.llen(keys.running(n))
     res = pipe.execute()
-    pending, head, slots, n_done, n_failed, lock = res[:6]
+    pending, _, slots, n_done, n_failed, lock = res[:6]
+    # as bytes: a pipeline would decode it, and any payload may be at the head, even one that is not UTF-8
+    head = client.execute_command("LINDEX", keys.pending, 0, **{NEVER_DECODE: True})
     rows, states = [], []
     for i, n in enumerate(nodes):
         (hb, cap, total, rc), info, qlen, rlen = res[6 + 4 * i: 10 + 4 * i]
