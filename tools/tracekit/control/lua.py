@@ -205,9 +205,10 @@ local function decode(raw)
   if ok and type(t) == 'table' then return t end
   return nil
 end
+-- the units a payload holds (COMPLETE gives them back with INCRBY: within the gate's range, never inf or NaN)
 local function units_of(t)
   local u = t and tonumber(t.cpu_units)
-  if u and u >= 1 and u == math.floor(u) and type(t.trace_id) == 'string' then return u end
+  if is_int(u, G_UNITS_LO, G_UNITS_HI) and type(t.trace_id) == 'string' then return u end
   return nil
 end
 local function max_attempts()
