@@ -341,3 +341,23 @@ def test_the_dispatcher_refuses_bad_and_duplicate_payloads(redis_client):
     with pytest.raises(BadTask, match="already used"):
         check_batch(r, K, [raw(trace_id="d4"), raw(trace_id="d3")])
     check_batch(r, K, [raw(trace_id="d4"), raw(trace_id="d5")])
+
+
+def test_the_worker_does_not_parse_an_oversized_payload(redis_client, run_env, tmp_path, monkeypatch):
+    """Regression ('a payload is fully parsed before the 64 KiB size check'): the worker json.loads'ed every
+    payload to find its trace_id before any check; the gate reads the trace_id from the raw text instead."""
+    from tracekit.control import task, worker
+
+    w = worker.Worker(redis_client, K, worker.WorkerConfig(run_id=run_env["RUN_ID"], node="s1", outputs=tmp_path))
+
+    def no_parse(*a, **kw):
+        raise AssertionError("parsed an oversized payload")
+
+    for mod in (worker, task, payload):
+        monkeypatch.setattr(mod.json, "loads", no_parse)
+    big = raw(pad="x" * 200_000)
+    redis_client.rpush(K.running("s1"), big)
+    w.handle(big)
+    monkeypatch.undo()
+    rec = json.loads(redis_client.hget(K.failed, "b15"))
+    assert "exceeds" in rec["reason"] and redis_client.llen(K.running("s1")) == 0

@@ -694,6 +694,7 @@ def run_chaos(cfg: ChaosConfig) -> int:
         checks.append(check_state(st))
         checks.append(check_daemons(deaths, inj))
         checks.append(check_storms(failed, inj))
+        failed = {t: r for t, r in failed.items() if not t.startswith(("storm", "bad-"))}  # the dispatched tasks'
         notes += inj.skipped
     finally:
         if inj is not None and inj.thread.is_alive():  # interrupted or failed: let the current fault restore first

@@ -415,7 +415,7 @@ while placed < limit do
     t.ts_dispatch = now
     local enc = cjson.encode(t)  -- cannot fail after the gate (finite numbers, bounded depth); before the pop
     redis.call('LPOP', K.pending)
-    redis.call('HSET', K.trace_ids, t.trace_id, 'p' .. (tonumber(t.attempt) or 1))
+    redis.call('HSET', K.trace_ids, t.trace_id, 'p' .. (tonumber(t.attempt) or 1) .. '@' .. nd)
     redis.call('RPUSH', K.queue(nd), enc)
     cap[best] = cap[best] - units
     rc[best] = rc[best] + 1
@@ -459,7 +459,9 @@ for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
       fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'cleared by worker --clear-queue', raw)
     end
     cleared = cleared + 1
-  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel) then
+  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel)
+         and redis.call('HGET', K.trace_ids, t.trace_id) == 'p' .. (tonumber(t.attempt) or 1) .. '@' .. node then
+    -- (only what PLACE put here holds capacity; anything else goes through PLACE first)
     table.insert(kept, raw)
     used = used + u
   else
@@ -509,7 +511,10 @@ if redis.call('LREM', K.running(node), 1, raw) == 0 then
 end
 local units = units_of(decode(raw)) or 0
 local total = tonumber(redis.call('GET', K.cap_total(node)))
-if total then
+-- only what PLACE reserved on this node comes back: a payload put straight into q:<node> reserved nothing
+local mark = redis.call('HGET', K.trace_ids, tid)
+local placed = mark == 'p' .. attempt .. '@' .. node
+if total and placed then
   local c = redis.call('INCRBY', K.cap(node), units)
   if c > total then redis.call('SET', K.cap(node), total) end
   if redis.call('DECR', K.run_count(node)) < 0 then redis.call('SET', K.run_count(node), 0) end
@@ -536,7 +541,7 @@ if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, ti
   rec = ok and enc or cjson.encode({trace_id = tid, status = 'duplicate', reason = 'duplicate', node_id = node})
 end
 redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
-redis.call('HSET', K.trace_ids, tid, 'd')
+if placed or not mark then redis.call('HSET', K.trace_ids, tid, 'd') end
 event(outcome, tid, attempt, node, '')
 wake()
 return verdict

@@ -108,8 +108,9 @@ class Keys:
 
     @property
     def trace_ids(self) -> str:
-        """Hash trace_id -> how the run last used it (``p<attempt>`` placed, ``q<attempt>`` re-queued, ``f`` failed,
-        ``d`` completed): the central scheduler refuses a second payload with a trace_id already used."""
+        """Hash trace_id -> how the run last used it (``p<attempt>@<node>`` placed there, ``q<attempt>`` re-queued,
+        ``f`` failed, ``d`` completed): the central scheduler refuses a second payload with a trace_id already used;
+        a completion gives capacity back only for the placement recorded here."""
         return self._k("trace_ids")
 
     @property
