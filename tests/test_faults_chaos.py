@@ -29,7 +29,8 @@ def test_short_chaos_run_loses_nothing_and_fences_late_results(dirs, capsys):
     rid = "chaos-test"
     # the cut first, while the queue is full, so the cut node surely has attempts in flight
     cfg = ChaosConfig(run_id=rid, nodes=3, total=60, seconds=0.3, gap_s=(0.3, 0.8), cut_s=4.5, duration_s=0,
-                      faults=("cut", "worker", "scheduler", "redis", "rediserr"), plots=False, progress=False,
+                      faults=("cut", "worker", "scheduler", "redis", "rediserr", "payload"), plots=False,
+                      progress=False,
                       timeout_s=80)
     code = run_chaos(cfg)
     out = capsys.readouterr().out

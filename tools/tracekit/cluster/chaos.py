@@ -15,6 +15,9 @@ A :class:`tracekit.cluster.emulation.Cluster` (Redis with AOF on) runs ``total``
     rediserr   Redis answers with error replies for 1-3 s: over maxmemory (OOM), min-replicas-to-write
                (NOREPLICAS on every write) or an ACL denying EVALSHA/EVAL/BLMOVE (NOPERM); the daemons back
                off (the calls per second per daemon are recorded) and every daemon is healthy again after
+    payload    a payload storm: malformed payloads (NaN/1e400, deep nesting, huge, not UTF-8, wrong shapes,
+               bad fields, unknown profile, duplicates) pushed straight into q:pending and into a busy node's
+               queue; each must end as one failed record with a reason, no daemon may die
 
 The first round injects every kind once (random order), later faults are random until every task has
 finished. Each fault is one line in ``logs/$RUN_ID/chaos.jsonl`` and on screen. At the end the harness
@@ -53,13 +56,14 @@ from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, Conflict, UsageError
 from tracekit.core.jsonl import append_line, read_jsonl
 
-FAULTS = ("worker", "scheduler", "redis", "cut", "rediserr")
+FAULTS = ("worker", "scheduler", "redis", "cut", "rediserr", "payload")
 # rediserr: Redis answers with error replies for a while (mode -> how to switch it on and off)
 REDIS_ERROR_MODES = {
     "oom": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
     "noreplicas": (("CONFIG", "SET", "min-replicas-to-write", "1"), ("CONFIG", "SET", "min-replicas-to-write", "0")),
     "noperm": (("ACL", "SETUSER", "default", "-evalsha", "-eval", "-blmove"), ("ACL", "SETUSER", "default", "+@all")),
 }
+STORM_SIZE = 60  # payloads per storm (Injector._payload)
 PROFILE = "chaos-synth"
 HEARTBEAT_TTL_S = 3.0  # the worker's default --heartbeat-ttl
 
@@ -183,6 +187,8 @@ class Injector:
         self.batch = 0
         self.fed = 0
         self.fatal: str | None = None  # the feed failed: the run cannot finish
+        self.storms = 0
+        self.storm_sent = 0  # payloads pushed by payload storms: one failed record each
         self.thread = threading.Thread(target=self._run, name="chaos-faults", daemon=True)
 
     def start(self) -> None:
@@ -340,6 +346,21 @@ class Injector:
         self.fault_log("rediserr", None, "restored", mode=mode, calls_per_s_per_daemon=round(rate, 1),
                        healthy_back_s=None if back is None else round(back, 2))
 
+    def _payload(self) -> None:
+        """A payload storm into q:pending and a busy node's queue (see :func:`storm_payloads`)."""
+        node = self._busy_node()
+        k = self.cluster.keys
+        self.storms += 1
+        raws = storm_payloads(self.rng, STORM_SIZE, f"storm{self.storms}")
+        half = len(raws) // 2
+        self.client.rpush(k.pending, *raws[:half])
+        self.client.rpush(k.queue(node), *raws[half:])
+        self.client.lpush(k.wake, "1")
+        self.storm_sent += len(raws)
+        self.fault_log("payload", node, "pushed", pending=half, node_queue=len(raws) - half)
+        settled = _wait(lambda: storm_records(self.client, k) >= self.storm_sent, 30)
+        self.fault_log("payload", node, "restored", recorded_s=None if settled is None else round(settled, 2))
+
     def _cut(self) -> None:
         node = self._busy_node()
         k = self.cluster.keys
@@ -369,6 +390,64 @@ class Injector:
                       lambda: self.client.hget(k.node_info(node), "instance") == old))
 
 
+# ---- payload storms ----
+
+
+def storm_payloads(rng: random.Random, n: int, tag: str) -> list[bytes]:
+    """``n`` payloads that must never run: each breaks a rule of the payload gate or names an unknown profile;
+    some repeat an earlier one (duplicates). Their readable trace_ids start with ``tag``."""
+    out: list[bytes] = []
+    for i in range(n):
+        tid = f"{tag}-{i}"
+        d = {"trace_id": tid, "profile": PROFILE, "cpu_units": 1, "ts_enqueue": 1, "attempt": 1}
+        kind = rng.choice(["nan", "big", "deep", "bytes", "shape", "units", "profile", "control", "dup"])
+        if kind == "dup" and out:
+            out.append(rng.choice(out))
+            continue
+        if kind == "nan":
+            p = json.dumps(d).replace('"ts_enqueue": 1', f'"ts_enqueue": {rng.choice(["NaN", "Infinity", "1e400"])}')
+        elif kind == "big":
+            p = json.dumps({**d, "pad": "x" * 70_000})
+        elif kind == "deep":
+            p = json.dumps(d)[:-1] + ', "x": ' + "[" * 995 + "]" * 995 + "}"
+        elif kind == "bytes":  # not UTF-8
+            out.append(json.dumps(d).encode().replace(b'"attempt"', b'"\xffattempt"'))
+            continue
+        elif kind == "shape":
+            p = json.dumps(rng.choice([[d], "x", None, {"payload": d}]))
+        elif kind == "units":
+            p = json.dumps({**d, "cpu_units": rng.choice([0, -1, 1.5, 5000])})
+        elif kind == "profile":
+            p = json.dumps({**d, "profile": "no-such-profile"})
+        else:  # a raw control character (json.dumps would escape it)
+            out.append(json.dumps(d).encode()[:-1] + b', "note": "a\x01b"}')
+            continue
+        out.append(p.encode())
+    return out
+
+
+def storm_records(client, keys) -> int:
+    """Failed records of payload storms: under a storm trace_id or a ``bad-<sha1>`` key."""
+    return sum(1 for f in client.hkeys(keys.failed) if f.startswith(("storm", "bad-")))
+
+
+def _task_records(client, keys) -> int:
+    """done + failed records of dispatched tasks (payload storms' records left out)."""
+    return client.hlen(keys.done) + client.hlen(keys.failed) - storm_records(client, keys)
+
+
+def check_storms(failed: dict, injector: Injector) -> Check:
+    """Every storm payload ended as one failed record with a reason; none ran."""
+    mine = {t: r for t, r in failed.items() if t.startswith(("storm", "bad-"))}
+    problems = []
+    if len(mine) != injector.storm_sent:
+        problems.append(f"{injector.storm_sent} storm payload(s) pushed, {len(mine)} failed record(s)")
+    problems += [f"{t}: no reason" for t, r in mine.items() if not r.get("reason")][:5]
+    return Check("payload storms accounted for", not problems,
+                 f"{injector.storms} storm(s), {injector.storm_sent} payloads, {len(mine)} failed with a reason",
+                 problems)
+
+
 # ---- following the run ----
 
 
@@ -393,7 +472,7 @@ def follow(cluster: Cluster, injector: Injector, total: int, cfg: ChaosConfig, a
     with tqdm(total=total, desc="chaos", unit="task", dynamic_ncols=True, file=sys.stdout,
               disable=not cfg.progress) as bar:
         while True:
-            finished = _safe(lambda: client.hlen(k.done) + client.hlen(k.failed))
+            finished = _safe(lambda: _task_records(client, k))
             if finished is not None:
                 failed = _safe(lambda: client.hlen(k.failed), 0)
                 bar.n = min(total, finished)
@@ -649,6 +728,8 @@ def run_chaos(cfg: ChaosConfig) -> int:
         failed = {t: json.loads(v) for t, v in client.hgetall(cl.keys.failed).items()}
         checks.append(check_state(st))
         checks.append(check_daemons(deaths, inj))
+        checks.append(check_storms(failed, inj))
+        failed = {t: r for t, r in failed.items() if not t.startswith(("storm", "bad-"))}  # the dispatched tasks'
         notes += inj.skipped
     finally:
         if inj is not None and inj.thread.is_alive():  # interrupted or failed: let the current fault restore first

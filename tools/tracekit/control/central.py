@@ -86,7 +86,7 @@ class LogDrain:
         """Write every pending entry; returns the number of lines written."""
         n = 0
         while True:
-            entries = self.client.xrange(self.keys.controller_log, "-", "+", count=2000)
+            entries = read_log_entries(self.client, self.keys.controller_log, 2000)
             if not entries:
                 return n
             out: dict[str, list[bytes]] = {f: [] for f in self.files}
@@ -95,11 +95,7 @@ class LogDrain:
                 f, rec = fields.get("f"), fields.get("r") or ""
                 if f not in self.files or _sid(sid) <= pos[f]:
                     continue  # written before a crash, not yet deleted
-                # the record is a JSON object from cjson: splice the stream id in without re-encoding
-                if not (rec.startswith("{") and rec.endswith("}")):
-                    rec = json.dumps({"raw": rec})
-                sep = "," if len(rec) > 2 else ""
-                out[f].append(f'{rec[:-1]}{sep}"sid":"{sid}"}}\n'.encode())
+                out[f].append(log_line(rec, sid))
                 pos[f] = _sid(sid)
                 n += 1
             for f, chunk in out.items():
@@ -108,6 +104,40 @@ class LogDrain:
                 self.last[f] = pos[f]
             self.client.xdel(self.keys.controller_log, *[sid for sid, _ in entries])
             self.written += n
+
+
+def read_log_entries(client: redis.Redis, key: str, count: int) -> list[tuple[str, dict]]:
+    """The first ``count`` entries of a log stream, read as bytes (never decoded by the client: one entry that is
+    not UTF-8 must not stop the drain), with the ids and field names as text and the values as bytes."""
+    from redis.client import NEVER_DECODE
+
+    raw = client.execute_command("XRANGE", key, "-", "+", "COUNT", count, **{NEVER_DECODE: True}) or []
+    out = []
+    for sid, fields in raw:
+        sid = sid.decode("ascii", "replace") if isinstance(sid, bytes) else str(sid)
+        if isinstance(fields, dict):
+            fields = [x for kv in fields.items() for x in kv]
+        it = iter(fields or [])
+        out.append((sid, {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k):
+                          (v.decode("utf-8", "replace") if k in (b"f", "f") and isinstance(v, bytes) else v)
+                          for k, v in zip(it, it)}))
+    return out
+
+
+def log_line(rec: bytes | str, sid: str) -> bytes:
+    """One JSON line for a stream record with its stream id spliced in. A record that is not a JSON object in
+    valid UTF-8 is kept whole, escaped, as ``{"raw": ...}``: the line is always valid JSON."""
+    if isinstance(rec, str):
+        rec = rec.encode("utf-8", "surrogateescape")
+    try:
+        text = rec.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not (text.startswith("{") and text.endswith("}")):
+        text = json.dumps({"raw": rec.decode("utf-8", "backslashreplace")})
+    # the record is a JSON object from cjson: splice the stream id in without re-encoding
+    sep = "," if len(text) > 2 else ""
+    return f'{text[:-1]}{sep}"sid":"{sid}"}}\n'.encode()
 
 
 def _append_all(path: Path, data: bytes) -> None:

@@ -27,17 +27,19 @@ import secrets
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from tracekit.control import payload
 from tracekit.control.profiles import get_profile, load_profiles
 from tracekit.control.redis_retry import Retrier
 from tracekit.control.task import Task, resolve_inside
 from tracekit.core import paths
-from tracekit.core.errors import EXIT_FAILURE, BadInput, RedisUnavailable, UsageError
+from tracekit.core.errors import EXIT_FAILURE, BadInput, BadTask, RedisUnavailable, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 
@@ -178,6 +180,7 @@ def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], first_
         d["ts_enqueue"] = now
         raws.append(Task(**{k: d.get(k) for k in ("trace_id", "profile", "cpu_units", "ts_enqueue", "attempt",
                                                      "input", "output")}).to_json())
+    check_batch(client, keys, raws)
     pipe = client.pipeline(transaction=True)
     pipe.rpush(keys.pending, *raws)
     pipe.lpush(keys.wake, "1")
@@ -188,6 +191,28 @@ def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], first_
                                                   "profile": d["profile"], "cpu_units": d["cpu_units"],
                                                   "ts_enqueue": now, "input": d.get("input"),
                                                   "output": d.get("output")})
+
+
+def check_batch(client: redis.Redis, keys: Keys, raws: list[str]) -> None:
+    """Refuse (:class:`BadTask`, nothing pushed) a batch holding a payload the gate refuses or a trace_id used
+    twice: in the batch, or already in this run (placed, recorded done/failed: e.g. the ``seq`` counter was reset
+    while the run's records stayed). The scheduler refuses the duplicates that still slip through."""
+    tids = []
+    for raw in raws:
+        try:
+            tids.append(payload.check(raw).trace_id)
+        except payload.InvalidPayload as exc:
+            raise BadTask(f"refusing to enqueue a bad payload: {exc}", trace_id=exc.trace_id) from None
+    twice = sorted(t for t, n in Counter(tids).items() if n > 1)
+    if twice:
+        raise BadTask(f"refusing to enqueue trace_id {twice[0]} twice in one batch", trace_id=twice[0])
+    pipe = client.pipeline(transaction=False)
+    for h in (keys.trace_ids, keys.done, keys.failed):
+        pipe.hmget(h, tids)
+    used = [t for t, *hits in zip(tids, *pipe.execute()) if any(hits)]
+    if used:
+        raise BadTask(f"refusing to enqueue trace_id {used[0]}: already used in this run ({len(used)} of the "
+                      f"batch are; was the seq counter reset?)", trace_id=used[0])
 
 
 def backlog(client: redis.Redis, keys: Keys) -> int:

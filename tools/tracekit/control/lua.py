@@ -27,6 +27,7 @@ from functools import lru_cache
 
 import redis
 
+from tracekit.control.payload import lua_constants
 from tracekit.control.placement import WEIGHER_TABLE
 from tracekit.core.keys import Keys
 
@@ -40,14 +41,145 @@ def _lua_str(s: str) -> str:
 
 def _prelude(keys: Keys) -> str:
     fixed = {name: getattr(keys, name) for name in ("pending", "slots", "nodes", "wake", "done", "failed", "events",
-                                                   "controller_log", "config")}
+                                                   "controller_log", "config", "trace_ids")}
     per_node = ("queue", "running", "cap", "cap_total", "run_count", "node_info", "heartbeat")
     lines = ["local K = {}"]
     lines += [f"K.{k} = {_lua_str(v)}" for k, v in fixed.items()]
     for name in per_node:
         pre, post = getattr(keys, name)(_MARK).split(_MARK)
         lines.append(f"K.{name} = function(n) return {_lua_str(pre)} .. n .. {_lua_str(post)} end")
-    return "\n".join(lines) + "\n" + _COMMON
+    return "\n".join(lines) + "\n" + gate_lua() + _COMMON
+
+
+def gate_lua() -> str:
+    """The payload gate in Lua (:data:`GATE`) with the limits of :mod:`tracekit.control.payload` filled in."""
+    body = GATE
+    for name, value in lua_constants().items():
+        body = body.replace(f"@{name}@", str(int(value)))
+    return body
+
+
+# The payload gate: the rules of tracekit.control.payload (see its docstring), in the same order, with the same
+# limits (@NAME@ is filled from payload.lua_constants). gate(raw) returns the decoded table, or nil, rule, reason
+# and the trace_id when it can be read. It never raises: every script checks a payload before it pops or encodes it.
+GATE = r"""
+local G_MAX_BYTES, G_MAX_DEPTH, G_MAX_ID, G_MAX_PATH = @MAX_BYTES@, @MAX_DEPTH@, @MAX_ID@, @MAX_PATH@
+local G_UNITS_LO, G_UNITS_HI, G_ATTEMPT_LO, G_ATTEMPT_HI = @UNITS_LO@, @UNITS_HI@, @ATTEMPT_LO@, @ATTEMPT_HI@
+local G_TS_LO, G_TS_HI = @TS_LO@, @TS_HI@
+local function safe_id(s)
+  return type(s) == 'string' and #s <= G_MAX_ID and string.find(s, '^[%w][%w_%.%-]*$') ~= nil
+end
+local function trace_hint(raw)
+  local i = string.find(raw, '"trace_id"', 1, true)
+  if not i or string.find(raw, '"trace_id"', i + 1, true) then return nil end
+  local id = string.match(raw, '^"trace_id"[ \t\n\r]*:[ \t\n\r]*"([%w][%w_%.%-]*)"', i)
+  if id and #id <= G_MAX_ID then return id end
+  return nil
+end
+-- well-formed UTF-8 (RFC 3629): every valid sequence becomes 'x'; any byte >= 128 left over is an error
+local function utf8_ok(raw)
+  if not string.find(raw, '[\128-\255]') then return true end
+  local s = raw
+  s = string.gsub(s, '\240[\144-\191][\128-\191][\128-\191]', 'x')
+  s = string.gsub(s, '[\241-\243][\128-\191][\128-\191][\128-\191]', 'x')
+  s = string.gsub(s, '\244[\128-\143][\128-\191][\128-\191]', 'x')
+  s = string.gsub(s, '\224[\160-\191][\128-\191]', 'x')
+  s = string.gsub(s, '[\225-\236\238\239][\128-\191][\128-\191]', 'x')
+  s = string.gsub(s, '\237[\128-\159][\128-\191]', 'x')
+  s = string.gsub(s, '[\194-\223][\128-\191]', 'x')
+  return not string.find(s, '[\128-\255]')
+end
+-- a JSON number token (cjson also reads hex, leading zeros, '+1', '1.', 'inf', 'nan': refused here)
+local function number_token(tok)
+  local s = tok
+  if string.sub(s, 1, 1) == '-' then s = string.sub(s, 2) end
+  local int, rest = string.match(s, '^(%d+)(.*)$')
+  if not int or (#int > 1 and string.sub(int, 1, 1) == '0') then return false end
+  if string.sub(rest, 1, 1) == '.' then
+    rest = string.match(rest, '^%.%d+(.*)$')
+    if not rest then return false end
+  end
+  return rest == '' or string.find(rest, '^[eE][%+%-]?%d+$') ~= nil
+end
+local G_LITERAL = {['true'] = true, ['false'] = true, ['null'] = true, NaN = true, Infinity = true,
+                   ['-Infinity'] = true}
+local function finite(v)
+  if type(v) == 'number' then return v == v and v ~= math.huge and v ~= -math.huge end
+  if type(v) == 'table' then
+    for _, x in pairs(v) do if not finite(x) then return false end end
+  end
+  return true
+end
+local function is_int(v, lo, hi) return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= hi end
+local function is_num(v, lo, hi) return type(v) == 'number' and v >= lo and v <= hi end
+local function absent(v) return v == nil or v == cjson.null end
+local function path_ok(v) return type(v) == 'string' and #v > 0 and #v <= G_MAX_PATH and not string.find(v, '%z') end
+local function gate(raw)
+  if #raw > G_MAX_BYTES then
+    return nil, 'size', 'payload of ' .. #raw .. ' bytes exceeds the ' .. G_MAX_BYTES .. '-byte limit', trace_hint(raw)
+  end
+  if not utf8_ok(raw) then return nil, 'utf8', 'payload is not valid UTF-8', trace_hint(raw) end
+  if string.find(raw, '[%z\1-\8\11\12\14-\31]') then
+    return nil, 'control', 'payload holds a control character', trace_hint(raw)
+  end
+  local s = raw
+  if string.find(s, '\\', 1, true) then s = string.gsub(s, '\\.', '') end
+  s = string.gsub(s, '"[^"]*"', '0')
+  local d = 0
+  for c in string.gmatch(s, '[%[%]{}]') do
+    if c == '[' or c == '{' then
+      d = d + 1
+      if d > G_MAX_DEPTH then
+        return nil, 'depth', 'payload nests deeper than ' .. G_MAX_DEPTH .. ' levels', trace_hint(raw)
+      end
+    else
+      d = d - 1
+    end
+  end
+  for tok in string.gmatch(s, '[^ \t\n\r%[%]{}:,]+') do
+    if not (G_LITERAL[tok] or number_token(tok)) then
+      return nil, 'json', 'payload is not valid JSON: invalid token', trace_hint(raw)
+    end
+  end
+  local ok, t = pcall(cjson.decode, raw)
+  if not ok then return nil, 'json', 'payload is not valid JSON: ' .. tostring(t), trace_hint(raw) end
+  if type(t) ~= 'table' or not string.find(raw, '^[ \t\n\r]*{') then
+    return nil, 'object', 'payload must be a JSON object', nil
+  end
+  local tid = nil
+  if safe_id(t.trace_id) then tid = t.trace_id end
+  if not finite(t) then
+    return nil, 'number', 'payload holds a number that is not finite (NaN, Infinity or beyond a double: 1e400)',
+      tid
+  end
+  if not tid then return nil, 'trace_id', 'trace_id missing or unsafe (letters, digits, _ . -)', nil end
+  if not safe_id(t.profile) then return nil, 'profile', 'profile missing or not a profile name', tid end
+  if not absent(t.cpu_units) and not is_int(t.cpu_units, G_UNITS_LO, G_UNITS_HI) then
+    return nil, 'cpu_units', 'cpu_units must be an integer in ' .. G_UNITS_LO .. '..' .. G_UNITS_HI, tid
+  end
+  if not absent(t.attempt) and not is_int(t.attempt, G_ATTEMPT_LO, G_ATTEMPT_HI) then
+    return nil, 'attempt', 'attempt must be an integer in ' .. G_ATTEMPT_LO .. '..' .. G_ATTEMPT_HI, tid
+  end
+  if not is_num(t.ts_enqueue, G_TS_LO, G_TS_HI) then
+    return nil, 'ts_enqueue', 'ts_enqueue must be epoch milliseconds', tid
+  end
+  if not absent(t.ts_dispatch) and not is_num(t.ts_dispatch, G_TS_LO, G_TS_HI) then
+    return nil, 'ts_dispatch', 'ts_dispatch must be epoch milliseconds', tid
+  end
+  if not absent(t.node) and type(t.node) ~= 'string' then return nil, 'node', 'node must be a string', tid end
+  for _, key in ipairs({'input', 'output'}) do
+    if not absent(t[key]) and not path_ok(t[key]) then
+      return nil, key, key .. ' must be a non-empty path string (at most ' .. G_MAX_PATH .. ' bytes, no NUL)', tid
+    end
+  end
+  local p = t.params
+  if not absent(p) and not (type(p) == 'table' and (next(p) == nil or type(next(p)) == 'string')) then
+    return nil, 'params', 'params must be an object', tid
+  end
+  return t
+end
+local function sha12(raw) return string.sub(redis.sha1hex(raw or ''), 1, 12) end
+"""
 
 
 def weigher_lua() -> str:
@@ -76,9 +208,10 @@ local function decode(raw)
   if ok and type(t) == 'table' then return t end
   return nil
 end
+-- the units a payload holds (COMPLETE gives them back with INCRBY: within the gate's range, never inf or NaN)
 local function units_of(t)
   local u = t and tonumber(t.cpu_units)
-  if u and u >= 1 and u == math.floor(u) and type(t.trace_id) == 'string' then return u end
+  if is_int(u, G_UNITS_LO, G_UNITS_HI) and type(t.trace_id) == 'string' then return u end
   return nil
 end
 local function max_attempts()
@@ -91,14 +224,42 @@ local function event(kind, tid, attempt, node, extra)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'kind', kind, 'trace_id', tid or '',
              'attempt', tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
 end
--- record a task given up by the controller (Redis record + controller/events.jsonl line); the excerpt keeps
--- printable ASCII only: raw bytes (or a UTF-8 character cut at byte 200) would make every decoding reader fail
+local function free_key(base)
+  local k, i = base, 1
+  while redis.call('HEXISTS', K.failed, k) == 1 or redis.call('HEXISTS', K.done, k) == 1 do
+    i = i + 1
+    k = base .. '-' .. i
+  end
+  return k
+end
+-- the key a refused payload is recorded under: its own trace_id when one could be read and no other payload
+-- claimed it in this run, else bad-<sha1> (a free one: identical refused payloads get one record each)
+local function record_key(tid, raw)
+  if tid and not redis.call('HGET', K.trace_ids, tid) and redis.call('HEXISTS', K.done, tid) == 0
+     and redis.call('HEXISTS', K.failed, tid) == 0 then
+    return tid
+  end
+  return free_key('bad-' .. sha12(raw))
+end
+local function printable(s) return (string.gsub(s or '', '[^\32-\126]', '?')) end
+-- record a task given up by the controller (Redis record + controller/events.jsonl line). Everything in the
+-- record is printable ASCII or a checked id (raw bytes would make every decoding reader fail) and it is encoded
+-- before anything is written, so this never fails half-way.
 local function fail(tid, attempt, node, profile, now, reason, raw)
-  local rec = {kind='failed', trace_id=tid, attempt=attempt, node_id=node, profile=profile or cjson.null, ts=now,
-               reason=reason, payload_excerpt=(string.gsub(string.sub(raw or '', 1, 200), '[^\32-\126]', '?'))}
-  redis.call('HSET', K.failed, tid, cjson.encode(rec))
-  ctl_log('c', rec)
-  event('failed', tid, attempt, node, reason)
+  if not safe_id(tid) then tid = free_key('bad-' .. sha12(raw)) end
+  if not safe_id(profile) then profile = cjson.null end
+  local rec = {kind='failed', trace_id=tid, attempt=tonumber(attempt) or 0, node_id=printable(node), profile=profile,
+               ts=now, reason=printable(reason), payload_excerpt=printable(string.sub(raw or '', 1, 200))}
+  local ok, enc = pcall(cjson.encode, rec)
+  if not ok then
+    rec.reason = 'unrecordable failure'
+    rec.profile = cjson.null
+    enc = cjson.encode(rec)
+  end
+  redis.call('HSET', K.failed, tid, enc)
+  redis.call('HSET', K.trace_ids, tid, 'f')
+  redis.call('XADD', K.controller_log, '*', 'f', 'c', 'r', enc)
+  event('failed', tid, rec.attempt, rec.node_id, rec.reason)
 end
 -- items: list of {raw, bump}, oldest first. Each goes back to the HEAD of q:pending, in the same
 -- order, with attempt+1 when bump; or is recorded failed past max attempts / when unreadable.
@@ -108,9 +269,9 @@ local function requeue(items, node, why, now)
   local nfail = 0
   for _, it in ipairs(items) do
     local raw, bump = it[1], it[2]
-    local t = decode(raw)
-    if not units_of(t) then
-      fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'unreadable payload (' .. why .. ')', raw)
+    local t, _, bad, tid = gate(raw)
+    if not t then
+      fail(record_key(tid, raw), 0, node, nil, now, bad .. ' (' .. why .. ')', raw)
       nfail = nfail + 1
     else
       local a = (tonumber(t.attempt) or 1)
@@ -126,10 +287,18 @@ local function requeue(items, node, why, now)
       if not bump or a + 1 <= maxa then
         t.node = nil
         t.ts_dispatch = nil
-        table.insert(back, cjson.encode(t))
-        event('requeue', t.trace_id, t.attempt, node, why)
-        ctl_log('c', {kind='requeue', trace_id=t.trace_id, attempt=t.attempt, node_id=node, ts=now, bump=bump,
-                      reason=why})
+        local ok, enc = pcall(cjson.encode, t)
+        if ok then
+          table.insert(back, enc)
+          -- back in q:pending with this attempt: the one payload PLACE accepts again for this trace_id
+          redis.call('HSET', K.trace_ids, t.trace_id, 'q' .. (tonumber(t.attempt) or 1))
+          event('requeue', t.trace_id, t.attempt, node, why)
+          ctl_log('c', {kind='requeue', trace_id=t.trace_id, attempt=t.attempt, node_id=node, ts=now, bump=bump,
+                        reason=why})
+        else
+          fail(t.trace_id, a, node, t.profile, now, 'cannot re-encode the payload: ' .. tostring(enc), raw)
+          nfail = nfail + 1
+        end
       end
     end
   end
@@ -197,12 +366,24 @@ local placed, status = 0, 'limit'
 while placed < limit do
   local raw = redis.call('LINDEX', K.pending, 0)
   if not raw then status = 'empty'; break end
-  local t = decode(raw)
-  local units = units_of(t)
-  if not units then
+  -- everything that can fail is checked before the pop (gate, duplicate, encode): a refused payload is recorded
+  -- failed (under its own trace_id when it can be read) and only then popped
+  local t, _, bad, tid = gate(raw)
+  local units = t and t.cpu_units
+  if t and type(units) ~= 'number' then
+    bad = 'cpu_units missing: the scheduler places only payloads that say how many units they need'
+    t, tid = nil, t.trace_id
+  end
+  if t then
+    local mark = redis.call('HGET', K.trace_ids, t.trace_id)
+    if mark and mark ~= 'q' .. (tonumber(t.attempt) or 1) then
+      bad = 'duplicate trace_id ' .. t.trace_id .. ': already used in this run (' .. mark .. ')'
+      t, tid = nil, nil
+    end
+  end
+  if not t then
+    fail(record_key(tid, raw), 0, '', nil, now_ms(), 'refused at the head of q:pending: ' .. bad, raw)
     redis.call('LPOP', K.pending)
-    fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, '', '', now_ms(),
-         'unreadable payload at the head of q:pending (no JSON object with trace_id and integer cpu_units >= 1)', raw)
   else
     local best, bestm = nil, 0
     local cands = {}
@@ -237,10 +418,12 @@ while placed < limit do
       clist[#clist + 1] = cstr[i]
     end
     cstr[best] = nil
-    redis.call('LPOP', K.pending)
     t.node = nd
     t.ts_dispatch = now
-    redis.call('RPUSH', K.queue(nd), cjson.encode(t))
+    local enc = cjson.encode(t)  -- cannot fail after the gate (finite numbers, bounded depth); before the pop
+    redis.call('LPOP', K.pending)
+    redis.call('HSET', K.trace_ids, t.trace_id, 'p' .. (tonumber(t.attempt) or 1) .. '@' .. nd)
+    redis.call('RPUSH', K.queue(nd), enc)
     cap[best] = cap[best] - units
     rc[best] = rc[best] + 1
     redis.call('SET', K.cap(nd), cap[best])
@@ -283,7 +466,9 @@ for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
       fail('bad-' .. string.sub(redis.sha1hex(raw), 1, 12), 0, node, '', now, 'cleared by worker --clear-queue', raw)
     end
     cleared = cleared + 1
-  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel) then
+  elseif u and not reset and used + u <= capacity and (parallel <= 0 or #kept < parallel)
+         and redis.call('HGET', K.trace_ids, t.trace_id) == 'p' .. (tonumber(t.attempt) or 1) .. '@' .. node then
+    -- (only what PLACE put here holds capacity; anything else goes through PLACE first)
     table.insert(kept, raw)
     used = used + u
   else
@@ -333,7 +518,10 @@ if redis.call('LREM', K.running(node), 1, raw) == 0 then
 end
 local units = units_of(decode(raw)) or 0
 local total = tonumber(redis.call('GET', K.cap_total(node)))
-if total then
+-- only what PLACE reserved on this node comes back: a payload put straight into q:<node> reserved nothing
+local mark = redis.call('HGET', K.trace_ids, tid)
+local placed = mark == 'p' .. attempt .. '@' .. node
+if total and placed then
   local c = redis.call('INCRBY', K.cap(node), units)
   if c > total then redis.call('SET', K.cap(node), total) end
   if redis.call('DECR', K.run_count(node)) < 0 then redis.call('SET', K.run_count(node), 0) end
@@ -341,11 +529,30 @@ if total then
     redis.call('RPUSH', K.slots, node)
   end
 end
+-- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
+-- under a free bad-<sha1> key; the worker then treats the attempt as refused
+local verdict = 'ok'
+if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, tid) == 1 then
+  local r = decode(rec) or {}
+  if string.sub(tid, 1, 4) ~= 'bad-' then
+    r.duplicate_of = tid
+    r.status = 'duplicate'
+    r.reason = 'duplicate trace_id ' .. tid .. ': a record of it exists already (this attempt ended ' .. outcome .. ')'
+    outcome, verdict = 'failed', 'duplicate'
+    tid = free_key('bad-' .. sha12(raw))
+  else
+    tid = free_key(tid)
+  end
+  r.trace_id = tid
+  local ok, enc = pcall(cjson.encode, r)
+  rec = ok and enc or cjson.encode({trace_id = tid, status = 'duplicate', reason = 'duplicate', node_id = node})
+end
 redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
+if placed or not mark then redis.call('HSET', K.trace_ids, tid, 'd') end
 event(outcome, tid, attempt, node, '')
 ctl_log('c', {kind='release', trace_id=tid, attempt=attempt, node_id=node, ts=now_ms(), outcome=outcome})
 wake()
-return 'ok'
+return verdict
 """
 
 REAP = r"""
@@ -409,6 +616,14 @@ return {0, cur}
 """
 
 
+GATE_CHECK = r"""
+-- ARGV: one payload. Read-only: {rule, trace_id, reason} ('' when it passes / cannot be read) of the payload gate.
+local t, rule, why, tid = gate(ARGV[1])
+if t then return {'', t.trace_id, ''} end
+return {rule, tid or '', why}
+"""
+
+
 class Scripts:
     """The Lua scripts bound to one client and key prefix (EVALSHA, reloaded after a Redis restart)."""
 
@@ -422,4 +637,5 @@ class Scripts:
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     pre = _prelude(Keys(prefix))
     return {"place": pre + metrics + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
-            "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN}
+            "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN,
+            "gate": pre + GATE_CHECK}

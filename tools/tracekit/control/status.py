@@ -7,7 +7,9 @@ import sys
 import time
 
 import redis
+from redis.client import NEVER_DECODE
 
+from tracekit.control import payload
 from tracekit.control.health import read_health, redis_write_blockers
 from tracekit.control.placement import NodeState, choose
 from tracekit.core.keys import Keys
@@ -20,7 +22,7 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
     def read(transaction: bool) -> list:
         pipe = client.pipeline(transaction=transaction)
         pipe.llen(keys.pending)
-        pipe.lindex(keys.pending, 0)
+        pipe.llen(keys.pending)  # (keeps the positions below; the head itself is read as bytes, see below)
         pipe.lrange(keys.slots, 0, -1)
         pipe.hlen(keys.done)
         pipe.hlen(keys.failed)
@@ -36,7 +38,9 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
         res = read(True)
     except redis.ResponseError:  # a Redis over maxmemory refuses MULTI too: read without a transaction
         res = read(False)
-    pending, head, slots, n_done, n_failed, lock = res[:6]
+    pending, _, slots, n_done, n_failed, lock = res[:6]
+    # as bytes: a pipeline would decode it, and any payload may be at the head, even one that is not UTF-8
+    head = client.execute_command("LINDEX", keys.pending, 0, **{NEVER_DECODE: True})
     rows, states = [], []
     for i, n in enumerate(nodes):
         (hb, cap, total, rc), info, qlen, rlen = res[6 + 4 * i: 10 + 4 * i]
@@ -49,18 +53,7 @@ def snapshot(client: redis.Redis, keys: Keys) -> dict:
         rows.append(row)
         states.append(NodeState(n, row["alive"] and not draining, row["cap"], row["cap_total"], row["run_count"], par,
                                 slots.count(n)))
-    head_info = None
-    if head is not None:
-        try:
-            d = json.loads(head)
-            units = int(d.get("cpu_units"))
-            dec = choose(states, units)
-            why = (f"placeable on {dec.node}" + ("" if lock else " but no central scheduler is running")
-                   if dec.node else dec.reason)
-            head_info = {"trace_id": d.get("trace_id"), "profile": d.get("profile"), "cpu_units": units,
-                         "attempt": d.get("attempt"), "why": why}
-        except (ValueError, TypeError, AttributeError):
-            head_info = {"trace_id": None, "why": "unreadable payload (the scheduler records it failed)"}
+    head_info = None if head is None else head_status(client, keys, head, states, lock)
     return {"pending": pending, "head": head_info, "nodes": rows, "done": n_done, "failed": n_failed,
             "scheduler": lock, "slot_tokens": len(slots), **health_snapshot(client, keys)}
 
@@ -84,6 +77,27 @@ def health_lines(snapshot: dict) -> list[str]:
         problems = "; ".join(f"{k}: {v}" for k, v in (rec.get("problems") or {}).items())
         out.append(f"health: {daemon} {rec.get('state', 'degraded')}{age}: {problems or '?'}"[:300])
     return out
+
+
+def head_status(client: redis.Redis, keys: Keys, head: bytes, states: list, lock: str | None) -> dict:
+    """The head of q:pending and why it waits; a payload the gate refuses is named with the rule it breaks (the
+    scheduler records it failed and moves on, or would once one runs)."""
+    later = "" if lock else " once a central scheduler runs"
+    try:
+        env = payload.check(head)
+    except payload.InvalidPayload as exc:
+        return {"trace_id": exc.trace_id, "profile": exc.profile, "cpu_units": None, "attempt": exc.attempt,
+                "why": f"bad payload, the scheduler records it failed{later}: {exc}"}
+    base = {"trace_id": env.trace_id, "profile": env.profile, "cpu_units": env.cpu_units, "attempt": env.attempt}
+    if env.cpu_units is None:
+        return {**base, "why": f"no cpu_units: the scheduler records it failed{later}"}
+    mark = client.hget(keys.trace_ids, env.trace_id)
+    if mark and mark != f"q{env.attempt}":
+        return {**base, "why": f"duplicate trace_id (already used in this run): the scheduler records it failed{later}"}
+    dec = choose(states, env.cpu_units)
+    why = (f"placeable on {dec.node}" + ("" if lock else " but no central scheduler is running")
+           if dec.node else dec.reason)
+    return {**base, "why": why}
 
 
 def render(snapshot: dict) -> str:

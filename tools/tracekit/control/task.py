@@ -1,9 +1,10 @@
 """The task payload: parse, validate, and turn into an exact argv. No shell, ever.
 
-A payload is one JSON object:
+A payload is one JSON object; :mod:`tracekit.control.payload` (the gate shared with the dispatcher and the
+scheduler's Lua) checks its size, encoding, nesting, numbers and field types first:
     trace_id    str, unique in the run (letters, digits, '_', '.', '-')
     profile     a known profile name
-    cpu_units   int >= 1 (default: the profile's)
+    cpu_units   int 1..1024 (default: the profile's; the central scheduler places only payloads that have it)
     ts_enqueue  int epoch ms, controller clock
     attempt     int >= 1
     input       path relative to the inputs root (or absolute inside it); absent for synthetic tasks
@@ -22,18 +23,25 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tracekit.control import payload
+from tracekit.control.payload import MAX_PAYLOAD_BYTES, InvalidPayload
 from tracekit.control.profiles import CODECS, PRESETS, load_profiles
 from tracekit.core.errors import BadTask
-from tracekit.core.paths import SAFE_ID
 
-MAX_PAYLOAD_BYTES = 64 * 1024
+__all__ = ["MAX_PAYLOAD_BYTES", "InvalidTask", "Task", "parse_task", "build_command", "resolve_inside"]
 SCALE_RE = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
 OUTPUT_SUFFIXES = (".mp4", ".mkv", ".txt", ".out")
 FFMPEG_BIN_ENV = "FFMPEG_BIN"
 
 
 class InvalidTask(BadTask):
-    """A payload that must not run; the message is the reason recorded for it (``trace_id`` once it is known)."""
+    """A payload that must not run; the message is the reason recorded for it (``trace_id`` once it is known;
+    ``attempt`` and ``profile`` as far as they could be read)."""
+
+    def __init__(self, message: str, trace_id: str | None = None, attempt: int = 1, profile: str | None = None) -> None:
+        super().__init__(message, trace_id=trace_id)
+        self.attempt = attempt
+        self.profile = profile
 
 
 @dataclass
@@ -58,7 +66,7 @@ class Task:
         extra = d.pop("extra")
         d = {k: v for k, v in d.items() if v is not None}
         d.update({k: v for k, v in extra.items() if k not in d})
-        return json.dumps(d, separators=(",", ":"), sort_keys=True)
+        return json.dumps(d, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
 def _int(d: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
@@ -94,44 +102,40 @@ def _effective_params(prof: dict, given: dict) -> dict:
 
 
 def parse_task(raw: str | bytes) -> Task:
-    """Parse and validate a queue payload (everything but the file system); :class:`InvalidTask` if bad."""
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise InvalidTask(f"payload of {len(raw)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    """Parse and validate a queue payload (everything but the file system); :class:`InvalidTask` if bad.
+
+    The payload gate first (size before parsing, UTF-8, depth, finite numbers, field types and ranges), then what
+    only a worker knows: the profile exists, its parameters, its input.
+    """
     try:
-        d = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidTask(f"payload is not valid JSON: {exc}") from None
-    if not isinstance(d, dict):
-        raise InvalidTask("payload must be a JSON object")
-    tid = d.get("trace_id")
-    if not isinstance(tid, str) or not SAFE_ID.match(tid):
-        raise InvalidTask(f"trace_id missing or unsafe: {tid!r}")
+        env = payload.check(raw)
+    except InvalidPayload as exc:
+        raise InvalidTask(str(exc), trace_id=exc.trace_id, attempt=exc.attempt, profile=exc.profile) from None
+    d, tid = env.data, env.trace_id
     profiles = load_profiles()
-    name = d.get("profile")
+    name = env.profile
     if name not in profiles:
-        raise InvalidTask(f"unknown profile {name!r}", trace_id=tid)
+        raise InvalidTask(f"unknown profile {name!r}", trace_id=tid, attempt=env.attempt)
     prof = profiles[name]
-    ts = d.get("ts_enqueue")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts < 0:
-        raise InvalidTask(f"ts_enqueue must be epoch milliseconds, got {ts!r}", trace_id=tid)
-    for key in ("input", "output"):
-        v = d.get(key)
-        if v is not None and (not isinstance(v, str) or not v or "\x00" in v or len(v) > 4096):
-            raise InvalidTask(f"{key} must be a non-empty path string", trace_id=tid)
+    ts = d["ts_enqueue"]
     if prof["needs_input"] and not d.get("input"):
         raise InvalidTask(f"profile {name} needs an input", trace_id=tid)
     known = {"trace_id", "profile", "cpu_units", "ts_enqueue", "attempt", "input", "output", "params",
              "ts_dispatch", "node"}
     ts_dispatch = d.get("ts_dispatch")
+    try:
+        params = _effective_params(prof, d.get("params") or {})
+    except InvalidTask as exc:  # the reason is recorded under the payload's own trace_id
+        raise InvalidTask(str(exc), trace_id=tid, attempt=env.attempt, profile=name) from None
     return Task(
         trace_id=tid,
         profile=name,
-        cpu_units=_int(d, "cpu_units", 1, 1024, prof["cpu_units"]),
+        cpu_units=env.cpu_units if env.cpu_units is not None else prof["cpu_units"],
         ts_enqueue=int(ts),
-        attempt=_int(d, "attempt", 1, 10_000, 1),
+        attempt=env.attempt,
         input=d.get("input"),
         output=d.get("output"),
-        params=_effective_params(prof, d.get("params") or {}),
+        params=params,
         ts_dispatch=int(ts_dispatch) if isinstance(ts_dispatch, (int, float)) else None,
         node=d.get("node") if isinstance(d.get("node"), str) else None,
         extra={k: v for k, v in d.items() if k not in known},

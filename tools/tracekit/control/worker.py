@@ -18,7 +18,6 @@ Lifecycle:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from tracekit.control import payload
 from tracekit.control.health import Health, guarded
 from tracekit.control.lua import Scripts
 from tracekit.control.profiles import load_profiles
@@ -357,7 +357,7 @@ class Worker:
 
     def _reject(self, raw: str, exc: Exception, tid: str | None, attempt: int, profile: str | None) -> None:
         reason = str(exc)
-        tid = tid or "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12]  # as the Lua steps name it
+        tid = tid or payload.bad_key(raw)  # as the Lua steps name it
         log.warning("rejected payload (%s): %s", tid, reason)
         self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=attempt, node_id=self.cfg.node,
                     profile=profile, ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200])
@@ -437,8 +437,8 @@ class Worker:
         self.stop.set()
 
     def _reject_bytes(self, raw: bytes) -> None:
-        tid = "bad-" + hashlib.sha1(raw).hexdigest()[:12]
-        reason = "payload is not valid UTF-8 (not a JSON task)"
+        _, tid, reason = payload.verdict(raw)  # rule utf8; the trace_id when it can be read
+        tid = tid or payload.bad_key(raw)
         log.warning("rejected payload (%s): %s", tid, reason)
         self._event(REJECT_FIELDS, kind="reject", trace_id=tid, attempt=1, node_id=self.cfg.node, profile=None,
                     ts=round(wall_ms(), 3), reason=reason, payload_excerpt=raw[:200].decode(errors="replace"))
@@ -484,28 +484,41 @@ class Worker:
         except Exception as exc:  # binding trouble must never stop the worker
             log.warning("rebalance_shared failed: %s", exc)
 
+    def _duplicate(self, task: Task) -> InvalidTask | None:
+        """A payload whose trace_id already runs here: refused (recorded under a bad-<sha1> key, so the running
+        attempt keeps its trace_id), never started beside it: one process, one cpuset per trace_id."""
+        with self.lock:
+            clash = next((a for (t, a) in self.running if t == task.trace_id), None)
+        if clash is None:
+            return None
+        return InvalidTask(f"duplicate trace_id {task.trace_id}: attempt {clash} of it is already running on "
+                           f"{self.cfg.node}")
+
     def handle(self, raw: str) -> None:
-        """Validate and launch one taken payload (never raises for a bad payload)."""
-        tid, attempt, profile = None, 1, None
-        try:
-            d = json.loads(raw)
-            if isinstance(d, dict):
-                tid = d.get("trace_id") if isinstance(d.get("trace_id"), str) else None
-                attempt = d.get("attempt") if isinstance(d.get("attempt"), int) else 1
-                profile = d.get("profile") if isinstance(d.get("profile"), str) else None
-        except ValueError:
-            pass
+        """Validate and launch one taken payload (never raises for a bad payload).
+
+        The payload gate runs first (``task.parse_task``), before anything else reads the payload: no parser sees
+        a payload that is too big, too deep or not UTF-8."""
+        task = None
         try:
             task = parse_task(raw)
+            dup = self._duplicate(task)
+            if dup is not None:
+                self._reject(raw, dup, None, task.attempt, task.profile)
+                return
             cmd = build_command(task, paths.inputs_root(), self.cfg.outputs)
             if cmd.input_path is not None and not cmd.input_path.is_file():
                 raise InvalidTask(f"input {task.input} does not exist under {paths.inputs_root()}",
                                   trace_id=task.trace_id)
-        except InvalidTask as exc:
-            self._reject(raw, exc, tid, attempt, profile)
+        except InvalidTask as exc:  # recorded under the payload's own trace_id once the gate could read it
+            if task is not None:
+                self._reject(raw, exc, task.trace_id, task.attempt, task.profile)
+            else:
+                self._reject(raw, exc, exc.trace_id, exc.attempt, exc.profile)
             return
         except TracekitError as exc:  # e.g. a broken profiles file: same treatment, the worker goes on
-            self._reject(raw, exc, tid, attempt, profile)
+            _, tid, _ = payload.verdict(raw)
+            self._reject(raw, exc, tid, 1, None)
             return
         bind_env, cpus = self._binding_env(task)
         app = load_profiles()[task.profile]["app"]
@@ -552,13 +565,15 @@ class Worker:
 
     def _launch_error(self, raw: str, exc: Exception) -> None:
         try:
-            d = json.loads(raw)
-            tid, attempt = str(d["trace_id"]), int(d.get("attempt", 1))
-        except (ValueError, KeyError, TypeError):
-            tid, attempt = "bad-" + hashlib.sha1(raw.encode(errors="replace")).hexdigest()[:12], 1
+            env = payload.check(raw)
+            tid, attempt = env.trace_id, env.attempt
+        except payload.InvalidPayload as bad:
+            tid, attempt = bad.trace_id or payload.bad_key(raw), bad.attempt
         log.error("could not start %s: %s", tid, exc)
         with self.lock:
-            self.running.pop((tid, attempt), None)
+            run = self.running.get((tid, attempt))
+            if run is not None and run.raw == raw:  # only this payload's own entry, never another process's
+                del self.running[(tid, attempt)]
         self._complete(raw, tid, attempt, "failed", {"status": "failed", "reason": f"worker could not start it: {exc}"})
 
     def _finish_failed_launch(self, raw: str, task: Task, cmd: Command, reason: str) -> None:
@@ -626,7 +641,9 @@ class Worker:
         else:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-            reason = "completion refused: the task was recovered and re-queued while this attempt ran"
+            reason = ("completion refused: another payload with this trace_id was recorded first (duplicate)"
+                      if verdict == "duplicate" else
+                      "completion refused: the task was recovered and re-queued while this attempt ran")
             self._event(FENCED_FIELDS, kind="fenced", trace_id=task.trace_id, attempt=task.attempt,
                         node_id=self.cfg.node, ts=round(wall_ms(), 3), reason=reason)
             log.warning("fenced %s attempt %d: %s", task.trace_id, task.attempt, reason)
@@ -676,7 +693,9 @@ class Worker:
                 if raw is not None:
                     try:
                         self.handle(raw)
-                    except (OSError, ValueError) as exc:  # e.g. output folder not writable: fail the task, go on
+                    except Exception as exc:  # output folder not writable, a bug: fail the task, keep serving
+                        if not isinstance(exc, (OSError, ValueError)):
+                            log.exception("unexpected error handling a payload")
                         self._launch_error(raw, exc)
                     idle_since = time.monotonic()
                 elif self.cfg.exit_when_idle:

@@ -107,6 +107,13 @@ class Keys:
         return self._k("seq")
 
     @property
+    def trace_ids(self) -> str:
+        """Hash trace_id -> how the run last used it (``p<attempt>@<node>`` placed there, ``q<attempt>`` re-queued,
+        ``f`` failed, ``d`` completed): the central scheduler refuses a second payload with a trace_id already used;
+        a completion gives capacity back only for the placement recorded here."""
+        return self._k("trace_ids")
+
+    @property
     def config(self) -> str:
         """Hash of run-wide settings written by the scheduler (max_attempts)."""
         return self._k("config")
@@ -123,7 +130,7 @@ class Keys:
     def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
-                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health]
+                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
                                                 self.run_count(n), self.node_info(n), self.heartbeat(n),
                                                 self.owner(n))]
