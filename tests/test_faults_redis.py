@@ -246,6 +246,7 @@ def test_a_take_whose_reply_was_lost_is_reconciled_and_run(env, daemons, redis_c
     redis_client.rpush(K.running("r1"), raw)  # as PLACE + BLMOVE did, the reply lost on the way
     redis_client.decr(K.cap("r1"))
     redis_client.incr(K.run_count("r1"))
+    redis_client.hset(K.trace_ids, "lost1", "p1@r1")  # PLACE's mark: the capacity it reserved comes back
     rec = json.loads(wait_for(lambda: redis_client.hget(K.done, "lost1"), timeout=15))
     assert rec["node_id"] == "r1" and rec["attempt"] == 1
     assert_idle(redis_client, "r1")
@@ -371,6 +372,13 @@ def test_orphan_sweep_finds_adapters_of_another_checkout(run_env, tmp_path, redi
 # ---- no daemon thread dies silently ----
 
 
+def place_directly(client, node: str, raw: str) -> None:
+    """Put ``raw`` in q:<node> as PLACE would: with its mark in trace_ids (REGISTER keeps only such payloads)."""
+    t = json.loads(raw)
+    client.hset(K.trace_ids, t["trace_id"], f"p{t.get('attempt', 1)}@{node}")
+    client.rpush(K.queue(node), raw)
+
+
 def _worker(redis_client, run_env, tmp_path, node: str):
     from tracekit.control.worker import Worker, WorkerConfig
 
@@ -386,7 +394,7 @@ def test_a_task_thread_that_dies_stops_the_worker_loudly(env, redis_client, tmp_
     def broken(*a, **k):
         raise RuntimeError("injected")
     w._complete = broken
-    redis_client.rpush(K.queue("th1"), task("th-t1", seconds=0.1))
+    place_directly(redis_client, "th1", task("th-t1", seconds=0.1))
     with pytest.raises(StepFailed, match="thread died: RuntimeError: injected"):
         w.run()
     assert any("thread task-th-t1 died" in r.getMessage() for r in caplog.records)
@@ -403,7 +411,7 @@ def test_the_heartbeat_thread_survives_an_injected_error(env, redis_client, tmp_
             raise RuntimeError("injected")
         return real(*a, **k)
     w.scripts.beat = flaky
-    redis_client.rpush(K.queue("th2"), task("th-t2", "long", seconds=2.5))
+    place_directly(redis_client, "th2", task("th-t2", "long", seconds=2.5))
     assert w.run() == 0
     assert len(calls) >= 2 and redis_client.hexists(K.done, "th-t2")
     assert any("heartbeat: RuntimeError: injected" in r.getMessage() for r in caplog.records)
