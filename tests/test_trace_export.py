@@ -382,12 +382,3 @@ def test_experiment_and_small_datacenter_follow_the_sdk_model(parsed, tmp_path):
     _check("export", ex, "exportModel")
     assert ex["exportInterval"] == "1 seconds", "a short run gets a 1 s export interval, not the 5 min default"
 
-
-@pytest.mark.parametrize("weigher, order", [("instances", "min"), ("instances", "max"), ("vcpu", "min"),
-                                            ("vcpu", "max")])
-def test_exported_weighers_never_have_a_negative_multiplier(weigher, order):
-    # OpenDC's FilterScheduler starts its best weight at Double.MIN_VALUE: a negative multiplier would pick the
-    # first candidate, i.e. first-fit instead of the run's weigher
-    policy = opendc.allocation_policy(weigher, order, 1.5)
-    assert policy["weighers"] and all(w["multiplier"] > 0 for w in policy["weighers"])
-    assert opendc.policy_differences(weigher, order)[0].startswith(f"weigher {weigher}/{order}")
