@@ -485,14 +485,31 @@ class Worker:
             log.warning("rebalance_shared failed: %s", exc)
 
     def _duplicate(self, task: Task) -> InvalidTask | None:
-        """A payload whose trace_id already runs here: refused (recorded under a bad-<sha1> key, so the running
-        attempt keeps its trace_id), never started beside it: one process, one cpuset per trace_id."""
+        """A payload whose trace_id already runs here with the same or a later attempt: refused (recorded under a
+        bad-<sha1> key, so the running attempt keeps its trace_id), never started beside it: one process, one
+        cpuset per trace_id. An *earlier* attempt still running here is doomed (the control plane re-queued it,
+        its completion can never be accepted, e.g. it was taken just before this node was declared dead): it is
+        stopped first, then the new attempt runs."""
         with self.lock:
-            clash = next((a for (t, a) in self.running if t == task.trace_id), None)
-        if clash is None:
-            return None
-        return InvalidTask(f"duplicate trace_id {task.trace_id}: attempt {clash} of it is already running on "
-                           f"{self.cfg.node}")
+            clash = next((a for (t, a) in self.running if t == task.trace_id and a >= task.attempt), None)
+            older = [(a, r.proc) for (t, a), r in self.running.items() if t == task.trace_id and a < task.attempt]
+        if clash is not None:
+            return InvalidTask(f"duplicate trace_id {task.trace_id}: attempt {clash} of it is already running on "
+                               f"{self.cfg.node}")
+        for a, proc in older:
+            log.warning("stopping %s attempt %d: attempt %d of it arrived (the earlier one will be fenced)",
+                        task.trace_id, a, task.attempt)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10.0
+        while older and time.monotonic() < deadline:
+            with self.lock:
+                older = [x for x in older if (task.trace_id, x[0]) in self.running]
+            time.sleep(0.05)
+        for _, proc in older:  # ignores SIGTERM: its whole session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return None
 
     def handle(self, raw: str) -> None:
         """Validate and launch one taken payload (never raises for a bad payload).
