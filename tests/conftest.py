@@ -112,3 +112,44 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
+
+
+class Daemons:
+    """Worker/scheduler subprocesses of one test, each logging to its own file (a pipe nobody reads can fill up and
+    block a daemon); all killed at the end. ``output(p)`` is what a daemon printed so far."""
+
+    def __init__(self, env: dict, folder: Path) -> None:
+        self.env, self.folder, self.procs = env, folder, []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, script: str, *args: str, env: dict | None = None, **extra: str) -> subprocess.Popen:
+        log_path = self.folder / f"daemon{len(self.procs)}.log"
+        with open(log_path, "w") as log:
+            p = subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=dict(env or self.env, **extra),
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        self.logs[p.pid] = log_path
+        return p
+
+    def worker(self, node: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        return self.start("scheduler/worker.py", "--node-id", node, *args, env=env)
+
+    def scheduler(self, *args: str) -> subprocess.Popen:
+        return self.start("scheduler/scheduler_central.py", "--reap-interval", "0.3", *args)
+
+    def output(self, proc: subprocess.Popen) -> str:
+        return self.logs[proc.pid].read_text(errors="replace")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def daemons(env, tmp_path):
+    """``Daemons`` of the test module's ``env`` fixture (its environment: Redis, run id, profiles)."""
+    d = Daemons(env, tmp_path)
+    yield d
+    d.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS, run_script, wait_for, with_profiles
+from conftest import TOOLS, Daemons, run_script, wait_for, with_profiles
 from tracekit.cluster.redis_server import RedisServer, free_port
 from tracekit.core import paths
 from tracekit.core.keys import Keys
@@ -45,31 +45,6 @@ def env(run_env, tmp_path, monkeypatch):
     return with_profiles(run_env, tmp_path, monkeypatch, PROFILES)
 
 
-class Daemons:
-    """Worker/scheduler subprocesses of one test; always killed at the end."""
-
-    def __init__(self, env: dict) -> None:
-        self.env, self.procs = env, []
-
-    def start(self, script: str, *args: str, **extra: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=dict(self.env, **extra),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.procs.append(p)
-        return p
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            p.stdout.close()
-
-
-@pytest.fixture
-def daemons(env):
-    d = Daemons(env)
-    yield d
-    d.close()
 
 
 
@@ -220,7 +195,7 @@ def test_redis_refused_or_down_at_start_is_one_line(env, script, args):
 def test_redis_down_while_a_task_ends_the_completion_is_retried(env, tmp_path):
     srv = RedisServer(appendonly=True, workdir=tmp_path / "aof").start()
     e = dict(env, TRACEKIT_REDIS_URL=srv.url, TRACEKIT_REDIS_PASSWORD=srv.password)
-    d = Daemons(e)
+    d = Daemons(e, tmp_path)
     try:
         # a long heartbeat TTL: this test is about the completion, not about the node being declared dead
         w = d.start("scheduler/worker.py", "--node-id", "o1", "--capacity-units", "1", "--heartbeat-ttl", "20")
@@ -311,9 +286,9 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_full_disk_under_outputs_fails_the_task_with_the_reason(env, redis_client, tiny_disk):
+def test_full_disk_under_outputs_fails_the_task_with_the_reason(env, redis_client, tiny_disk, tmp_path):
     e = dict(env, TRACEKIT_OUTPUTS=str(tiny_disk))
-    d = Daemons(e)
+    d = Daemons(e, tmp_path)
     try:
         w = d.start("scheduler/worker.py", "--node-id", "d1", "--capacity-units", "1", "--outputs", str(tiny_disk))
         wait_for(lambda: redis_client.zcard(K.nodes) == 1)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import TOOLS, wait_for, with_profiles
+from conftest import wait_for, with_profiles
 from test_faults_inputs import node_events
 from tracekit.control import payload
 from tracekit.core.keys import Keys
@@ -30,31 +28,6 @@ def env(run_env, tmp_path, monkeypatch):
     return with_profiles(run_env, tmp_path, monkeypatch, PROFILES)
 
 
-class Daemons:
-    """Scheduler/worker subprocesses logging to files (a storm logs far more than a pipe holds); killed at the end."""
-
-    def __init__(self, env: dict, folder) -> None:
-        self.env, self.folder, self.procs = env, folder, []
-
-    def start(self, script: str, *args: str) -> subprocess.Popen:
-        with open(self.folder / f"daemon{len(self.procs)}.log", "w") as log:
-            p = subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=self.env,
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-
-
-@pytest.fixture
-def daemons(env, tmp_path):
-    d = Daemons(env, tmp_path)
-    yield d
-    d.close()
 
 
 def base(tid: str, **kw) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import TOOLS, run_script, wait_for, with_profiles
+from conftest import TOOLS, Daemons, run_script, wait_for, with_profiles
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.control.redis_retry import RedisFatal, Retrier, backoff_delays, classify
 from tracekit.core import paths
@@ -36,35 +36,6 @@ def env(run_env, tmp_path, monkeypatch):
     return with_profiles(run_env, tmp_path, monkeypatch, PROFILES)
 
 
-class Daemons:
-    def __init__(self, env: dict) -> None:
-        self.env, self.procs = env, []
-
-    def start(self, script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, str(TOOLS / script), *args], env=env or self.env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.procs.append(p)
-        return p
-
-    def worker(self, node: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        return self.start("scheduler/worker.py", "--node-id", node, *args, env=env)
-
-    def scheduler(self, *args: str) -> subprocess.Popen:
-        return self.start("scheduler/scheduler_central.py", "--reap-interval", "0.3", *args)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            p.stdout.close()
-
-
-@pytest.fixture
-def daemons(env):
-    d = Daemons(env)
-    yield d
-    d.close()
 
 
 def task(tid: str, profile: str = "nap", **kw) -> str:
@@ -146,7 +117,7 @@ def test_injected_redis_error_replies_kill_no_daemon_and_lose_no_task(env, tmp_p
     calls per second while Redis refuses, status shows the degraded daemons, every task completes after."""
     srv = RedisServer(workdir=tmp_path / "redis").start()
     e = dict(env, TRACEKIT_REDIS_URL=srv.url, TRACEKIT_REDIS_PASSWORD=srv.password)
-    d = Daemons(e)
+    d = Daemons(e, tmp_path)
     admin = srv.client()
     rates: dict[str, float] = {}
     try:
@@ -180,7 +151,7 @@ def test_injected_redis_error_replies_kill_no_daemon_and_lose_no_task(env, tmp_p
             rates[name] = (_calls(admin) - c0) / (time.monotonic() - t0) / 3  # 3 daemons
             time.sleep(1.0)
         wait_for(lambda: finished(admin, tids), timeout=60)
-        assert all(p.poll() is None for p in ws + [sched]), [p.stdout.read()[-2000:] for p in ws + [sched]
+        assert all(p.poll() is None for p in ws + [sched]), [d.output(p)[-2000:] for p in ws + [sched]
                                                               if p.poll() is not None]
         done = admin.hgetall(K.done)
         assert len(done) == 40 and admin.hlen(K.failed) == 0
@@ -212,7 +183,7 @@ def test_completion_refused_by_redis_is_retried_not_lost(env, tmp_path):
     waits with backoff and is accepted afterwards; the capacity comes back, the worker lives on."""
     srv = RedisServer(workdir=tmp_path / "redis").start()
     e = dict(env, TRACEKIT_REDIS_URL=srv.url, TRACEKIT_REDIS_PASSWORD=srv.password)
-    d = Daemons(e)
+    d = Daemons(e, tmp_path)
     c = srv.client()
     try:
         w = d.worker("c1", "--capacity-units", "1", "--heartbeat-ttl", "20")
