@@ -88,6 +88,10 @@ EXEC_FIELDS = (
     "ts_sentinel",  # the PID sentinel is written (the child, just before ts_start = exec)
 )
 
+# the launch of one task, in order (node wall ms in the exec event; ts_dispatch is controller ms): dispatch ->
+# taken -> checked -> bound -> forked -> sentinel -> start (exec). The audit's "Launch overhead" reads them.
+LAUNCH_STAGES = ("ts_dispatch", "ts_taken", "ts_checked", "ts_bound", "ts_forked", "ts_sentinel", "ts_start")
+
 REJECT_FIELDS = ("kind", "trace_id", "attempt", "node_id", "profile", "ts", "reason", "payload_excerpt")
 FENCED_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "reason")
 REQUEUE_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "bump", "reason")

@@ -26,6 +26,7 @@ application has the adapter's ``PR_SET_PDEATHSIG=SIGKILL`` as always.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -34,6 +35,7 @@ import socket
 import sys
 import traceback
 
+from tracekit.core import keys  # noqa: F401 - imported once here, not in every task (the collector lookup)
 from tracekit.core.cli import exit_code
 from tracekit.core.clock import wall_ms
 from tracekit.core.errors import TracekitError
@@ -59,6 +61,7 @@ def _adapter_child(req: dict, launcher: int, ts_forked: float, keep: tuple) -> N
         for fd in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        gc.disable()  # a short-lived copy: no collection touching (and copying) the launcher's pages
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what a Ctrl-C means for its tasks
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
+    gc.collect()
+    gc.freeze()  # everything imported so far stays shared with the forked adapters (no copy-on-write by the GC)
     return Launcher(sock, worker).serve()
 
 
