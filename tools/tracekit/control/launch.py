@@ -134,7 +134,7 @@ class LauncherClient:
         reply = slot[1]
         if reply.get("op") != "started":
             raise OSError(reply.get("error") or "launcher could not start the task")
-        return self._proc_for(reply)
+        return reply["proc"]  # made by the reader thread, which may already have delivered its exit
 
     def _proc_for(self, reply: dict) -> LaunchedProc:
         with self.lock:
@@ -170,7 +170,7 @@ class LauncherClient:
             op = msg.get("op")
             if op in ("started", "error"):
                 if op == "started":  # register first: its exit may be the very next datagram
-                    self._proc_for(msg)
+                    msg["proc"] = self._proc_for(msg)
                 with self.lock:
                     slot = self.pending.get(msg.get("id"))
                 if slot is not None:
