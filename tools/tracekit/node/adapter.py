@@ -140,6 +140,13 @@ class AdapterConfig:
         )
 
 
+def set_pdeathsig(sig: int, parent: int) -> bool:
+    """Die with ``sig`` when the parent dies (``PR_SET_PDEATHSIG``); False when ``parent`` is already gone."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
+    return os.getppid() == parent
+
+
 def _int_if_whole(x: float | None) -> float | int | None:
     """Controller epoch ms arrive as text: keep them integers when they are."""
     return int(x) if x is not None and float(x).is_integer() else x

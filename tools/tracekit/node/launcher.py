@@ -43,14 +43,6 @@ from tracekit.node import adapter, collector  # noqa: F401 - collector: imported
 from tracekit.node.cli import CMD_WRAPPER_DOC, FFMPEG_WRAPPER_DOC
 
 MAX_MSG = 1 << 20
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig(sig: int, parent: int) -> bool:
-    """Die with ``sig`` when ``parent`` dies; False when it is already gone."""
-    if adapter._LIBC is not None:
-        adapter._LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
-    return os.getppid() == parent
 
 
 def _adapter_child(req: dict, launcher: int, ts_forked: float, keep: tuple) -> None:
@@ -66,7 +58,7 @@ def _adapter_child(req: dict, launcher: int, ts_forked: float, keep: tuple) -> N
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()  # like start_new_session: the task's group is killable as one
-        if not _pdeathsig(signal.SIGTERM, launcher):
+        if not adapter.set_pdeathsig(signal.SIGTERM, launcher):
             os._exit(adapter.EXIT_PRE_EXEC)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     """``main([fd, worker_pid])``: serve on the inherited socket ``fd``."""
     argv = sys.argv[1:] if argv is None else argv
     fd, worker = int(argv[0]), int(argv[1])
-    if not _pdeathsig(signal.SIGKILL, worker):
+    if not adapter.set_pdeathsig(signal.SIGKILL, worker):
         return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what a Ctrl-C means for its tasks
     sock = socket.socket(fileno=fd)
