@@ -87,3 +87,25 @@ def test_many_quick_launches(launcher):
     assert [p.wait(30) for p in procs] == [0] * 20
     assert {e["trace_id"] for e in map(lambda i: event_of(env, f"m{i}"), range(20))} == {f"m{i}" for i in range(20)}
     assert paths.events_path(env["RUN_ID"], env["NODE_ID"]).exists()
+
+
+def test_audit_launch_overhead_per_node(tmp_path):
+    from tracekit.trace import audit
+    from tracekit.trace.model import ParseResult
+
+    def la(node, d, start, end, path="launcher"):
+        return {"node_id": node, "trace_id": f"t{d}", "attempt": 1, "launch_path": path, "status": "ok",
+                "ts_end": end, "ts_dispatch": d, "ts_taken": d + 1, "ts_checked": d + 1.5, "ts_bound": d + 2,
+                "ts_forked": d + 4, "ts_sentinel": d + 9, "ts_start": start}
+
+    r = ParseResult(run_dir=tmp_path, out_dir=tmp_path,
+                    launches=[la("a", 0, 10, 1000), la("a", 100, 120, 1100), la("b", 0, 50, 150, "subprocess")])
+    lines = audit.launch_overhead(r)
+    row_a = next(x for x in lines if x.startswith("| `a`"))
+    row_b = next(x for x in lines if x.startswith("| `b`"))
+    cells = [c.strip() for c in row_a.strip("|").split("|")]
+    assert cells[1:7] == ["2", "launcher 2", "20.0", "20.0", "20.0", "1.5 %"]  # 30 ms of 2000 ms slot time
+    assert cells[7:] == ["1.0", "0.5", "0.5", "2.0", "5.0", "6.0"]  # medians of each stage (exec: 1 and 11)
+    assert "subprocess 1" in row_b and "33.3 %" in row_b
+    assert audit.launch_overhead(ParseResult(run_dir=tmp_path, out_dir=tmp_path)) == [
+        "no exec event with ts_dispatch and ts_start"]
