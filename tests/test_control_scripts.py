@@ -12,9 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import TOOLS, run_script, wait_for, with_profiles
+from tracekit.core import paths
 from tracekit.core.jsonl import read_jsonl
 from tracekit.core.keys import Keys
 from tracekit.core.paths import dispatch_path, events_path, placements_path, worker_meta_path
@@ -45,8 +47,8 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def worker(self, node, *args):
-        return self.start("scheduler/worker.py", "--node-id", node, *args)
+    def worker(self, node, *args, **extra):
+        return self.start("scheduler/worker.py", "--node-id", node, *args, **extra)
 
     def scheduler(self, *args):
         return self.start("scheduler/scheduler_central.py", "--reap-interval", "0.3", *args)
@@ -117,6 +119,11 @@ def test_end_to_end_run_with_wait(env, procs, redis_client):
             for b in ex:
                 if a is not b and a["ts_start"] < b["ts_end"] and b["ts_start"] < a["ts_end"]:
                     assert not set(a["cpuset"].split(",")) & set(b["cpuset"].split(","))
+        # forked by the warm launcher, every launch stage recorded in order (node clock)
+        for e in ex:
+            assert e["launch_path"] == "launcher"
+            stages = [e[k] for k in ("ts_taken", "ts_checked", "ts_bound", "ts_forked", "ts_sentinel", "ts_start")]
+            assert stages == sorted(stages), e
     assert w1.wait(20) == 0 and w2.wait(20) == 0
     assert redis_client.zcard(K.nodes) == 0  # they left the pool cleanly
     meta = json.loads(worker_meta_path(rid, "n2").read_text())
@@ -176,6 +183,34 @@ def test_fifo_and_drip_keep_the_backlog_bounded(env, redis_client, mode):
     assert p.returncode == 0, p.stderr
     assert len(lines(dispatch_path(env["RUN_ID"]))) == 6  # nothing skipped
     assert max(observed) <= (2 if mode == "fifo" else 1)
+
+
+def test_forced_subprocess_path_and_nothing_outlives_a_killed_worker(env, procs, redis_client):
+    rid = env["RUN_ID"]
+    w = procs.worker("old", "--capacity-units", "1", "--exit-when-idle", TRACEKIT_LAUNCHER="0")
+    wait_for(lambda: redis_client.zcard(K.nodes) == 1)
+    procs.scheduler()
+    assert dispatch(env, "--mix", "nap=1", "--total", "2", "--seed", "1", "--wait").returncode == 0
+    assert w.wait(20) == 0
+    ex = [e for e in lines(events_path(rid, "old")) if e["kind"] == "exec"]
+    assert len(ex) == 2 and {e["launch_path"] for e in ex} == {"subprocess"}
+    assert all(e["ts_taken"] <= e["ts_forked"] <= e["ts_sentinel"] <= e["ts_start"] for e in ex)
+    # the launcher path: SIGKILL the worker mid-task; launcher, adapter and application all go
+    w = procs.worker("warm", "--capacity-units", "1")
+    wait_for(lambda: redis_client.zcard(K.nodes) == 1)
+    assert dispatch(env, "--mix", "long=1", "--total", "1", "--seed", "2").returncode == 0
+    sent = wait_for(lambda: [json.loads(f.read_text()) for f in paths.pid_dir(rid).glob("[0-9]*")], timeout=20)
+    app = sent[0]["pid"]
+    family = [q.pid for q in psutil.Process(w.pid).children(recursive=True)]
+    assert app in family and len(family) >= 3  # launcher -> adapter -> application
+    os.kill(w.pid, signal.SIGKILL)
+    def running(x):
+        try:
+            return psutil.Process(x).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    wait_for(lambda: not any(map(running, family)), timeout=15)
 
 
 def test_worker_sigkill_mid_task_is_recovered(env, procs, redis_client):

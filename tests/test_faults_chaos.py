@@ -168,7 +168,9 @@ def test_restarted_worker_stops_the_adapters_its_killed_predecessor_left(run_env
     prof = tmp_path / "profiles.json"
     prof.write_text(json.dumps({"long": {"app": "command", "cpu_units": 1, "argv": ["sleep", "{seconds}"],
                                          "seconds": 6.0}}))
-    env = dict(run_env, TRACEKIT_PROFILES=str(prof))
+    # the subprocess path (TRACEKIT_LAUNCHER=0): there an adapter can outlive its worker; forked by the warm
+    # launcher it dies with it (test_control_scripts: test_forced_subprocess_path_and_nothing_outlives_...)
+    env = dict(run_env, TRACEKIT_PROFILES=str(prof), TRACEKIT_LAUNCHER="0")
     rid = env["RUN_ID"]
 
     def start(script, *args):

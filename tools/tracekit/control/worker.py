@@ -38,6 +38,7 @@ import redis
 
 from tracekit.control import payload
 from tracekit.control.health import Health, guarded
+from tracekit.control.launch import LauncherClient, LauncherUnavailable, launcher_enabled
 from tracekit.control.lua import Scripts
 from tracekit.control.profiles import load_profiles
 from tracekit.control.redis_retry import RedisFatal, Retrier
@@ -101,7 +102,7 @@ class Running:
     raw: str
     task: Task
     cmd: Command
-    proc: subprocess.Popen
+    proc: subprocess.Popen | object  # a Popen, or a launch.LaunchedProc (same subset: pid, wait, returncode)
     cpus: list = field(default_factory=list)
     fallback: bool = False
 
@@ -139,12 +140,36 @@ def undeliverable(tmp: Path | None, output: Path | None) -> str | None:
     return None
 
 
+def signal_task(proc, sig: int, group: bool = False) -> None:
+    """Signal a task's adapter (``group``: its whole session); through the launcher when it forked it."""
+    if hasattr(proc, "client"):  # LaunchedProc: the launcher signals only a child it has not reaped yet
+        proc.send_signal(sig, group)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+
+
+def task_env() -> dict:
+    """The worker's environment minus what tasks must never see (the Redis password, maybe in the URL)."""
+    env = dict(os.environ)
+    for name in ("TRACEKIT_REDIS_PASSWORD", "TRACEKIT_REDIS_URL", "REDIS_URL"):
+        env.pop(name, None)
+    return env
+
+
 def is_task_leader(p: psutil.Process) -> bool:
     """``p`` leads its own session, as every task the worker launches does (``start_new_session``)."""
     try:
         return os.getsid(p.pid) == p.pid
     except OSError:
         return False
+
+
+def _ms(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
 
 
 # ---- the worker ----
@@ -179,6 +204,7 @@ class Worker:
         self.events = paths.events_path(cfg.run_id, cfg.node)
         self.task_log = paths.daemon_log_path(cfg.run_id, cfg.node, "tasks")
         self.replaced = False
+        self.launcher: LauncherClient | None = None
 
     # ---- registration, orphans, heartbeat ----
 
@@ -233,8 +259,7 @@ class Worker:
         with self.lock:
             procs = [r.proc for r in self.running.values()]
         for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
+            signal_task(p, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
@@ -242,8 +267,7 @@ class Worker:
                     return
             time.sleep(0.05)
         for p in procs:  # an application that ignores SIGTERM: its whole session (the adapter's group)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+            signal_task(p, signal.SIGKILL, group=True)
 
     def claim_node(self, wait_s: float | None = None) -> None:
         """Become the one worker of this node (owner token in Redis, whatever the logs root) or raise Conflict.
@@ -511,7 +535,7 @@ class Worker:
                 os.killpg(proc.pid, signal.SIGKILL)
         return None
 
-    def handle(self, raw: str) -> None:
+    def handle(self, raw: str, taken_ms: float | None = None) -> None:
         """Validate and launch one taken payload (never raises for a bad payload).
 
         The payload gate runs first (``task.parse_task``), before anything else reads the payload: no parser sees
@@ -537,12 +561,11 @@ class Worker:
             _, tid, _ = payload.verdict(raw)
             self._reject(raw, exc, tid, 1, None)
             return
+        ts_checked = wall_ms()
         bind_env, cpus = self._binding_env(task)
         app = load_profiles()[task.profile]["app"]
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
-        env = dict(os.environ)
-        for name in ("TRACEKIT_REDIS_PASSWORD", "TRACEKIT_REDIS_URL", "REDIS_URL"):
-            env.pop(name, None)  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
+        env = task_env()  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
         env.update(bind_env)
         env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
                     "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
@@ -554,20 +577,27 @@ class Worker:
             cmd.tmp_output_path.parent.mkdir(parents=True, exist_ok=True)
         self.task_log.parent.mkdir(parents=True, exist_ok=True)
         fallback = not wrapper.exists()
-        with open(self.task_log, "ab") as out:
-            if fallback:
-                argv = cmd.argv
-                pre = (lambda c=tuple(cpus): os.sched_setaffinity(0, c)) if cpus else None
-            else:
-                argv = [sys.executable, str(wrapper), "--", *cmd.argv]
-                pre = None
+        launcher = self.launcher if self.launcher is not None and self.launcher.alive and not fallback else None
+        env.update({"TC_TS_TAKEN": _ms(taken_ms), "TC_TS_CHECKED": _ms(ts_checked),
+                    "TC_LAUNCH_PATH": "launcher" if launcher is not None else "subprocess"})
+        proc = None
+        if launcher is not None:
             try:
+                env["TC_TS_BOUND"] = _ms(wall_ms())
                 t0 = wall_ms()
-                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        preexec_fn=pre, start_new_session=True)
+                proc = launcher.launch(app, cmd.argv, env, self.task_log)
+            except LauncherUnavailable as exc:
+                log.warning("launcher unavailable (%s): starting %s through a fresh adapter process", exc,
+                            task.trace_id)
+                env["TC_LAUNCH_PATH"] = "subprocess"
             except OSError as exc:
                 self._finish_failed_launch(raw, task, cmd, str(exc))
                 return
+        if proc is None:
+            proc = self._popen(raw, task, cmd, wrapper, fallback, env, cpus)
+            if proc is None:
+                return
+            t0 = proc.t0
         run = Running(raw, task, cmd, proc, cpus, fallback)
         with self.lock:
             self.running[(task.trace_id, task.attempt)] = run
@@ -579,6 +609,36 @@ class Worker:
                               daemon=True, name=f"task-{task.trace_id}")
         th.start()
         self.threads.append(th)
+
+    def _popen(self, raw: str, task: Task, cmd: Command, wrapper: Path, fallback: bool, env: dict,
+               cpus: list) -> subprocess.Popen | None:
+        """The subprocess path: one fresh adapter interpreter (or the bare command when no adapter exists)."""
+        with open(self.task_log, "ab") as out:
+            if fallback:
+                argv = cmd.argv
+                pre = (lambda c=tuple(cpus): os.sched_setaffinity(0, c)) if cpus else None
+            else:
+                argv = [sys.executable, str(wrapper), "--", *cmd.argv]
+                pre = None
+            try:
+                env["TC_TS_BOUND"] = _ms(wall_ms())
+                t0 = wall_ms()
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                        preexec_fn=pre, start_new_session=True)
+            except OSError as exc:
+                self._finish_failed_launch(raw, task, cmd, str(exc))
+                return None
+        proc.t0 = t0
+        return proc
+
+    def _start_launcher(self) -> None:
+        """The warm launcher (tracekit.node.launcher), unless TRACEKIT_LAUNCHER=0; without it: subprocess path."""
+        if not launcher_enabled():
+            log.info("TRACEKIT_LAUNCHER=0: every task starts through a fresh adapter process")
+            return
+        client = LauncherClient()
+        if client.start(task_env(), paths.daemon_log_path(self.cfg.run_id, self.cfg.node, "launcher")):
+            self.launcher = client
 
     def _launch_error(self, raw: str, exc: Exception) -> None:
         try:
@@ -677,8 +737,7 @@ class Worker:
             procs = [r.proc for r in self.running.values()]
         log.info("signal %d again: forwarding it to %d running task(s)", signum, len(procs))
         for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signum)
+            signal_task(p, signum)
 
     def run(self) -> int:
         """Serve until stopped; returns the exit code."""
@@ -693,6 +752,7 @@ class Worker:
             claimed = True
             self.health.clear()  # a record left by a killed predecessor of this node
             self.stop_orphans()
+            self._start_launcher()
             self.register()
             hb = threading.Thread(target=guarded(self._heartbeat, "heartbeat", log, self._crashed), daemon=True,
                                   name="heartbeat")
@@ -709,7 +769,7 @@ class Worker:
                     continue
                 if raw is not None:
                     try:
-                        self.handle(raw)
+                        self.handle(raw, wall_ms())
                     except Exception as exc:  # output folder not writable, a bug: fail the task, keep serving
                         if not isinstance(exc, (OSError, ValueError)):
                             log.exception("unexpected error handling a payload")
@@ -741,6 +801,8 @@ class Worker:
             return 0
         finally:
             self.done_event.set()
+            if self.launcher is not None:
+                self.launcher.close()
             if claimed and not self.replaced:
                 self._release_node()
             try:

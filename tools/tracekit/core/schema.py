@@ -79,7 +79,18 @@ EXEC_FIELDS = (
     "bytes_out",
     "error",  # null, or the reason / tail of stderr
     "argv",
+    # launch stages (node wall ms, like ts_start; null when the adapter ran stand-alone): docs/internals.md
+    "launch_path",  # "launcher" (forked from the worker's warm launcher) | "subprocess" (fresh interpreter) | null
+    "ts_taken",  # the worker took the payload from q:<node>
+    "ts_checked",  # payload checked (gate, duplicate, command built)
+    "ts_bound",  # binding ready (cpuset allocated / weight chosen), launch requested
+    "ts_forked",  # the adapter core runs in its own process (launcher: right after fork; subprocess: after imports)
+    "ts_sentinel",  # the PID sentinel is written (the child, just before ts_start = exec)
 )
+
+# the launch of one task, in order (node wall ms in the exec event; ts_dispatch is controller ms): dispatch ->
+# taken -> checked -> bound -> forked -> sentinel -> start (exec). The audit's "Launch overhead" reads them.
+LAUNCH_STAGES = ("ts_dispatch", "ts_taken", "ts_checked", "ts_bound", "ts_forked", "ts_sentinel", "ts_start")
 
 REJECT_FIELDS = ("kind", "trace_id", "attempt", "node_id", "profile", "ts", "reason", "payload_excerpt")
 FENCED_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "reason")

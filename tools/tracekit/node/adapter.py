@@ -47,7 +47,8 @@ except OSError:  # pragma: no cover - no libc symbols (static Python)
     _LIBC = None
 STDERR_TAIL_BYTES = 2048
 HOLD_SLACK_MS = 250  # a loaded collector may be a little late; a missing one costs no wait at all
-_TS = struct.Struct("=dd")
+_TS = struct.Struct("=ddd")  # ts_sentinel, ts_start (wall), mono_start
+ORPHAN_GRACE_S = 5.0  # launcher-forked adapter whose launcher died: SIGKILL the application after this
 
 
 @dataclass
@@ -74,6 +75,12 @@ class AdapterConfig:
     output_tmp: str | None = None
     ack_wait: bool = True
     final_sample: bool = False
+    launch_path: str | None = None
+    ts_taken: float | None = None
+    ts_checked: float | None = None
+    ts_bound: float | None = None
+    ts_forked: float | None = None
+    parent_pid: int | None = None  # set by the launcher: when this parent dies, a forwarded signal escalates
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -126,7 +133,18 @@ class AdapterConfig:
             output_tmp=env.get("TC_OUTPUT_TMP") or None,
             ack_wait=env.get("TC_ACK_WAIT", "1") != "0",
             final_sample=env.get("TC_FINAL_SAMPLE", "0") == "1",
+            launch_path=env.get("TC_LAUNCH_PATH") or None,
+            ts_taken=num("TC_TS_TAKEN"),
+            ts_checked=num("TC_TS_CHECKED"),
+            ts_bound=num("TC_TS_BOUND"),
         )
+
+
+def set_pdeathsig(sig: int, parent: int) -> bool:
+    """Die with ``sig`` when the parent dies (``PR_SET_PDEATHSIG``); False when ``parent`` is already gone."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
+    return os.getppid() == parent
 
 
 def _int_if_whole(x: float | None) -> float | int | None:
@@ -184,7 +202,9 @@ def _base_event(cfg: AdapterConfig) -> dict:
     ev.update(kind="exec", trace_id=cfg.trace_id, attempt=cfg.attempt, node_id=cfg.node_id, profile=cfg.profile,
               cpu_units=cfg.cpu_units, ts_enqueue=cfg.ts_enqueue, ts_dispatch=cfg.ts_dispatch, binding=cfg.binding,
               binding_mechanism="none", input=cfg.input, output=cfg.output, argv=list(cfg.argv),
-              bytes_in=_file_size(cfg.input))
+              bytes_in=_file_size(cfg.input), launch_path=cfg.launch_path, ts_taken=cfg.ts_taken,
+              ts_checked=cfg.ts_checked, ts_bound=cfg.ts_bound,
+              ts_forked=round(cfg.ts_forked, 3) if cfg.ts_forked is not None else None)
     return ev
 
 
@@ -217,7 +237,8 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
         sentinel.write_sentinel(cfg.pid_dir, {
             "trace_id": cfg.trace_id, "attempt": cfg.attempt, "node_id": cfg.node_id, "pid": pid,
             "starttime": st, "cgroup": shared.cgroup if shared else None, "ts_created": round(wall_ms(), 3)})
-        os.write(ts_w, b"T" + _TS.pack(wall_ms(), mono_ms()))
+        ts_sentinel = wall_ms()
+        os.write(ts_w, b"T" + _TS.pack(ts_sentinel, wall_ms(), mono_ms()))
         stage = f"execute {exec_argv[0]!r}"
         os.execvp(exec_argv[0], exec_argv)
     except BaseException as exc:  # noqa: BLE001 - any failure must reach the parent, then _exit
@@ -297,12 +318,19 @@ def run(cfg: AdapterConfig) -> int:
     parent = os.getpid()
     received: list[int] = []
     child: list[int] = []
+    escalate: list = []
 
     def forward(signum, _frame):
         received.append(signum)
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child[0], signum)
+            if cfg.parent_pid is not None and os.getppid() != cfg.parent_pid and not escalate:
+                # our launcher died (PR_SET_PDEATHSIG sent this): nothing may outlive the worker, even an
+                # application that ignores the signal
+                escalate.append(threading.Timer(ORPHAN_GRACE_S, _kill_quietly, (child[0],)))
+                escalate[0].daemon = True
+                escalate[0].start()
 
     # blocked across fork: a signal arriving meanwhile is delivered once the parent knows the child's pid
     # (forwarded), and in the child only after it restored the default handlers (it then dies of it)
@@ -323,10 +351,10 @@ def run(cfg: AdapterConfig) -> int:
         data = _read_all(ts_r)
         exec_error = None
         if data[:1] == b"T" and len(data) >= 1 + _TS.size:
-            ts_start, mono_start = _TS.unpack(data[1 : 1 + _TS.size])
+            ts_sentinel, ts_start, mono_start = _TS.unpack(data[1 : 1 + _TS.size])
             rest = data[1 + _TS.size :]
         else:  # failed before it could take the time
-            ts_start = mono_start = None
+            ts_sentinel = ts_start = mono_start = None
             rest = data
         if rest[:1] == b"E":
             exec_error = rest[1:].decode(errors="replace")
@@ -339,6 +367,8 @@ def run(cfg: AdapterConfig) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for t in escalate:
+            t.cancel()
     tee.join(timeout=2.0)
     if st is not None:
         sentinel.remove_sentinel(cfg.pid_dir, pid, st)
@@ -357,7 +387,7 @@ def run(cfg: AdapterConfig) -> int:
         ev.update(ts_start=now, ts_end=now)
     else:
         ev.update(ts_start=round(ts_start, 3), mono_start=round(mono_start, 3), mono_end=round(mono_end, 3),
-                  ts_end=round(ts_start + (mono_end - mono_start), 3))
+                  ts_end=round(ts_start + (mono_end - mono_start), 3), ts_sentinel=round(ts_sentinel, 3))
     if exec_error is not None:
         code, sig = EXIT_PRE_EXEC, None
         error = exec_error
@@ -382,6 +412,11 @@ def run(cfg: AdapterConfig) -> int:
         _remove_tmp(cfg)
     _append_event(cfg, ev)
     return code
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _append_event(cfg: AdapterConfig, ev: dict) -> None:
@@ -432,7 +467,8 @@ def ffmpeg_fixup(argv: list) -> list:
     return argv
 
 
-def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None) -> int:
+def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None, ts_forked: float | None = None,
+                 parent_pid: int | None = None) -> int:
     """Entry of the wrapper scripts: ``args`` = ``[--] <command> [args]``; ``app_fixup`` adjusts the command."""
     if args and args[0] in ("-h", "--help"):
         print(f"usage: {prog} [-h] -- <command> [args]\n\n{(doc or '').strip()}\n\n{ENV_HELP}")
@@ -442,4 +478,7 @@ def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None) -> int:
     elif args and args[0].startswith("-"):
         raise UsageError(f"unknown option {args[0]!r}: put the command after '--'")
     cfg = AdapterConfig.from_env(app_fixup(args) if app_fixup else args)
+    if cfg.launch_path is not None:  # launched by the worker: the adapter core runs from here on
+        cfg.ts_forked = wall_ms() if ts_forked is None else ts_forked
+    cfg.parent_pid = parent_pid
     return run(cfg)

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracekit.core.schema import LAUNCH_STAGES
 from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
 from tracekit.trace.model import ParseResult
@@ -344,6 +345,41 @@ def queue_wait_stats(result: ParseResult) -> str:
             f"max {waits[-1] / 1000:.3f} s")
 
 
+STAGE_LABELS = ("queue", "check", "bind", "fork", "sentinel", "exec")  # the gaps between schema.LAUNCH_STAGES
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def launch_overhead(result: ParseResult) -> list[str]:
+    """Markdown lines: per node, p50/p95 of ``ts_start - ts_dispatch``, its share of slot time (dispatch to end)
+    and the median of each launch stage (docs/traces.md "Launch overhead")."""
+    by_node: dict[str, list[dict]] = defaultdict(list)
+    for la in result.launches:
+        if la["ts_dispatch"] is not None and la["ts_start"] is not None:
+            by_node[la["node_id"]].append(la)
+    if not by_node:
+        return ["no exec event with ts_dispatch and ts_start"]
+    lines = ["| node | tasks | launch path | p50 ms | p95 ms | max ms | share of slot time | "
+             + " | ".join(f"{s} ms" for s in STAGE_LABELS) + " |", "|---" * (7 + len(STAGE_LABELS)) + "|"]
+    for node in sorted(by_node):
+        las = by_node[node]
+        over = [la["ts_start"] - la["ts_dispatch"] for la in las]
+        slot = sum(max(la["ts_end"] - la["ts_dispatch"], 0) for la in las if la["ts_end"] is not None)
+        share = f"{100 * sum(max(o, 0) for o in over) / slot:.1f} %" if slot > 0 else "-"
+        stages = []
+        for a, b in zip(LAUNCH_STAGES, LAUNCH_STAGES[1:]):
+            gaps = [la[b] - la[a] for la in las if la[a] is not None and la[b] is not None]
+            stages.append(f"{statistics.median(gaps):.1f}" if gaps else "-")
+        lpaths = Counter(la["launch_path"] or "stand-alone" for la in las)
+        lines.append(f"| `{node}` | {len(las)} | {', '.join(f'{k} {v}' for k, v in sorted(lpaths.items()))} | "
+                     f"{_pct(over, 0.5):.1f} | {_pct(over, 0.95):.1f} | {max(over):.1f} | {share} | "
+                     + " | ".join(stages) + " |")
+    return lines
+
+
 def render(result: ParseResult, checks: list[Check], plots: dict[str, str] | None = None) -> str:
     """Markdown of the audit report (deterministic: no wall-clock stamps)."""
     r = result
@@ -355,6 +391,12 @@ def render(result: ParseResult, checks: list[Check], plots: dict[str, str] | Non
              f"proc_metrics rows: {r.rows_written}. Queue wait: {queue_wait_stats(r)}.", "",
              "| check | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c.name} | {c.verdict} | {c.summary.replace('|', '/')} |" for c in checks]
+    lines += ["", "## Launch overhead", "",
+              "Placement (`ts_dispatch`) to the application's exec (`ts_start`), per node, and where the time goes: "
+              "queue = dispatch to taken from q:<node>, check = payload checked, bind = binding ready, fork = the "
+              "adapter runs (launcher fork, or a fresh interpreter), sentinel = PID sentinel written, exec = exec "
+              "(stage medians).", ""]
+    lines += launch_overhead(r)
     for c in checks:
         lines += ["", f"## {c.name}: {c.verdict}", "", c.summary]
         if c.details:

@@ -36,6 +36,7 @@ def load_events(result: ParseResult) -> dict[str, list[Task]]:
                 seen.add(ident)
                 inv = _exec_invocation(ev, node)
                 r.invocations.append(inv)
+                r.launches.append(_launch(ev, inv, node))
                 # starttime may be missing (worker fallback without the adapter): such a task is matched to
                 # samples by pid within its run window instead (streaming.NodeCut.match)
                 ran = isinstance(ev.get("pid"), int) and isinstance(ev.get("starttime"), (int, type(None))) \
@@ -185,6 +186,16 @@ def _exec_invocation(ev: dict, node: NodeInfo) -> dict:
     elif is_number(ev.get("cpu_ms")):
         inv["cpu_ms"] = int(round(ev["cpu_ms"] * 1000)) / 1000
     return inv
+
+
+def _launch(ev: dict, inv: dict, node: NodeInfo) -> dict:
+    """The launch stages of one exec event on the controller's clock (floats: sub-ms stages stay visible)."""
+    out = {"node_id": node.node_id, "trace_id": inv["trace_id"], "attempt": inv["attempt"],
+           "launch_path": ev.get("launch_path"), "status": inv["status"], "ts_end": inv["ts_end"]}
+    for k in schema.LAUNCH_STAGES:
+        off = 0.0 if k == "ts_dispatch" else node.offset_ms
+        out[k] = float(ev[k]) + off if is_number(ev.get(k)) else None
+    return out
 
 
 def _reject_invocation(ev: dict, offset: float) -> dict:

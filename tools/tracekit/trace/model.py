@@ -194,6 +194,8 @@ class ParseResult:
     util_bin_ms: int = 1000
     util_t0: int = 0
     util: dict[str, list[float]] = field(default_factory=dict)  # node -> CPU ms per bin
+    # one entry per exec event: node_id, launch_path and the launch stages (schema.LAUNCH_STAGES), controller ms
+    launches: list[dict] = field(default_factory=list)
 
     _executed: list[dict] | None = field(default=None, repr=False, compare=False)
 

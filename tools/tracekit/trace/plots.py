@@ -24,6 +24,12 @@ def _t0(r: ParseResult) -> int:
     return min(starts + enq) if (starts or enq) else 0
 
 
+def _slot_start(inv: dict) -> int:
+    """Where the task's slot starts in the Gantt: its placement (``ts_dispatch``) when known, else its exec."""
+    d = inv.get("ts_dispatch")
+    return d if d is not None and d <= inv["ts_start"] else inv["ts_start"]
+
+
 RASTER_OVER = 3000  # tasks on one node beyond which its lanes are drawn as an image (bars below a pixel wide)
 RASTER_PX = 1600
 
@@ -45,7 +51,7 @@ def gantt(result: ParseResult, path: Path) -> None:
     by_node: dict[str, list[dict]] = {n: [] for n in nodes}
     for i in runs:
         by_node.setdefault(i["node_id"], []).append(i)
-    lanes_of = {n: assign_lanes([(i["ts_start"], i["ts_end"]) for i in by_node[n]]) for n in nodes}
+    lanes_of = {n: assign_lanes([(_slot_start(i), i["ts_end"]) for i in by_node[n]]) for n in nodes}
     lanes_total = sum((max(lanes_of[n]) if lanes_of[n] else 0) + 1 for n in nodes)
     span_s = max([(i["ts_end"] - t0) / 1000 for i in runs] or [1.0])
     y, yticks, ylabels = 0.0, [], []
@@ -66,6 +72,8 @@ def gantt(result: ParseResult, path: Path) -> None:
     ax.set_xlabel("time since first enqueue / start (s)")
     ax.set_title(f"Tasks per node — {r.run_dir.name} ({len(runs)} executions)")
     handles = [Patch(facecolor=colour[p], edgecolor="black", label=p) for p in profiles]
+    if any(_slot_start(i) < i["ts_start"] for i in runs):
+        handles.append(Patch(facecolor="lightgrey", edgecolor="none", label="launch (dispatch to exec)"))
     handles += [Patch(facecolor="white", edgecolor="black", hatch=h, label=s) for s, h in STATUS_HATCH.items()
                 if h and any(i.get("status") == s for i in runs)]
     if handles:
@@ -81,6 +89,13 @@ def _gantt_bars(ax, mine: list[dict], lanes: list[int], y: float, t0: int, colou
     for inv, lane in zip(mine, lanes):  # one collection per (lane, profile, status)
         groups.setdefault((lane, str(inv.get("profile")), inv.get("status")), []).append(
             ((inv["ts_start"] - t0) / 1000, (inv["ts_end"] - inv["ts_start"]) / 1000))
+    launch: dict[int, list[tuple[float, float]]] = {}  # lane -> (placement, launch overhead): a lighter segment
+    for inv, lane in zip(mine, lanes):
+        s0 = _slot_start(inv)
+        if s0 < inv["ts_start"]:
+            launch.setdefault(lane, []).append(((s0 - t0) / 1000, (inv["ts_start"] - s0) / 1000))
+    for lane, xr in sorted(launch.items()):
+        ax.broken_barh(xr, (y + lane - 0.4, 0.8), facecolors="lightgrey", edgecolor="none")
     for (lane, prof, status), xr in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
         ax.broken_barh(xr, (y + lane - 0.4, 0.8), facecolors=colour[prof], edgecolor="black",
                        linewidth=0.4 if len(mine) < 2000 else 0.0, hatch=STATUS_HATCH.get(status))
