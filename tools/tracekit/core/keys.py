@@ -62,6 +62,19 @@ class Keys:
         """Sorted set of registered node ids (all scores 0, so ZRANGE yields node_id order)."""
         return self._k("nodes")
 
+    def index(self, name: str) -> str:
+        """The placement index (control/lua.py "Placement index"): ``idx:free`` (nodes with free capacity, node_id
+        order), ``idx:cap`` (score = free cap), ``idx:slots`` (hash node -> free slot tokens), ``idx:big`` (set of
+        nodes whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value)."""
+        return self._k(f"idx:{name}")
+
+    def index_keys(self) -> list[str]:
+        """Every key of the placement index (one zset per weigher and order, from placement.WEIGHER_TABLE)."""
+        from tracekit.control.placement import ORDERS, WEIGHER_TABLE
+
+        return [self.index(n) for n in ("free", "cap", "slots", "big")] + [
+            self.index(f"w:{w}:{o}") for w in WEIGHER_TABLE for o in ORDERS]
+
     def node_info(self, node: str) -> str:
         """Hash: the worker's registration (cores, mem_mb, capacity, parallel, binding, instance, ...)."""
         return self._k(f"node:{node}")
@@ -130,7 +143,8 @@ class Keys:
     def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
-                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids]
+                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids,
+                 *self.index_keys()]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
                                                 self.run_count(n), self.node_info(n), self.heartbeat(n),
                                                 self.owner(n))]
