@@ -48,7 +48,7 @@ def _prelude(keys: Keys, metrics: str = "") -> str:
     for name in per_node:
         pre, post = getattr(keys, name)(_MARK).split(_MARK)
         lines.append(f"K.{name} = function(n) return {_lua_str(pre)} .. n .. {_lua_str(post)} end")
-    for name in ("free", "cap", "slots", "big"):
+    for name in ("free", "cap", "slots", "big", "active"):
         lines.append(f"K.idx_{name} = {_lua_str(keys.index(name))}")
     pre, post = keys.index(_MARK).split(_MARK)
     lines.append(f"K.idx_w = function(w, o) return {_lua_str(pre + 'w:')} .. w .. ':' .. o .. {_lua_str(post)} end")
@@ -204,6 +204,7 @@ def weigher_lua() -> str:
 #   idx:cap                score = free cap: ZCOUNT units +inf = how many nodes the head task could use
 #   idx:w:<weigher>:min    score = metric / cap_total (the weigher's Lua expression from WEIGHER_TABLE)
 #   idx:w:<weigher>:max    score = -(metric / cap_total): ZRANGE gives the largest value first, ties still node_id
+# (a weigher's zset is kept only once a PLACE asked for that weigher and order: idx:active lists them)
 # plus idx:slots (hash node -> free slot tokens, kept with the slots list) and idx:big (nodes whose cap_total or
 # metric exceed 2^16: only then can two different fractions round to one double, and PLACE compares a whole group
 # of equal scores exactly). Every step that changes cap, cap_total, run_count, slot tokens, draining or
@@ -228,29 +229,60 @@ local function score_of(s, name, f)
   if s.total > 0 then return m / s.total, m end
   return 0, m
 end
+-- the weigher indexes kept up to date: {name, order, metric} for each 'name:order' of idx:active (read once per
+-- script run; PLACE activates the one it is asked for)
+local IDX_ACT = nil
+local function active()
+  if not IDX_ACT then
+    IDX_ACT = {}
+    for _, x in ipairs(redis.call('SMEMBERS', K.idx_active)) do
+      local name, order = string.match(x, '^(.*):(m[ai][nx])$')
+      if name and METRICS[name] then table.insert(IDX_ACT, {name, order, METRICS[name]}) end
+    end
+  end
+  return IDX_ACT
+end
+local function w_score(s, a)
+  local v, m = score_of(s, a[1], a[3])
+  if a[2] == 'max' then v = -v end
+  return v, m
+end
 local function idx_drop(node)
   redis.call('ZREM', K.idx_free, node)
   redis.call('ZREM', K.idx_cap, node)
-  for name, _ in pairs(METRICS) do
-    redis.call('ZREM', K.idx_w(name, 'min'), node)
-    redis.call('ZREM', K.idx_w(name, 'max'), node)
-  end
+  for _, a in ipairs(active()) do redis.call('ZREM', K.idx_w(a[1], a[2]), node) end
   redis.call('SREM', K.idx_big, node)
 end
-local function idx_put(s)
-  if not eligible(s) then idx_drop(s.node); return end
-  redis.call('ZADD', K.idx_free, 0, s.node)
+-- put a node in (or out of) the index from its state; hint.listed: it is in idx:free already, hint.small: idx:big
+-- is known not to hold it
+local function idx_put(s, hint)
+  if not eligible(s) then idx_drop(s.node); return false end
+  if not (hint and hint.listed) then redis.call('ZADD', K.idx_free, 0, s.node) end
   redis.call('ZADD', K.idx_cap, s.cap, s.node)
   local big = s.total > IDX_BIG
-  for name, f in pairs(METRICS) do
-    local v, m = score_of(s, name, f)
-    redis.call('ZADD', K.idx_w(name, 'min'), v, s.node)
-    redis.call('ZADD', K.idx_w(name, 'max'), -v, s.node)
+  for _, a in ipairs(active()) do
+    local v, m = w_score(s, a)
+    redis.call('ZADD', K.idx_w(a[1], a[2]), v, s.node)
     if m > IDX_BIG or m < -IDX_BIG then big = true end
   end
-  if big then redis.call('SADD', K.idx_big, s.node) else redis.call('SREM', K.idx_big, s.node) end
+  if big then redis.call('SADD', K.idx_big, s.node)
+  elseif not (hint and hint.small) then redis.call('SREM', K.idx_big, s.node) end
+  return big
 end
 local function idx_refresh(node) idx_put(node_state(node)) end
+-- start keeping the index of one weigher and order: built from the nodes of idx:free, O(nodes) once
+local function idx_activate(name, order)
+  if redis.call('SADD', K.idx_active, name .. ':' .. order) == 0 then return end
+  local a = {name, order, METRICS[name]}
+  table.insert(active(), a)
+  redis.call('DEL', K.idx_w(name, order))
+  for _, nd in ipairs(redis.call('ZRANGE', K.idx_free, 0, -1)) do
+    local s = node_state(nd)
+    local v, m = w_score(s, a)
+    redis.call('ZADD', K.idx_w(name, order), v, nd)
+    if m > IDX_BIG or m < -IDX_BIG then redis.call('SADD', K.idx_big, nd) end
+  end
+end
 """
 
 
@@ -391,7 +423,10 @@ local metric = METRICS[weigher]
 if weigher ~= '' and not metric then return redis.error_reply('unknown weigher ' .. weigher) end
 if order ~= 'min' and order ~= 'max' then return redis.error_reply('order must be min or max') end
 local zkey = K.idx_free
-if metric then zkey = K.idx_w(weigher, order) end
+if metric then
+  idx_activate(weigher, order)
+  zkey = K.idx_w(weigher, order)
+end
 local st = {}  -- node -> state, read once per call (nothing else runs meanwhile; the chosen node is kept up to date)
 local function get(nd)
   local s = st[nd]
@@ -417,8 +452,9 @@ end
 -- the best and the runner-up feasible node for a task of units: the index in its order, skipping (and then
 -- fixing) the entries whose node turned out dead, full or stale. With no node in idx:big, equal scores are equal
 -- fractions (ties in node_id order: the member order); else the group of equal scores is compared exactly.
+local small = redis.call('SCARD', K.idx_big) == 0
 local function scan(units)
-  local exact = (not metric) or redis.call('SCARD', K.idx_big) == 0
+  local exact = (not metric) or small
   for _ = 1, 3 do
     local best, second, ssc = nil, nil, nil
     local fix, stale = {}, false
@@ -535,7 +571,7 @@ while placed < limit do
       redis.call('HSET', K.idx_slots, nd, best.slots)
     end
     cstr[nd] = nil
-    idx_put(best)
+    if idx_put(best, {listed = true, small = small}) then small = false end
     redis.call('XADD', K.controller_log, '*', 'f', 'p', 'r', rec)
     placed = placed + 1
   end
@@ -546,8 +582,14 @@ return {placed, status}
 REINDEX = r"""
 -- Rebuild the placement index from the node keys (the scheduler runs it at start; tests after raw writes).
 -- O(nodes + slot tokens). Returns the number of indexed nodes.
-for _, k in ipairs({K.idx_free, K.idx_cap, K.idx_slots, K.idx_big}) do redis.call('DEL', k) end
-for name, _ in pairs(METRICS) do redis.call('DEL', K.idx_w(name, 'min'), K.idx_w(name, 'max')) end
+-- ARGV (optional): weigher, order: the weigher index to keep from now on (PLACE activates others on demand)
+for _, a in ipairs(active()) do redis.call('DEL', K.idx_w(a[1], a[2])) end
+for _, k in ipairs({K.idx_free, K.idx_cap, K.idx_slots, K.idx_big, K.idx_active}) do redis.call('DEL', k) end
+IDX_ACT = {}
+if ARGV[1] and METRICS[ARGV[1]] then
+  redis.call('SADD', K.idx_active, ARGV[1] .. ':' .. ARGV[2])
+  table.insert(IDX_ACT, {ARGV[1], ARGV[2], METRICS[ARGV[1]]})
+end
 local count = {}
 for _, tok in ipairs(redis.call('LRANGE', K.slots, 0, -1)) do count[tok] = (count[tok] or 0) + 1 end
 for _, nd in ipairs(redis.call('ZRANGE', K.nodes, 0, -1)) do

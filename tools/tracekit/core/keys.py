@@ -65,14 +65,15 @@ class Keys:
     def index(self, name: str) -> str:
         """The placement index (control/lua.py "Placement index"): ``idx:free`` (nodes with free capacity, node_id
         order), ``idx:cap`` (score = free cap), ``idx:slots`` (hash node -> free slot tokens), ``idx:big`` (set of
-        nodes whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value)."""
+        nodes whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value), ``idx:active``
+        (the weigher indexes kept up to date)."""
         return self._k(f"idx:{name}")
 
     def index_keys(self) -> list[str]:
         """Every key of the placement index (one zset per weigher and order, from placement.WEIGHER_TABLE)."""
         from tracekit.control.placement import ORDERS, WEIGHER_TABLE
 
-        return [self.index(n) for n in ("free", "cap", "slots", "big")] + [
+        return [self.index(n) for n in ("free", "cap", "slots", "big", "active")] + [
             self.index(f"w:{w}:{o}") for w in WEIGHER_TABLE for o in ORDERS]
 
     def node_info(self, node: str) -> str:
