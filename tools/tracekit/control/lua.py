@@ -458,7 +458,7 @@ local function scan(units)
   for _ = 1, 3 do
     local best, second, ssc = nil, nil, nil
     local fix, stale = {}, false
-    local pos, CH, done = 0, 16, false
+    local pos, CH, done = 0, 4, false
     while not done do
       local chunk = redis.call('ZRANGE', zkey, pos, pos + CH - 1, 'WITHSCORES')
       if #chunk == 0 then break end
@@ -684,13 +684,17 @@ local mark = redis.call('HGET', K.trace_ids, tid)
 local placed = mark == 'p' .. attempt .. '@' .. node
 if total and placed then
   local c = redis.call('INCRBY', K.cap(node), units)
-  if c > total then redis.call('SET', K.cap(node), total) end
-  if redis.call('DECR', K.run_count(node)) < 0 then redis.call('SET', K.run_count(node), 0) end
-  if (tonumber(redis.call('HGET', K.node_info(node), 'parallel') or '0') or 0) > 0 then
+  if c > total then redis.call('SET', K.cap(node), total); c = total end
+  local rc = redis.call('DECR', K.run_count(node))
+  if rc < 0 then redis.call('SET', K.run_count(node), 0); rc = 0 end
+  local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
+  local s = {node = node, alive = redis.call('EXISTS', K.heartbeat(node)) == 1, cap = c, total = total, rc = rc,
+             par = tonumber(info[1] or '0') or 0, draining = info[2] == '1', registered = true, slots = 0}
+  if s.par > 0 then
     redis.call('RPUSH', K.slots, node)
-    redis.call('HINCRBY', K.idx_slots, node, 1)
+    s.slots = redis.call('HINCRBY', K.idx_slots, node, 1)
   end
-  idx_refresh(node)
+  idx_put(s)  -- the node's new state, known here without reading it back
 end
 -- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
 -- under a free bad-<sha1> key; the worker then treats the attempt as refused
