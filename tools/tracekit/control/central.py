@@ -194,7 +194,8 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     health.clear()  # a record left by a killed predecessor
     retry(lambda: client.hset(keys.config, "max_attempts", cfg.max_attempts), "config")
     scripts = Scripts(client, keys)
-    indexed = retry(lambda: scripts.reindex(args=[cfg.weigher, cfg.order]), "reindex")  # the placement index, rebuilt from the node keys
+    # the placement index, rebuilt from the node keys
+    indexed = retry(lambda: scripts.reindex(args=[cfg.weigher, cfg.order]), "reindex")
     drain = LogDrain(client, keys, cfg.run_id)
     log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s, %s node(s) with free capacity)",
              cfg.weigher, cfg.order, cfg.max_attempts, cfg.run_id, indexed)

@@ -812,6 +812,7 @@ class Scripts:
 @lru_cache(maxsize=16)
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     pre = _prelude(Keys(prefix), metrics)
-    return {"place": pre + PLACE, "reindex": pre + REINDEX, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
+    return {"place": pre + PLACE, "reindex": pre + REINDEX, "register": pre + REGISTER, "beat": pre + BEAT,
+            "complete": pre + COMPLETE,
             "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN,
             "gate": pre + GATE_CHECK}

@@ -63,10 +63,10 @@ class Keys:
         return self._k("nodes")
 
     def index(self, name: str) -> str:
-        """The placement index (control/lua.py "Placement index"): ``idx:free`` (nodes with free capacity, node_id
-        order), ``idx:cap`` (score = free cap), ``idx:slots`` (hash node -> free slot tokens), ``idx:big`` (set of
-        nodes whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value), ``idx:active``
-        (the weigher indexes kept up to date)."""
+        """The placement index (control/lua.py, INDEX): ``idx:free`` (nodes with free capacity, node_id order),
+        ``idx:cap`` (score = free cap), ``idx:slots`` (hash node -> free slot tokens), ``idx:big`` (set of nodes
+        whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value),
+        ``idx:active`` (the weigher indexes kept up to date)."""
         return self._k(f"idx:{name}")
 
     def index_keys(self) -> list[str]:
