@@ -25,6 +25,7 @@ weigher, about a minute.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -48,6 +49,7 @@ from tracekit.core import paths
 from tracekit.core.keys import Keys
 
 CAPS = (1, 2, 4)
+_RUNS = itertools.count()
 
 
 def _task(i: int, ts: float = 0) -> str:
@@ -130,7 +132,7 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     """One run: preloaded (rate 0) or open-loop at ``rate`` tasks/s for ``seconds``. Returns the figures."""
     client, keys = srv.client(), Keys()
     total = _setup(client, keys, nodes, caps)
-    run_id = f"b{nodes}-{weigher or 'ff'}-{order}-{int(rate)}"
+    run_id = f"b{nodes}-{weigher or 'ff'}-{order}-{int(rate)}-{next(_RUNS)}"  # one placements.jsonl per run
     enq: dict[str, float] = {}
     if rate:
         m = int(rate * seconds)
