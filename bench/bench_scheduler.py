@@ -16,7 +16,7 @@ first-fit and every weigher of ``placement.WEIGHER_TABLE`` in both orders:
 - baseline: ``redis-benchmark -t lpush,lpop`` against the same private server (one client, no pipelining: the
   scheduler's own connection pattern; and 50 clients, redis-benchmark's default).
 
-Targets (issue 16): 1,000 nodes: first-fit >= 20,000 placements/s, every weigher >= 10,000/s; 5,000 nodes no more than
+Targets: 1,000 nodes: first-fit >= 20,000 placements/s, every weigher >= 10,000/s; 5,000 nodes no more than
 2x slower than 1,000; p99 enqueue -> placement <= 5 ms at 1,000 nodes at half the peak rate; log bytes per placement
 independent of the node count. ``--quick`` (what ``make bench`` runs): 100 and 1,000 nodes, first-fit and one
 weigher, about a minute.

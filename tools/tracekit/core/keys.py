@@ -69,12 +69,10 @@ class Keys:
         ``idx:active`` (the weigher indexes kept up to date)."""
         return self._k(f"idx:{name}")
 
-    def index_keys(self) -> list[str]:
-        """Every key of the placement index (one zset per weigher and order, from placement.WEIGHER_TABLE)."""
-        from tracekit.control.placement import ORDERS, WEIGHER_TABLE
-
+    def index_keys(self, weighers: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Every key of the placement index: the fixed ones and one zset per weigher (``weighers``) and order."""
         return [self.index(n) for n in ("free", "cap", "slots", "big", "active")] + [
-            self.index(f"w:{w}:{o}") for w in WEIGHER_TABLE for o in ORDERS]
+            self.index(f"w:{w}:{o}") for w in weighers for o in ("min", "max")]
 
     def node_info(self, node: str) -> str:
         """Hash: the worker's registration (cores, mem_mb, capacity, parallel, binding, instance, ...)."""
@@ -141,11 +139,12 @@ class Keys:
         """String with TTL: ``host:pid:instance`` of the one worker that runs ``node`` (refreshed by its heartbeat)."""
         return self._k(f"owner:{node}")
 
-    def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
+    def control_keys(self, nodes: list[str] | tuple[str, ...] = (), weighers: tuple[str, ...] | list[str] = ()
+                     ) -> list[str]:
+        """Every key of the control plane for this prefix, these nodes and weighers (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
                  self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids,
-                 *self.index_keys()]
+                 *self.index_keys(weighers)]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
                                                 self.run_count(n), self.node_info(n), self.heartbeat(n),
                                                 self.owner(n))]
