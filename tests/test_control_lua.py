@@ -31,8 +31,8 @@ def register(sc, node, cap, parallel=0, inst=None, mode="0"):
     return sc.register(args=[node, inst or f"i-{node}", cap, parallel, 3000, mode])
 
 
-def place(sc, weigher="", order="min", limit=1000):
-    return sc.place(args=[weigher, order, limit])
+def place(sc, weigher="", order="min", limit=1000, full=False):
+    return sc.place(args=[weigher, order, limit, "1" if full else "0"])
 
 
 def queued(r, node):
@@ -82,6 +82,45 @@ def test_lua_matches_reference_policy_on_random_states(redis_client, sc, weigher
     lua_matches_reference_on_random_states(redis_client, sc, weigher, order)
 
 
+def write_states(r, states):
+    """Node states written straight into the node keys (then REINDEX builds the placement index from them)."""
+    pipe = r.pipeline(transaction=False)
+    for st in states:
+        node = st.node
+        pipe.zadd(K.nodes, {node: 0})
+        pipe.mset({K.cap(node): st.cap, K.cap_total(node): st.cap_total, K.run_count(node): st.run_count})
+        pipe.hset(K.node_info(node), mapping={"parallel": st.parallel, "instance": f"i-{node}"})
+        if st.alive:
+            pipe.set(K.heartbeat(node), f"i-{node}", px=600_000)
+        for _ in range(st.free_slots):
+            pipe.rpush(K.slots, node)
+    pipe.execute()
+
+
+def random_state(rng, node, total_max=8):
+    total = rng.randint(1, total_max)
+    par = rng.choice([0, 0, 2])
+    return NodeState(node, rng.random() > 0.2, rng.randint(0, total), total, rng.randint(0, 5), par,
+                     rng.randint(0, 2) if par else 0)
+
+
+def last_placement(r):
+    return json.loads(r.xrevrange(K.controller_log, count=1)[0][1]["r"])
+
+
+def check_log(r, model, units, weigher, dead=()):
+    """The placement line explains the decision the way the pure model does (chosen, runner-up, feasible). A node
+    whose heartbeat expired unnoticed (``dead``) counts as feasible until a placement or the reaper meets it."""
+    rec = last_placement(r)
+    unnoticed = sum(1 for n in dead if (r.zscore(K.index("cap"), n) or 0) >= units)
+    assert (rec["node"], rec["runner_up"] and rec["runner_up"]["node"], rec["feasible"], rec["cpu_units"]) == (
+        model.node, model.runner_up, model.feasible + unnoticed, units)
+    assert rec["value"] == pytest.approx(model.candidates[0]["value"] if not weigher else
+                                         next(c["value"] for c in model.candidates if c["node"] == model.node),
+                                         abs=1e-5)
+    assert "candidates" not in rec
+
+
 def lua_matches_reference_on_random_states(r, sc, weigher, order):
     """40 random node states: the Lua script places the head task where the pure model does."""
     rng = random.Random(f"{weigher}-{order}")
@@ -92,23 +131,76 @@ def lua_matches_reference_on_random_states(r, sc, weigher, order):
             node = f"n{rng.randint(0, 99):02d}"
             if any(s.node == node for s in states):
                 continue
-            total = rng.randint(1, 8)
-            par = rng.choice([0, 0, 2])
-            st = NodeState(node, rng.random() > 0.2, rng.randint(0, total), total, rng.randint(0, 5), par,
-                           rng.randint(0, 2) if par else 0)
-            states.append(st)
-            r.zadd(K.nodes, {node: 0})
-            r.mset({K.cap(node): st.cap, K.cap_total(node): total, K.run_count(node): st.run_count})
-            r.hset(K.node_info(node), "parallel", par)
-            if st.alive:
-                r.set(K.heartbeat(node), "x", px=10000)
-            for _ in range(st.free_slots):
-                r.rpush(K.slots, node)
+            states.append(random_state(rng, node))
+        write_states(r, states)
+        sc.reindex()
         units = rng.randint(1, 4)
         r.rpush(K.pending, task("t", units))
         place(sc, weigher, order, 1)
         got = next((s.node for s in states if r.llen(K.queue(s.node))), None)
-        assert got == choose(states, units, weigher, order).node
+        model = choose(states, units, weigher, order)
+        assert got == model.node
+        if got:
+            check_log(r, model, units, weigher)
+
+
+@pytest.mark.parametrize("weigher, order, total_max", [
+    ("", "min", 6), ("instances", "min", 6), ("instances", "max", 6), ("vcpu", "min", 6), ("vcpu", "max", 6),
+    # capacities beyond 2^16: idx:big is not empty, PLACE compares each group of equal scores exactly
+    ("instances", "max", 300_000), ("vcpu", "min", 300_000)])
+def test_lua_matches_reference_on_a_large_cluster_over_a_sequence(redis_client, sc, weigher, order, total_max):
+    """1,000 random nodes (ids in random order, many ties), then 300 placements one by one with the state evolving:
+    completions give capacity back (COMPLETE), heartbeats expire (found lazily by PLACE), workers drain (DRAIN)
+    and come back (BEAT). Every decision and its log line match the pure model on the same state."""
+    r = redis_client
+    rng = random.Random(f"large-{weigher}-{order}")
+    names = rng.sample(range(100_000), 1000)
+    states = {f"n{i}": random_state(rng, f"n{i}", total_max=total_max) for i in names}
+    write_states(r, list(states.values()))
+    assert sc.reindex() == sum(1 for s in states.values() if s.alive and s.cap > 0 and
+                               (s.parallel <= 0 or s.free_slots > 0))
+    assert (r.scard(K.index("big")) > 0) == (total_max > 65536)
+    placed: list[tuple[str, str, int]] = []  # (node, trace_id, units)
+    for step in range(300):
+        ev = rng.random()
+        if ev < 0.3 and placed:  # a completion: capacity, run_count and slot token back
+            node, tid, units = placed.pop(rng.randrange(len(placed)))
+            raw = next(x for x in r.lrange(K.queue(node), 0, -1) if json.loads(x)["trace_id"] == tid)
+            r.lrem(K.queue(node), 1, raw)
+            r.rpush(K.running(node), raw)
+            assert sc.complete(args=[node, raw, tid, 1, "done", "{}"]) == "ok"
+            s = states[node]
+            states[node] = NodeState(node, s.alive, min(s.cap + units, s.cap_total), s.cap_total,
+                                     max(0, s.run_count - 1), s.parallel, s.free_slots + (1 if s.parallel > 0 else 0))
+        elif ev < 0.35:  # a heartbeat expires (nobody tells the index)
+            node = rng.choice(list(states))
+            r.delete(K.heartbeat(node))
+            states[node] = NodeState(**{**states[node].__dict__, "alive": False})
+        elif ev < 0.38:  # a dead node's worker beats again
+            dead = [n for n, s in states.items() if not s.alive]
+            if dead:
+                node = rng.choice(dead)
+                r.set(K.heartbeat(node), f"i-{node}", px=1)  # lapsed instance: BEAT re-indexes the node
+                r.delete(K.heartbeat(node))
+                assert sc.beat(args=[node, f"i-{node}", 600_000]) == 1
+                states[node] = NodeState(**{**states[node].__dict__, "alive": True})
+        units = rng.choice([1, 1, 1, 2, 3])
+        tid = f"t{step}"
+        r.rpush(K.pending, task(tid, units))
+        place(sc, weigher, order, 1)
+        model = choose(list(states.values()), units, weigher, order)
+        got = json.loads(r.lindex(K.queue(model.node), -1))["trace_id"] if model.node else None
+        assert got == (tid if model.node else None), f"step {step}"
+        if model.node is None:
+            assert r.lpop(K.pending) == task(tid, units)  # blocked head: take it away, go on
+            continue
+        check_log(r, model, units, weigher, [n for n, s in states.items() if not s.alive])
+        states = {n: s for n, s in zip(states, placement.apply(list(states.values()), model.node, units))}
+        placed.append((model.node, tid, units))
+    # a drained node leaves the index at once
+    node = next(n for n, s in states.items() if s.alive and s.cap > 0)
+    assert sc.drain(args=[node, f"i-{node}"])[0] >= 0
+    assert r.zscore(K.index("free"), node) is None
 
 
 @pytest.fixture
@@ -132,7 +224,7 @@ def test_a_weigher_registered_in_the_table_reaches_the_lua(redis_client, free_we
     register(sc, "b", 8)
     redis_client.set(K.cap("b"), 3)
     redis_client.rpush(K.pending, task("t", 1))
-    place(sc, free_weigher, order, 1)
+    place(sc, free_weigher, order, 1, full=True)
     logged = json.loads(redis_client.xrange(K.controller_log)[-1][1]["r"])
     states = [NodeState("a", True, 4, 4, 0), NodeState("b", True, 3, 8, 0)]
     model = choose(states, 1, free_weigher, order)
@@ -253,7 +345,7 @@ def test_malformed_head_is_failed_and_does_not_block(redis_client, sc, run_env):
     assert d.drain() == 0
     lines = [o for _, o in read_jsonl(placements_path(run_env["RUN_ID"]))]
     assert [p["trace_id"] for p in lines] == ["ok"]
-    assert lines[0]["candidates"][0]["node"] == "a" and "sid" in lines[0]
+    assert lines[0]["node"] == "a" and lines[0]["feasible"] == 1 and "sid" in lines[0]
 
 
 def test_log_drain_never_repeats_a_line_after_a_crash(redis_client, sc, run_env):

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from tracekit.control.placement import WEIGHER_TABLE
 from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, Conflict
 from tracekit.core.keys import Keys
@@ -25,7 +26,7 @@ def clean(client: redis.Redis, keys: Keys, force: bool) -> int:
     if (alive or client.exists(keys.scheduler_lock)) and not force:
         raise Conflict(f"workers alive ({', '.join(alive) or 'none'}) or a scheduler running "
                        f"({client.get(keys.scheduler_lock) or 'none'}); stop them first or pass --force")
-    victims = set(keys.control_keys(nodes))
+    victims = set(keys.control_keys(nodes, tuple(WEIGHER_TABLE)))
     patterns = [f"{keys.prefix}*"] if keys.prefix else [f"{f}" for f in _FAMILIES]
     for pat in patterns:
         victims.update(client.scan_iter(match=pat, count=1000))

@@ -45,6 +45,7 @@ class SchedulerConfig:
     max_attempts: int = 3
     batch: int = 256
     reap_interval: float = 1.0
+    log_candidates: bool = False  # placements.jsonl lists every feasible node (O(nodes) per placement; debugging)
     exit_when_idle: bool = False  # tests/bench: stop once q:pending is empty (after a final drain)
 
 
@@ -193,9 +194,11 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     health.clear()  # a record left by a killed predecessor
     retry(lambda: client.hset(keys.config, "max_attempts", cfg.max_attempts), "config")
     scripts = Scripts(client, keys)
+    # the placement index, rebuilt from the node keys
+    indexed = retry(lambda: scripts.reindex(args=[cfg.weigher, cfg.order]), "reindex")
     drain = LogDrain(client, keys, cfg.run_id)
-    log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s)", cfg.weigher, cfg.order,
-             cfg.max_attempts, cfg.run_id)
+    log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s, %s node(s) with free capacity)",
+             cfg.weigher, cfg.order, cfg.max_attempts, cfg.run_id, indexed)
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
 
     def round_once() -> tuple[int, str]:
@@ -203,7 +206,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
         if holder not in (None, me):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
         client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
-        placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch])
+        placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0"])
         try:
             drain.drain()
         except OSError as exc:  # the records stay in the stream and are written once the disk is back

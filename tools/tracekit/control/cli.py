@@ -156,6 +156,10 @@ def scheduler_central(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256, help="max placements per atomic Lua call (default 256)")
     ap.add_argument("--reap-interval", type=float, default=1.0,
                     help="seconds between checks for dead workers (default 1.0)")
+    ap.add_argument("--log-candidates", action="store_true",
+                    help="placements.jsonl lists every feasible node of each placement (O(nodes) per placement: "
+                         "debugging); by default a line holds the chosen node, its value, the runner-up and the "
+                         "number of feasible nodes")
     ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
     ap.add_argument("--exit-when-idle", action="store_true",
                     help="exit once q:pending is empty (for scripted runs and benchmarks)")
@@ -164,7 +168,8 @@ def scheduler_central(argv: list[str] | None = None) -> int:
     client, keys = connect_from_args(args)
     cfg = central.SchedulerConfig(run_id=paths.run_id(args.run_id), weigher=args.weigher, order=args.weigher_order,
                                   max_attempts=args.max_attempts, batch=max(1, args.batch),
-                                  reap_interval=max(0.1, args.reap_interval), exit_when_idle=args.exit_when_idle)
+                                  reap_interval=max(0.1, args.reap_interval), exit_when_idle=args.exit_when_idle,
+                                  log_candidates=args.log_candidates)
     return central.run(client, keys, cfg)
 
 

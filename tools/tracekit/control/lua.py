@@ -39,7 +39,7 @@ def _lua_str(s: str) -> str:
     return '"' + "".join(chr(b) if chr(b).isalnum() or chr(b) in ":_-.@" else f"\\{b}" for b in s.encode()) + '"'
 
 
-def _prelude(keys: Keys) -> str:
+def _prelude(keys: Keys, metrics: str = "") -> str:
     fixed = {name: getattr(keys, name) for name in ("pending", "slots", "nodes", "wake", "done", "failed", "events",
                                                    "controller_log", "config", "trace_ids")}
     per_node = ("queue", "running", "cap", "cap_total", "run_count", "node_info", "heartbeat")
@@ -48,7 +48,11 @@ def _prelude(keys: Keys) -> str:
     for name in per_node:
         pre, post = getattr(keys, name)(_MARK).split(_MARK)
         lines.append(f"K.{name} = function(n) return {_lua_str(pre)} .. n .. {_lua_str(post)} end")
-    return "\n".join(lines) + "\n" + gate_lua() + _COMMON
+    for name in ("free", "cap", "slots", "big", "active"):
+        lines.append(f"K.idx_{name} = {_lua_str(keys.index(name))}")
+    pre, post = keys.index(_MARK).split(_MARK)
+    lines.append(f"K.idx_w = function(w, o) return {_lua_str(pre + 'w:')} .. w .. ':' .. o .. {_lua_str(post)} end")
+    return "\n".join(lines) + "\n" + gate_lua() + (metrics or weigher_lua()) + INDEX + _COMMON
 
 
 def gate_lua() -> str:
@@ -194,6 +198,94 @@ def weigher_lua() -> str:
     return "\n".join(lines) + "\n"
 
 
+# The placement index: every registered node that can take a task now (alive as far as known, not draining, cap >= 1
+# and, in slots mode, a free slot token) is a member of
+#   idx:free               score 0: ZRANGE yields node_id order (equal scores sort by member, bytewise) -> first-fit
+#   idx:cap                score = free cap: ZCOUNT units +inf = how many nodes the head task could use
+#   idx:w:<weigher>:min    score = metric / cap_total (the weigher's Lua expression from WEIGHER_TABLE)
+#   idx:w:<weigher>:max    score = -(metric / cap_total): ZRANGE gives the largest value first, ties still node_id
+# (a weigher's zset is kept only once a PLACE asked for that weigher and order: idx:active lists them)
+# plus idx:slots (hash node -> free slot tokens, kept with the slots list) and idx:big (nodes whose cap_total or
+# metric exceed 2^16: only then can two different fractions round to one double, and PLACE compares a whole group
+# of equal scores exactly). Every step that changes cap, cap_total, run_count, slot tokens, draining or
+# registration calls idx_put / idx_drop in the same script; a heartbeat that expires is found lazily (PLACE drops
+# the node, BEAT puts it back, REAP removes it); REINDEX rebuilds everything from the node keys.
+INDEX = r"""
+local IDX_BIG = 65536
+local function node_state(node)
+  local v = redis.call('MGET', K.heartbeat(node), K.cap(node), K.cap_total(node), K.run_count(node))
+  local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
+  local s = {node = node, alive = v[1] ~= false, cap = tonumber(v[2]) or 0, total = tonumber(v[3]) or 0,
+             rc = tonumber(v[4]) or 0, par = tonumber(info[1] or '0') or 0, draining = info[2] == '1',
+             registered = v[3] ~= false, slots = 0}
+  if s.par > 0 then s.slots = tonumber(redis.call('HGET', K.idx_slots, node) or '0') or 0 end
+  return s
+end
+local function eligible(s)
+  return s.registered and s.alive and not s.draining and s.cap > 0 and (s.par <= 0 or s.slots > 0)
+end
+local function score_of(s, name, f)
+  local m = f(s.cap, s.total, s.rc)
+  if s.total > 0 then return m / s.total, m end
+  return 0, m
+end
+-- the weigher indexes kept up to date: {name, order, metric} for each 'name:order' of idx:active (read once per
+-- script run; PLACE activates the one it is asked for)
+local IDX_ACT = nil
+local function active()
+  if not IDX_ACT then
+    IDX_ACT = {}
+    for _, x in ipairs(redis.call('SMEMBERS', K.idx_active)) do
+      local name, order = string.match(x, '^(.*):(m[ai][nx])$')
+      if name and METRICS[name] then table.insert(IDX_ACT, {name, order, METRICS[name]}) end
+    end
+  end
+  return IDX_ACT
+end
+local function w_score(s, a)
+  local v, m = score_of(s, a[1], a[3])
+  if a[2] == 'max' then v = -v end
+  return v, m
+end
+local function idx_drop(node)
+  redis.call('ZREM', K.idx_free, node)
+  redis.call('ZREM', K.idx_cap, node)
+  for _, a in ipairs(active()) do redis.call('ZREM', K.idx_w(a[1], a[2]), node) end
+  redis.call('SREM', K.idx_big, node)
+end
+-- put a node in (or out of) the index from its state; hint.listed: it is in idx:free already, hint.small: idx:big
+-- is known not to hold it
+local function idx_put(s, hint)
+  if not eligible(s) then idx_drop(s.node); return false end
+  if not (hint and hint.listed) then redis.call('ZADD', K.idx_free, 0, s.node) end
+  redis.call('ZADD', K.idx_cap, s.cap, s.node)
+  local big = s.total > IDX_BIG
+  for _, a in ipairs(active()) do
+    local v, m = w_score(s, a)
+    redis.call('ZADD', K.idx_w(a[1], a[2]), v, s.node)
+    if m > IDX_BIG or m < -IDX_BIG then big = true end
+  end
+  if big then redis.call('SADD', K.idx_big, s.node)
+  elseif not (hint and hint.small) then redis.call('SREM', K.idx_big, s.node) end
+  return big
+end
+local function idx_refresh(node) idx_put(node_state(node)) end
+-- start keeping the index of one weigher and order: built from the nodes of idx:free, O(nodes) once
+local function idx_activate(name, order)
+  if redis.call('SADD', K.idx_active, name .. ':' .. order) == 0 then return end
+  local a = {name, order, METRICS[name]}
+  table.insert(active(), a)
+  redis.call('DEL', K.idx_w(name, order))
+  for _, nd in ipairs(redis.call('ZRANGE', K.idx_free, 0, -1)) do
+    local s = node_state(nd)
+    local v, m = w_score(s, a)
+    redis.call('ZADD', K.idx_w(name, order), v, nd)
+    if m > IDX_BIG or m < -IDX_BIG then redis.call('SADD', K.idx_big, nd) end
+  end
+end
+"""
+
+
 _COMMON = r"""
 local function now_ms()
   local t = redis.call('TIME')
@@ -314,7 +406,9 @@ local function drop_node(node, why, bump_queued, now)
   redis.call('DEL', K.running(node), K.queue(node), K.cap(node), K.cap_total(node), K.run_count(node),
              K.node_info(node), K.heartbeat(node))
   redis.call('LREM', K.slots, 0, node)
+  redis.call('HDEL', K.idx_slots, node)
   redis.call('ZREM', K.nodes, node)
+  idx_drop(node)
   local nb, nf = requeue(items, node, why, now)
   wake()
   return {nb, nf}
@@ -322,46 +416,94 @@ end
 """
 
 PLACE = r"""
--- ARGV: weigher ('' = first-fit, or a name of METRICS), order (min | max), limit (max placements in this call)
-local weigher, order, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local metric = METRICS[weigher] or function() return 0 end
-local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
-local n = #nodes
-local alive, cap, total, rc, par, slots = {}, {}, {}, {}, {}, {}
-local any_slots = false
-local CH = 500
-for s = 1, n, CH do
-  local mk = {}
-  for i = s, math.min(n, s + CH - 1) do
-    local nd = nodes[i]
-    mk[#mk + 1] = K.heartbeat(nd); mk[#mk + 1] = K.cap(nd); mk[#mk + 1] = K.cap_total(nd); mk[#mk + 1] = K.run_count(nd)
+-- ARGV: weigher ('' = first-fit, or a name of METRICS), order (min | max), limit (max placements in this call),
+-- log_candidates ('1': the placement line also lists every feasible node: O(nodes) per placement, for debugging)
+local weigher, order, limit, full = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local metric = METRICS[weigher]
+if weigher ~= '' and not metric then return redis.error_reply('unknown weigher ' .. weigher) end
+if order ~= 'min' and order ~= 'max' then return redis.error_reply('order must be min or max') end
+local zkey = K.idx_free
+if metric then
+  idx_activate(weigher, order)
+  zkey = K.idx_w(weigher, order)
+end
+local st = {}  -- node -> state, read once per call (nothing else runs meanwhile; the chosen node is kept up to date)
+local function get(nd)
+  local s = st[nd]
+  if not s then s = node_state(nd); st[nd] = s end
+  return s
+end
+local function mval(s)
+  if not metric then return 0 end
+  return (score_of(s, weigher, metric))
+end
+local function expected_score(s)
+  local v = mval(s)
+  if order == 'max' then return -v end
+  return v
+end
+-- a strictly preferred over b, exactly (cross-multiplication, as placement._better)
+local function better(a, b)
+  local lhs = metric(a.cap, a.total, a.rc) * b.total
+  local rhs = metric(b.cap, b.total, b.rc) * a.total
+  if order == 'min' then return lhs < rhs end
+  return lhs > rhs
+end
+-- the best and the runner-up feasible node for a task of units: the index in its order, skipping (and then
+-- fixing) the entries whose node turned out dead, full or stale. With no node in idx:big, equal scores are equal
+-- fractions (ties in node_id order: the member order); else the group of equal scores is compared exactly.
+local small = redis.call('SCARD', K.idx_big) == 0
+local function scan(units)
+  local exact = (not metric) or small
+  for _ = 1, 3 do
+    local best, second, ssc = nil, nil, nil
+    local fix, stale = {}, false
+    local pos, CH, done = 0, 4, false
+    while not done do
+      local chunk = redis.call('ZRANGE', zkey, pos, pos + CH - 1, 'WITHSCORES')
+      if #chunk == 0 then break end
+      pos = pos + CH
+      for j = 1, #chunk, 2 do
+        local nd, sc = chunk[j], tonumber(chunk[j + 1])
+        if second and (exact or sc ~= ssc) then done = true; break end
+        local s = get(nd)
+        if not eligible(s) then
+          table.insert(fix, s)
+        elseif sc ~= expected_score(s) then
+          table.insert(fix, s)
+          stale = true
+        elseif s.cap >= units then
+          if not best then
+            best = s
+          elseif not exact and better(s, best) then
+            second, ssc, best = best, expected_score(best), s
+          elseif not second or (not exact and better(s, second)) then
+            second, ssc = s, sc
+          end
+        end
+      end
+    end
+    for _, s in ipairs(fix) do idx_put(s) end
+    if not stale then return best, second end
   end
-  local v = redis.call('MGET', unpack(mk))
-  for i = s, math.min(n, s + CH - 1) do
-    local j = (i - s) * 4
-    alive[i] = v[j + 1] ~= false
-    cap[i] = tonumber(v[j + 2]) or 0
-    total[i] = tonumber(v[j + 3]) or 0
-    rc[i] = tonumber(v[j + 4]) or 0
-    par[i] = 0
-    slots[i] = 0
-    if alive[i] then
-      local info = redis.call('HMGET', K.node_info(nodes[i]), 'parallel', 'draining')
-      par[i] = tonumber(info[1] or '0') or 0
-      if info[2] == '1' then alive[i] = false end  -- a stopping worker gets no new placement
-      if par[i] > 0 then any_slots = true end
+  return nil, nil
+end
+local all, cstr = nil, {}
+local function candidates(units)
+  if not all then all = redis.call('ZRANGE', K.nodes, 0, -1) end
+  local out = {}
+  for _, nd in ipairs(all) do
+    local s = get(nd)
+    if eligible(s) and s.cap >= units then
+      if not cstr[nd] then
+        cstr[nd] = '{"node":' .. cjson.encode(nd) .. ',"cap":' .. s.cap .. ',"cap_total":' .. s.total ..
+          ',"run_count":' .. s.rc .. ',"value":' .. string.format('%.6g', mval(s)) .. '}'
+      end
+      out[#out + 1] = cstr[nd]
     end
   end
+  return out
 end
-if any_slots then
-  local idx = {}
-  for i = 1, n do idx[nodes[i]] = i end
-  for _, tok in ipairs(redis.call('LRANGE', K.slots, 0, -1)) do
-    local i = idx[tok]
-    if i then slots[i] = slots[i] + 1 end
-  end
-end
-local qname, cstr = {}, {}
 local placed, status = 0, 'limit'
 while placed < limit do
   local raw = redis.call('LINDEX', K.pending, 0)
@@ -385,62 +527,76 @@ while placed < limit do
     fail(record_key(tid, raw), 0, '', nil, now_ms(), 'refused at the head of q:pending: ' .. bad, raw)
     redis.call('LPOP', K.pending)
   else
-    local best, bestm = nil, 0
-    local cands = {}
-    for i = 1, n do
-      if alive[i] and cap[i] >= units and (par[i] <= 0 or slots[i] > 0) then
-        local m = metric(cap[i], total[i], rc[i])
-        table.insert(cands, i)
-        if weigher == '' then best = i; bestm = m; break end
-        if best == nil then
-          best, bestm = i, m
-        else
-          local lhs, rhs = m * total[best], bestm * total[i]
-          if (order == 'min' and lhs < rhs) or (order == 'max' and lhs > rhs) then best, bestm = i, m end
-        end
-      end
-    end
+    local best, second = scan(units)
     if not best then status = 'blocked'; break end
-    local nd = nodes[best]
+    local nd = best.node
     local now = now_ms()
-    -- candidate JSON pieces are built by concatenation and cached per node (only the chosen node changes
-    -- between two placements): much cheaper than cjson on nested tables
-    local clist = {}
-    for _, i in ipairs(cands) do
-      if not cstr[i] then
-        local m = metric(cap[i], total[i], rc[i])
-        local val = 0
-        if total[i] > 0 then val = m / total[i] end
-        if not qname[i] then qname[i] = cjson.encode(nodes[i]) end
-        cstr[i] = '{"node":' .. qname[i] .. ',"cap":' .. cap[i] .. ',"cap_total":' .. total[i] ..
-          ',"run_count":' .. rc[i] .. ',"value":' .. string.format('%.6g', val) .. '}'
-      end
-      clist[#clist + 1] = cstr[i]
+    local rec = '{"trace_id":' .. cjson.encode(t.trace_id) .. ',"attempt":' .. (tonumber(t.attempt) or 1) ..
+      ',"node":' .. cjson.encode(nd) .. ',"ts":' .. string.format('%d', now) .. ',"weigher":' ..
+      cjson.encode(weigher) .. ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. units .. ',"cap":' ..
+      best.cap .. ',"cap_total":' .. best.total .. ',"run_count":' .. best.rc .. ',"value":' ..
+      string.format('%.6g', mval(best)) .. ',"runner_up":'
+    if second then
+      rec = rec .. '{"node":' .. cjson.encode(second.node) .. ',"value":' .. string.format('%.6g', mval(second)) .. '}'
+    else
+      rec = rec .. 'null'
     end
-    cstr[best] = nil
+    if full then
+      local c
+      if not metric then
+        c = {'{"node":' .. cjson.encode(nd) .. ',"cap":' .. best.cap .. ',"cap_total":' .. best.total ..
+             ',"run_count":' .. best.rc .. ',"value":0}'}
+        rec = rec .. ',"feasible":' .. redis.call('ZCOUNT', K.idx_cap, units, '+inf')
+      else
+        c = candidates(units)
+        rec = rec .. ',"feasible":' .. #c
+      end
+      rec = rec .. ',"candidates":[' .. table.concat(c, ',') .. ']}'
+    else
+      rec = rec .. ',"feasible":' .. redis.call('ZCOUNT', K.idx_cap, units, '+inf') .. '}'
+    end
     t.node = nd
     t.ts_dispatch = now
     local enc = cjson.encode(t)  -- cannot fail after the gate (finite numbers, bounded depth); before the pop
     redis.call('LPOP', K.pending)
     redis.call('HSET', K.trace_ids, t.trace_id, 'p' .. (tonumber(t.attempt) or 1) .. '@' .. nd)
     redis.call('RPUSH', K.queue(nd), enc)
-    cap[best] = cap[best] - units
-    rc[best] = rc[best] + 1
-    redis.call('SET', K.cap(nd), cap[best])
-    redis.call('SET', K.run_count(nd), rc[best])
-    if par[best] > 0 then
+    best.cap = best.cap - units
+    best.rc = best.rc + 1
+    redis.call('SET', K.cap(nd), best.cap)
+    redis.call('SET', K.run_count(nd), best.rc)
+    if best.par > 0 then
       redis.call('LREM', K.slots, 1, nd)
-      slots[best] = slots[best] - 1
+      best.slots = best.slots - 1
+      redis.call('HSET', K.idx_slots, nd, best.slots)
     end
-    redis.call('XADD', K.controller_log, '*', 'f', 'p', 'r',
-      '{"trace_id":' .. cjson.encode(t.trace_id) .. ',"attempt":' .. (tonumber(t.attempt) or 1) .. ',"node":' ..
-      qname[best] .. ',"ts":' .. string.format('%d', now) .. ',"weigher":' .. cjson.encode(weigher) ..
-      ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. units .. ',"candidates":[' ..
-      table.concat(clist, ',') .. ']}')
+    cstr[nd] = nil
+    if idx_put(best, {listed = true, small = small}) then small = false end
+    redis.call('XADD', K.controller_log, '*', 'f', 'p', 'r', rec)
     placed = placed + 1
   end
 end
 return {placed, status}
+"""
+
+REINDEX = r"""
+-- Rebuild the placement index from the node keys (the scheduler runs it at start; tests after raw writes).
+-- O(nodes + slot tokens). Returns the number of indexed nodes.
+-- ARGV (optional): weigher, order: the weigher index to keep from now on (PLACE activates others on demand)
+for _, a in ipairs(active()) do redis.call('DEL', K.idx_w(a[1], a[2])) end
+for _, k in ipairs({K.idx_free, K.idx_cap, K.idx_slots, K.idx_big, K.idx_active}) do redis.call('DEL', k) end
+IDX_ACT = {}
+if ARGV[1] and METRICS[ARGV[1]] then
+  redis.call('SADD', K.idx_active, ARGV[1] .. ':' .. ARGV[2])
+  table.insert(IDX_ACT, {ARGV[1], ARGV[2], METRICS[ARGV[1]]})
+end
+local count = {}
+for _, tok in ipairs(redis.call('LRANGE', K.slots, 0, -1)) do count[tok] = (count[tok] or 0) + 1 end
+for _, nd in ipairs(redis.call('ZRANGE', K.nodes, 0, -1)) do
+  if count[nd] then redis.call('HSET', K.idx_slots, nd, count[nd]) end
+  idx_refresh(nd)
+end
+return redis.call('ZCARD', K.idx_free)
 """
 
 REGISTER = r"""
@@ -482,8 +638,10 @@ redis.call('SET', K.cap_total(node), capacity)
 redis.call('SET', K.cap(node), capacity - used)
 redis.call('SET', K.run_count(node), #kept)
 redis.call('LREM', K.slots, 0, node)
+redis.call('HDEL', K.idx_slots, node)
 if parallel > 0 then
   for _ = 1, parallel - #kept do redis.call('RPUSH', K.slots, node) end
+  redis.call('HSET', K.idx_slots, node, math.max(0, parallel - #kept))
 end
 redis.call('DEL', K.node_info(node))
 local info = {'instance', inst, 'capacity', capacity, 'parallel', parallel, 'registered_ms', now}
@@ -491,6 +649,7 @@ for i = 7, #ARGV do table.insert(info, ARGV[i]) end
 redis.call('HSET', K.node_info(node), unpack(info))
 redis.call('ZADD', K.nodes, 0, node)
 redis.call('SET', K.heartbeat(node), inst, 'PX', ttl)
+idx_refresh(node)
 local nb, nf = requeue(items, node, 'worker restarted: previous instance did not finish', now)
 event('register', '', 0, node, inst)
 wake()
@@ -501,7 +660,9 @@ BEAT = r"""
 -- ARGV: node, instance, ttl_ms. Returns 1, or 0 when the node was recovered/replaced: re-register.
 local node, inst, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('HGET', K.node_info(node), 'instance') ~= inst then return 0 end
+local lapsed = redis.call('EXISTS', K.heartbeat(node)) == 0
 redis.call('SET', K.heartbeat(node), inst, 'PX', ttl)
+if lapsed then idx_refresh(node) end  -- PLACE may have dropped it from the index while its heartbeat had expired
 return 1
 """
 
@@ -523,11 +684,17 @@ local mark = redis.call('HGET', K.trace_ids, tid)
 local placed = mark == 'p' .. attempt .. '@' .. node
 if total and placed then
   local c = redis.call('INCRBY', K.cap(node), units)
-  if c > total then redis.call('SET', K.cap(node), total) end
-  if redis.call('DECR', K.run_count(node)) < 0 then redis.call('SET', K.run_count(node), 0) end
-  if (tonumber(redis.call('HGET', K.node_info(node), 'parallel') or '0') or 0) > 0 then
+  if c > total then redis.call('SET', K.cap(node), total); c = total end
+  local rc = redis.call('DECR', K.run_count(node))
+  if rc < 0 then redis.call('SET', K.run_count(node), 0); rc = 0 end
+  local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
+  local s = {node = node, alive = redis.call('EXISTS', K.heartbeat(node)) == 1, cap = c, total = total, rc = rc,
+             par = tonumber(info[1] or '0') or 0, draining = info[2] == '1', registered = true, slots = 0}
+  if s.par > 0 then
     redis.call('RPUSH', K.slots, node)
+    s.slots = redis.call('HINCRBY', K.idx_slots, node, 1)
   end
+  idx_put(s)  -- the node's new state, known here without reading it back
 end
 -- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
 -- under a free bad-<sha1> key; the worker then treats the attempt as refused
@@ -559,12 +726,19 @@ REAP = r"""
 -- Recover every registered node whose heartbeat expired. Returns {nodes, requeued, failed}.
 local now = now_ms()
 local dead, nb, nf = 0, 0, 0
-for _, node in ipairs(redis.call('ZRANGE', K.nodes, 0, -1)) do
-  if redis.call('EXISTS', K.heartbeat(node)) == 0 then
-    local r = drop_node(node, 'node ' .. node .. ' lost (heartbeat expired)', true, now)
-    event('recover', '', 0, node, tostring(r[1]) .. ' requeued, ' .. tostring(r[2]) .. ' failed')
-    dead, nb, nf = dead + 1, nb + r[1], nf + r[2]
+local nodes, lost = redis.call('ZRANGE', K.nodes, 0, -1), {}
+for s = 1, #nodes, 500 do  -- one MGET per 500 heartbeats: this runs every second over every node
+  local mk = {}
+  for i = s, math.min(#nodes, s + 499) do mk[#mk + 1] = K.heartbeat(nodes[i]) end
+  local v = redis.call('MGET', unpack(mk))
+  for i = s, math.min(#nodes, s + 499) do
+    if v[i - s + 1] == false then table.insert(lost, nodes[i]) end
   end
+end
+for _, node in ipairs(lost) do
+  local r = drop_node(node, 'node ' .. node .. ' lost (heartbeat expired)', true, now)
+  event('recover', '', 0, node, tostring(r[1]) .. ' requeued, ' .. tostring(r[2]) .. ' failed')
+  dead, nb, nf = dead + 1, nb + r[1], nf + r[2]
 end
 return {dead, nb, nf}
 """
@@ -585,6 +759,7 @@ DRAIN = r"""
 local node, inst = ARGV[1], ARGV[2]
 if redis.call('HGET', K.node_info(node), 'instance') ~= inst then return {-1, 0} end
 redis.call('HSET', K.node_info(node), 'draining', '1')
+idx_drop(node)
 local items, units = {}, 0
 for _, raw in ipairs(redis.call('LRANGE', K.queue(node), 0, -1)) do
   table.insert(items, {raw, false})
@@ -597,6 +772,7 @@ if redis.call('INCRBY', K.cap(node), units) > total then redis.call('SET', K.cap
 if redis.call('DECRBY', K.run_count(node), #items) < 0 then redis.call('SET', K.run_count(node), 0) end
 if (tonumber(redis.call('HGET', K.node_info(node), 'parallel') or '0') or 0) > 0 then
   for _ = 1, #items do redis.call('RPUSH', K.slots, node) end
+  redis.call('HINCRBY', K.idx_slots, node, #items)
 end
 local nb, nf = requeue(items, node, 'worker on ' .. node .. ' is stopping', now_ms())
 event('drain', '', 0, node, inst)
@@ -635,7 +811,8 @@ class Scripts:
 
 @lru_cache(maxsize=16)
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
-    pre = _prelude(Keys(prefix))
-    return {"place": pre + metrics + PLACE, "register": pre + REGISTER, "beat": pre + BEAT, "complete": pre + COMPLETE,
+    pre = _prelude(Keys(prefix), metrics)
+    return {"place": pre + PLACE, "reindex": pre + REINDEX, "register": pre + REGISTER, "beat": pre + BEAT,
+            "complete": pre + COMPLETE,
             "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN,
             "gate": pre + GATE_CHECK}

@@ -66,11 +66,16 @@ class NodeState:
 
 @dataclass(frozen=True)
 class Decision:
-    """The chosen node (or None), the candidates considered, and why nothing fits when nothing does."""
+    """The chosen node (or None), the candidates considered, and why nothing fits when nothing does.
+
+    ``feasible``: how many nodes could take the task; ``runner_up``: the node that would have been chosen
+    without the chosen one (the placement log's explanation of a decision)."""
 
     node: str | None
     candidates: list
     reason: str = ""
+    feasible: int = 0
+    runner_up: str | None = None
 
 
 def metric(node: NodeState, weigher: str) -> int:
@@ -122,22 +127,25 @@ def choose(nodes: list[NodeState], cpu_units: int, weigher: str = "", order: str
     if weigher not in WEIGHERS or order not in ORDERS:
         raise ValueError(f"weigher must be one of {WEIGHERS}, order one of {ORDERS}")
     ordered = sorted(nodes, key=lambda n: n.node)
-    best: NodeState | None = None
-    cands: list[NodeState] = []
-    for n in ordered:
-        if not feasible(n, cpu_units):
-            continue
-        cands.append(n)
-        if not weigher:
-            best = n
-            break
-        if best is None or _better(n, best, weigher, order):
-            best = n
+    feas = [n for n in ordered if feasible(n, cpu_units)]
+
+    def pick(among: list[NodeState]) -> NodeState | None:
+        best: NodeState | None = None
+        for n in among:
+            if not weigher:
+                return n
+            if best is None or _better(n, best, weigher, order):
+                best = n
+        return best
+
+    best = pick(feas)
+    cands = feas if weigher else feas[:1]
     out = [{"node": n.node, "cap": n.cap, "cap_total": n.cap_total, "run_count": n.run_count,
             "value": value(n, weigher)} for n in cands]
     if best is None:
         return Decision(None, out, why_blocked(ordered, cpu_units))
-    return Decision(best.node, out)
+    second = pick([n for n in feas if n is not best])
+    return Decision(best.node, out, feasible=len(feas), runner_up=second.node if second else None)
 
 
 def apply(nodes: list[NodeState], chosen: str, cpu_units: int) -> list[NodeState]:

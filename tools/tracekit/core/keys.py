@@ -62,6 +62,18 @@ class Keys:
         """Sorted set of registered node ids (all scores 0, so ZRANGE yields node_id order)."""
         return self._k("nodes")
 
+    def index(self, name: str) -> str:
+        """The placement index (control/lua.py, INDEX): ``idx:free`` (nodes with free capacity, node_id order),
+        ``idx:cap`` (score = free cap), ``idx:slots`` (hash node -> free slot tokens), ``idx:big`` (set of nodes
+        whose weigher scores need exact tie checks), ``idx:w:<weigher>:<min|max>`` (score = +/- value),
+        ``idx:active`` (the weigher indexes kept up to date)."""
+        return self._k(f"idx:{name}")
+
+    def index_keys(self, weighers: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Every key of the placement index: the fixed ones and one zset per weigher (``weighers``) and order."""
+        return [self.index(n) for n in ("free", "cap", "slots", "big", "active")] + [
+            self.index(f"w:{w}:{o}") for w in weighers for o in ("min", "max")]
+
     def node_info(self, node: str) -> str:
         """Hash: the worker's registration (cores, mem_mb, capacity, parallel, binding, instance, ...)."""
         return self._k(f"node:{node}")
@@ -127,10 +139,12 @@ class Keys:
         """String with TTL: ``host:pid:instance`` of the one worker that runs ``node`` (refreshed by its heartbeat)."""
         return self._k(f"owner:{node}")
 
-    def control_keys(self, nodes: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """Every key of the control plane for this prefix and these nodes (for ``admin clean``)."""
+    def control_keys(self, nodes: list[str] | tuple[str, ...] = (), weighers: tuple[str, ...] | list[str] = ()
+                     ) -> list[str]:
+        """Every key of the control plane for this prefix, these nodes and weighers (for ``admin clean``)."""
         fixed = [self.pending, self.slots, self.nodes, self.wake, self.done, self.failed, self.events,
-                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids]
+                 self.controller_log, self.scheduler_lock, self.seq, self.config, self.health, self.trace_ids,
+                 *self.index_keys(weighers)]
         per_node = [k for n in nodes for k in (self.queue(n), self.running(n), self.cap(n), self.cap_total(n),
                                                 self.run_count(n), self.node_info(n), self.heartbeat(n),
                                                 self.owner(n))]
