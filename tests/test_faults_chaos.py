@@ -142,8 +142,15 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
         for p in procs:
             p.kill()
             p.wait()
+
+    def both_execs() -> dict | None:
+        """Attempt -> exec event, once both attempts wrote theirs (each adapter appends its own line as it
+        exits: on a loaded machine that can trail the done record)."""
+        found = {e["attempt"]: e for _, e in read_jsonl(paths.events_path(rid, "h1")) if e["kind"] == "exec"}
+        return found if {1, 2} <= set(found) else None
+
+    ex = wait(both_execs, timeout=20)
     ev = [e for _, e in read_jsonl(paths.events_path(rid, "h1"))]
-    ex = {e["attempt"]: e for e in ev if e["kind"] == "exec"}
     assert ex[1]["status"] == "failed" and ex[1]["ts_end"] - ex[1]["ts_start"] < 7000  # stopped, not run out
     assert [(e["trace_id"], e["attempt"]) for e in ev if e["kind"] == "fenced"] == [("L1", 1)]
     assert ex[2]["ts_start"] >= ex[1]["ts_end"]  # never both at once on a 1-unit node
