@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 from benchlib import print_table
 from tracekit.cluster import netns
@@ -52,10 +53,8 @@ def bench_emulation(quick: bool) -> dict:
     total, reps = (8, 1) if quick else (24, 3)
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as d:
         root = Path(d)
-        saved = {k: os.environ.get(k) for k in ("TRACEKIT_LOGS", "TRACEKIT_INPUTS", "TRACEKIT_OUTPUTS")}
-        os.environ.update(TRACEKIT_LOGS=str(root / "logs"), TRACEKIT_INPUTS=str(root / "in"),
-                          TRACEKIT_OUTPUTS=str(root / "out"))
-        try:
+        with patch.dict(os.environ, TRACEKIT_LOGS=str(root / "logs"), TRACEKIT_INPUTS=str(root / "in"),
+                        TRACEKIT_OUTPUTS=str(root / "out")):
             inputs = root / "in" / "clips"
             subprocess.run([PY, str(script("videos")), "--quick", "--count", "3", "--out", str(inputs),
                             "--no-progress"], check=True, capture_output=True)
@@ -63,12 +62,6 @@ def bench_emulation(quick: bool) -> dict:
             for i in range(reps):  # alternate so drift (thermal, other load) hits both alike
                 base.append(_run_workload("0", total, 2, inputs, f"bp{i}"))
                 ours.append(_run_workload("1", total, 2, inputs, f"bn{i}"))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     o, b = min(ours), min(base)
     return {**row, "ours": round(o, 3), "baseline": round(b, 3), "ratio": round(o / b, 3)}
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 from benchlib import print_table
 from tracekit.cluster.emulation import CONTROLLER, Cluster, ClusterConfig, script
@@ -56,9 +57,7 @@ def _execs(rid: str, node: str) -> list[dict]:
 def run_cluster(rid: str, nodes: int, total: int, capacity: int, launcher: bool) -> tuple[float, list[dict], dict]:
     """Dispatch ``total`` noop tasks and wait for them; (s from the first enqueue to the last done, exec events,
     clock offsets)."""
-    saved = os.environ.get("TRACEKIT_LAUNCHER")
-    os.environ["TRACEKIT_LAUNCHER"] = "1" if launcher else "0"
-    try:
+    with patch.dict(os.environ, TRACEKIT_LAUNCHER="1" if launcher else "0"):
         cfg = ClusterConfig(run_id=rid, nodes=nodes, netns_mode="0", grace_s=5,
                             worker_args=["--capacity-units", str(capacity)])
         with Cluster(cfg) as cl:
@@ -80,11 +79,6 @@ def run_cluster(rid: str, nodes: int, total: int, capacity: int, launcher: bool)
             c = cl.client()
             done = [json.loads(v) for v in c.hgetall(cl.keys.done).values()]
             ends = [d["ts_done"] for d in done if d.get("ts_done")]
-    finally:
-        if saved is None:
-            os.environ.pop("TRACEKIT_LAUNCHER", None)
-        else:
-            os.environ["TRACEKIT_LAUNCHER"] = saved
     evs = [e for n in node_ids for e in _execs(rid, n)]
     enq = [e["ts_enqueue"] for e in evs if e.get("ts_enqueue") is not None]
     if ends and enq:  # the dispatcher's makespan: first enqueue to the last task recorded done (controller ms)
@@ -138,12 +132,9 @@ def run(quick: bool = True) -> list[dict]:
         root = Path(d)
         prof = root / "profiles.json"
         prof.write_text(json.dumps(PROFILES))
-        keys = ("TRACEKIT_LOGS", "TRACEKIT_INPUTS", "TRACEKIT_OUTPUTS", "TRACEKIT_PROFILES")
-        saved = {k: os.environ.get(k) for k in keys}
-        os.environ.update(TRACEKIT_LOGS=str(root / "logs"), TRACEKIT_INPUTS=str(root / "in"),
-                          TRACEKIT_OUTPUTS=str(root / "out"), TRACEKIT_PROFILES=str(prof))
         (root / "in").mkdir()
-        try:
+        with patch.dict(os.environ, TRACEKIT_LOGS=str(root / "logs"), TRACEKIT_INPUTS=str(root / "in"),
+                        TRACEKIT_OUTPUTS=str(root / "out"), TRACEKIT_PROFILES=str(prof)):
             base = popen_baseline(total)
             _, evs, offs = run_cluster("bl1", 1, total, 2, launcher=True)
             lat = latencies(evs, offs)
@@ -167,12 +158,6 @@ def run(quick: bool = True) -> list[dict]:
             ok = sum(e.get("status") == "ok" for e in evs2)
             rows.append({"bench": "launch", "metric": f"throughput tasks/s, {n} noop tasks, 2 nodes cap 16",
                          "ours": round(ok / wall, 1), "baseline": None, "ratio": None, "target": ">= 100 tasks/s"})
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     return rows
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.cluster.redis_server import RedisServer
+from tracekit.core.keys import Keys
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
@@ -153,3 +155,20 @@ def daemons(env, tmp_path):
     d = Daemons(env, tmp_path)
     yield d
     d.close()
+
+
+def task_payload(trace_id: str, profile: str = "nap", **fields) -> str:
+    """A valid task payload (attempt 1, 1 unit, enqueued now) with ``fields`` added or replaced."""
+    d = {"trace_id": trace_id, "profile": profile, "cpu_units": 1, "ts_enqueue": int(time.time() * 1000),
+         "attempt": 1}
+    d.update(fields)
+    return json.dumps(d)
+
+
+DEFAULT_KEYS = Keys()
+
+
+def push(client, *raws: str, keys: Keys = DEFAULT_KEYS) -> None:
+    """RPUSH payloads on q:pending and wake the scheduler, as the dispatcher does."""
+    client.rpush(keys.pending, *raws)
+    client.lpush(keys.wake, "1")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS, Daemons, run_script, wait_for, with_profiles
+from conftest import TOOLS, Daemons, push, run_script, wait_for, with_profiles
+from conftest import task_payload as task
 from tracekit.cluster.redis_server import RedisServer, free_port
 from tracekit.core import paths
 from tracekit.core.keys import Keys
@@ -48,15 +49,6 @@ def env(run_env, tmp_path, monkeypatch):
 
 
 
-def task(tid: str, profile: str, **kw) -> str:
-    d = {"trace_id": tid, "profile": profile, "cpu_units": 1, "ts_enqueue": int(time.time() * 1000), "attempt": 1}
-    d.update(kw)
-    return json.dumps(d)
-
-
-def push(client, *raws: str) -> None:
-    client.rpush(K.pending, *raws)
-    client.lpush(K.wake, "1")
 
 
 def records(client) -> tuple[dict, dict]:

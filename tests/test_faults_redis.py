@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import TOOLS, Daemons, run_script, wait_for, with_profiles
+from conftest import TOOLS, Daemons, push, run_script, wait_for, with_profiles
+from conftest import task_payload as task
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.control.redis_retry import RedisFatal, Retrier, backoff_delays, classify
 from tracekit.core import paths
@@ -38,15 +39,6 @@ def env(run_env, tmp_path, monkeypatch):
 
 
 
-def task(tid: str, profile: str = "nap", **kw) -> str:
-    d = {"trace_id": tid, "profile": profile, "cpu_units": 1, "ts_enqueue": int(time.time() * 1000), "attempt": 1}
-    d.update(kw)
-    return json.dumps(d)
-
-
-def push(client, *raws: str) -> None:
-    client.rpush(K.pending, *raws)
-    client.lpush(K.wake, "1")
 
 
 def finished(client, tids) -> bool:
