@@ -1,0 +1,84 @@
+"""A service task end to end (docs/services.md): real redis-server, scheduler, worker, adapter, collector, the
+demo aiohttp service with ffmpeg, the load generator, the parse and the audit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import Daemons, push, run_script, task_payload, wait_for
+from test_node_helpers import node_env, start_collector, stop_collector
+from tracekit.core import paths
+from tracekit.core.keys import Keys
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+RATE, SECONDS = 40, 3
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_service_under_adapter_driven_by_loadgen(run_env, redis_client, tmp_path):
+    env = node_env(run_env, "n1", PROC_INTERVAL_MS="100")
+    rid = env["RUN_ID"]
+    d = Daemons(env, tmp_path)
+    try:
+        start_collector(env)
+        d.scheduler()
+        w = d.worker("n1", "--capacity-units", "2", "--exit-when-idle")
+        push(redis_client, task_payload("svc1", "thumbsvc", params={"seconds": 120}))
+        mix = tmp_path / "mix.jsonl"
+        mix.write_text('{"path": "/ping", "weight": 3}\n{"path": "/thumb?t=1.0&w=160", "weight": 1}\n')
+        lg = run_script("loadgen.py", "--service", "svc1", "--mix", str(mix), "--rate", str(RATE), "--duration",
+                        str(SECONDS), "--seed", "7", "--stop-after", "--wait-ready", "60", env=env, timeout=120)
+        assert lg.returncode == 0, lg.stderr
+        assert f"{RATE * SECONDS} requests, 0 errors" in lg.stdout
+        keys = Keys()
+        wait_for(lambda: redis_client.hget(keys.done, "svc1"), timeout=30)
+        wait_for(lambda: redis_client.hget(keys.service("svc1"), "state") == "stopped", timeout=5)
+        w.wait(30)
+    finally:
+        stop_collector(env)
+        d.close()
+    # a loadgen aimed elsewhere than the service's published address is refused
+    bad = run_script("loadgen.py", "--service", "svc1", "--url", "http://127.0.0.1:9", "--rate", "1",
+                     "--count", "1", "--wait-ready", "1", env=env)
+    assert bad.returncode == 2 and "svc1" in bad.stderr and bad.stderr.count("\n") == 1
+    r = run_script("parse_cts.py", "--run-id", rid, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    cts = paths.cts_dir(rid)
+    inv = [i for i in _lines(cts / "invocations.jsonl") if i["trace_id"] == "svc1"]
+    assert len(inv) == 1 and inv[0]["status"] == "ok" and inv[0]["exit_code"] == 0, inv
+    inv = inv[0]
+    reqs = _lines(cts / "requests.jsonl")
+    # exactly the requests sent: one line each, numbered 1..N, all answered
+    assert [q["request_id"] for q in reqs] == [f"svc1-r{k}" for k in range(1, RATE * SECONDS + 1)]
+    assert all(q["status"] == 200 and q["error"] is None for q in reqs)
+    thumbs = [q for q in reqs if q["path"].startswith("/thumb")]
+    assert thumbs and all(q["resp_bytes"] > 1000 for q in thumbs), "real JPEGs"
+    # linked to the service's process identity, sent while it ran
+    assert {(q["node_id"], q["pid"], q["starttime"]) for q in reqs} == {("n1", inv["pid"], inv["starttime"])}
+    assert all(inv["ts_start"] <= q["ts_send"] <= q["ts_end"] <= inv["ts_end"] for q in reqs)
+    # open loop at a constant rate: scheduled 1/RATE apart, µs resolution
+    gaps = [b["ts_sched"] - a["ts_sched"] for a, b in zip(reqs, reqs[1:], strict=False)]
+    assert all(abs(g - 1000 / RATE) < 0.01 for g in gaps)
+    # the client's latency holds the server's own handling time (the demo service's X-Handle-Us header)
+    for q in reqs:
+        assert q["server_ms"] is not None and q["latency_ms"] >= q["server_ms"] - 0.5, q
+        assert q["ts_send"] <= q["ts_first_byte"] <= q["ts_end"]
+    assert sum(q["server_ms"] for q in thumbs) / len(thumbs) > 5, "ffmpeg ran per /thumb request"
+    # its CPU: samples from start to stop, adding up to the exact total (the audit's rules)
+    rows = [m for m in _lines(cts / "proc_metrics.jsonl") if m["trace_id"] == "svc1"]
+    assert rows and abs((rows[0]["ts_ms"] - rows[0]["dt_ms"]) - inv["ts_start"]) <= 1
+    assert abs(rows[-1]["ts_ms"] - inv["ts_end"]) <= 1
+    assert all(abs((b["ts_ms"] - b["dt_ms"]) - a["ts_ms"]) <= 1 for a, b in zip(rows, rows[1:], strict=False))
+    assert abs(sum(m["cpu_ms"] for m in rows) - inv["cpu_ms"]) <= max(1.0, 0.01 * inv["cpu_ms"])
+    assert inv["cpu_ms"] > 100, "the thumbnails' ffmpeg CPU is the service's"
+    report = (cts / "audit_report.md").read_text()
+    assert "| Requests | PASS |" in report and "| CPU accounting | PASS |" in report, report
+    assert (cts / "requests.png").stat().st_size > 10_000
+    states = [s["state"] for s in _lines(paths.services_path(rid, "n1"))]
+    assert states == ["starting", "ready", "stopping", "stopped"]
