@@ -12,7 +12,6 @@ resolution and never jump. ``--procs P`` splits the schedule over P processes (r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import multiprocessing
 import os
@@ -187,10 +186,7 @@ async def _drive(spec: LoadSpec, part: int, clock: Clock, start_ns: int) -> list
 
 
 def _part(spec: LoadSpec, part: int, anchor: tuple[float, int], start_ns: int) -> list:
-    with contextlib.suppress(ImportError):
-        import uvloop  # faster event loop when installed (optional)
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # the default asyncio loop: uvloop was measured slower with aiohttp's client here (bench/bench_loadgen.py)
     return asyncio.run(_drive(spec, part, Clock(0.0, anchor), start_ns))
 
 

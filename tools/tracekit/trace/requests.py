@@ -65,8 +65,8 @@ def link(raw: list[dict], invocations: list[dict]) -> tuple[list[dict], int]:
         cands = runs.get(ln.get("trace_id"), [])
         t = ln.get("ts_send")
         inv = next((i for i in cands if t is not None and i["ts_start"] <= t <= i["ts_end"]), None)
-        if inv is None and cands:  # sent just outside the run (a refused connection): the closest execution
-            inv = min(cands, key=lambda i: abs((t or 0) - i["ts_start"]))
+        if inv is None and cands:  # sent outside every run (e.g. a refused connection): the nearest execution
+            inv = min(cands, key=lambda i: max(i["ts_start"] - (t or 0), 0, (t or 0) - i["ts_end"]))
         if inv is None:
             unlinked += 1
         row = dict.fromkeys(REQUEST_FIELDS)
