@@ -82,3 +82,17 @@ def test_service_under_adapter_driven_by_loadgen(run_env, redis_client, tmp_path
     assert (cts / "requests.png").stat().st_size > 10_000
     states = [s["state"] for s in _lines(paths.services_path(rid, "n1"))]
     assert states == ["starting", "ready", "stopping", "stopped"]
+    # OpenDC: the service is one long task whose fragments are its measured CPU (request data stays in the CTS)
+    out = tmp_path / "opendc"
+    r = run_script("export_opendc.py", "--input", str(paths.run_dir(rid)), "--output", str(out), env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import pyarrow.parquet as pq
+
+    tasks = pq.read_table(out / "tasks.parquet").to_pylist()
+    frags = pq.read_table(out / "fragments.parquet").to_pylist()
+    assert [t["name"] for t in tasks] == ["svc1"] and tasks[0]["cpu_count"] == 1
+    assert sum(f["duration"] for f in frags) == tasks[0]["duration"] >= inv["ts_end"] - inv["ts_start"]
+    mhz = tasks[0]["cpu_capacity"] / tasks[0]["cpu_count"]
+    assert len(frags) >= len(rows)
+    exported_cpu_ms = sum(f["cpu_usage"] * f["duration"] for f in frags) / mhz
+    assert abs(exported_cpu_ms - inv["cpu_ms"]) <= max(1.0, 0.01 * inv["cpu_ms"])
