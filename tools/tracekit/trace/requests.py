@@ -221,7 +221,7 @@ def plot(result: ParseResult, services: dict[str, ServiceRequests], path: Path) 
             a2.step(xs, errr, where="post", color="tab:red", label="errors / s")
         a2.set_ylabel("requests / s")
         a2.legend(loc="upper right", fontsize=8)
-        rows = cpu.get(tid, [])
+        rows = merge_short(cpu.get(tid, []))
         if rows:
             xs = np.array([(r["ts_ms"] - t0) / 1000 for r in rows])
             ys = np.array([r["cpu_ms"] / r["dt_ms"] if r["dt_ms"] else 0.0 for r in rows])
@@ -231,6 +231,20 @@ def plot(result: ParseResult, services: dict[str, ServiceRequests], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def merge_short(rows: list[dict], min_dt_ms: float = 50.0) -> list[dict]:
+    """For drawing: a row shorter than ``min_dt_ms`` (e.g. the last one, from the final sample to the exit, holding
+    the tail up to the exact total) is merged into the one before, so a few ms do not draw as many cores."""
+    out: list[dict] = []
+    for r in rows:
+        if out and r["dt_ms"] < min_dt_ms:
+            prev = out[-1]
+            out[-1] = dict(prev, ts_ms=r["ts_ms"], dt_ms=prev["dt_ms"] + r["dt_ms"],
+                           cpu_ms=prev["cpu_ms"] + r["cpu_ms"])
+        else:
+            out.append(dict(r))
+    return out
 
 
 def service_cpu(out_dir: Path, trace_ids: set[str]) -> dict[str, list[dict]]:
