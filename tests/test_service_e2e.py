@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import Daemons, push, run_script, task_payload, wait_for
+from conftest import Daemons, push, run_script, task_payload, wait_for, with_profiles
 from test_node_helpers import node_env, start_collector, stop_collector
 from tracekit.core import paths
 from tracekit.core.keys import Keys
@@ -96,3 +97,41 @@ def test_service_under_adapter_driven_by_loadgen(run_env, redis_client, tmp_path
     assert len(frags) >= len(rows)
     exported_cpu_ms = sum(f["cpu_usage"] * f["duration"] for f in frags) / mhz
     assert abs(exported_cpu_ms - inv["cpu_ms"]) <= max(1.0, 0.01 * inv["cpu_ms"])
+
+
+def test_plain_server_bound_admin_stop_and_never_ready(run_env, redis_client, tmp_path, monkeypatch):
+    """Any HTTP server by command (``httpserver``) stopped by its ``seconds`` bound; the demo service stopped by
+    ``tracekit-admin stop-service``; a service that never becomes ready is stopped and recorded failed."""
+    env = node_env(with_profiles(run_env, tmp_path, monkeypatch, {"neverready": {
+        "app": "service", "cpu_units": 1, "argv": ["sleep", "30"], "port": 1, "ready_timeout_s": 0.5}}), "n1")
+    keys = Keys()
+    d = Daemons(env, tmp_path)
+    try:
+        d.scheduler()
+        w = d.worker("n1", "--capacity-units", "2", "--exit-when-idle")
+        (Path(env["TRACEKIT_INPUTS"]) / "hello.txt").write_text("hello\n")
+        push(redis_client, task_payload("plain", "httpserver", params={"seconds": 2.5}),
+             task_payload("never", "neverready"), task_payload("demo", "thumbsvc"))
+        lg = run_script("loadgen.py", "--service", "plain", "--concurrency", "2", "--count", "30", "--path",
+                        "/hello.txt", "--wait-ready", "30", env=env, timeout=60)
+        assert lg.returncode == 0 and "30 requests, 0 errors" in lg.stdout, lg.stderr
+        wait_for(lambda: redis_client.hget(keys.service("demo"), "state") == "ready", timeout=60)
+        r = run_script("scheduler/admin.py", "stop-service", "demo", "--reason", "test", env=env)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: all(redis_client.hget(keys.service(t), "state") == "stopped"
+                             for t in ("plain", "never", "demo")), timeout=30)
+        assert w.wait(30) == 0
+    finally:
+        d.close()
+    done, failed = redis_client.hgetall(keys.done), redis_client.hgetall(keys.failed)
+    assert set(done) == {"plain", "demo"} and set(failed) == {"never"}, (done, failed)
+    reasons = {s["trace_id"]: s["stop_reason"] for s in _lines(paths.services_path(env["RUN_ID"], "n1"))
+               if s["state"] == "stopping"}
+    assert reasons == {"plain": "ran its 2.5 s bound", "never": "not ready after 0.5 s",
+                       "demo": "stop requested: test"}
+    lines = _lines(paths.requests_dir(env["RUN_ID"]) / "plain.jsonl")
+    assert len(lines) == 30 and all(q["status"] == 200 and q["resp_bytes"] == 6 for q in lines)
+    assert all(q["ts_sched"] == q["ts_send"] for q in lines), "closed loop: sent when scheduled"
+    execs = {e["trace_id"]: e for e in _lines(paths.events_path(env["RUN_ID"], "n1")) if e.get("kind") == "exec"}
+    assert execs["plain"]["status"] == "ok" and execs["plain"]["signal"] == 15  # SIGTERM's death = its stop
+    assert execs["never"]["status"] == "failed" and "SIGINT" in execs["never"]["error"]

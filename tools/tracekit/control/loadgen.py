@@ -117,8 +117,12 @@ class Clock:
         return round(self.wall0 + (perf_ns - self.perf0) / 1e6, 3)
 
 
-async def _one(session, spec: LoadSpec, n: int, entry: MixEntry, sched_ns: int, clock: Clock, out: list) -> None:
+async def _one(session, spec: LoadSpec, n: int, entry: MixEntry, sched_ns: int | None, clock: Clock,
+               out: list) -> None:
+    """Send one request; append its raw tuple to ``out`` (``sched_ns`` None: closed loop, scheduled = sent)."""
     t_send = time.perf_counter_ns()
+    if sched_ns is None:
+        sched_ns = t_send
     t_fb = status = server = None
     nbytes = 0
     error = None
@@ -176,7 +180,7 @@ async def _drive(spec: LoadSpec, part: int, clock: Clock, start_ns: int) -> list
                                             spec.duration_s):
                         return
                     counter[0] += spec.procs
-                    await _one(session, spec, n, spec.mix[picks[n]], time.perf_counter_ns(), clock, out)
+                    await _one(session, spec, n, spec.mix[picks[n]], None, clock, out)
 
             while time.perf_counter_ns() < start_ns:
                 await asyncio.sleep((start_ns - time.perf_counter_ns()) / 1e9)

@@ -7,8 +7,9 @@ worker runs a :class:`ServiceWatch` thread beside its usual wait thread:
     starting  ``svc:<trace_id>`` (``keys.service``) = {state, host, port, url, node_id, attempt}
     ready     the readiness check passed (a TCP connect, or an HTTP GET answered < 500): ``ts_ready``
     stopping  one of: ``svc:stop:<trace_id>`` was set (``tracekit-admin stop-service``), the run bound
-              (``seconds``) passed, the worker is stopping, the service never became ready; the adapter gets
-              SIGTERM, forwards it, and SIGKILLs the application after ``stop_grace_s``
+              (``seconds``) passed, the worker is stopping: the adapter gets SIGTERM, forwards it, and SIGKILLs
+              the application after ``stop_grace_s`` (a success); the service never became ready within
+              ``ready_timeout_s``: SIGINT instead (the same escalation, recorded as a failure)
     stopped   the adapter exited (its exec event holds the exact totals; the worker completes the task as usual)
 
 Each state change is also a line of ``<node_id>/services.jsonl`` (``schema.SERVICE_FIELDS``). The load generator
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import signal
 import socket
 import threading
 import time
@@ -90,7 +92,7 @@ class ServiceWatch:
 
     def __init__(self, client: redis.Redis, keys: Keys, node: str, trace_id: str, attempt: int, prof: dict,
                  seconds: float, port: int, host: str, log_path: Path, done: Callable[[], bool],
-                 worker_stopping: threading.Event, terminate: Callable[[], None]) -> None:
+                 worker_stopping: threading.Event, terminate: Callable[[int], None]) -> None:
         self.client, self.keys, self.node = client, keys, node
         self.trace_id, self.attempt, self.prof = trace_id, attempt, prof
         self.seconds, self.port, self.host = seconds, port, host
@@ -161,7 +163,8 @@ class ServiceWatch:
         if reason is not None and not self.done():
             self._publish("stopping", stop_reason=reason)
             log.info("stopping service %s: %s", self.trace_id, reason)
-            self.terminate()
+            # a service that never became ready failed: SIGINT (the adapter then records a failure, not a stop)
+            self.terminate(signal.SIGTERM if ready or reason == "worker stopping" else signal.SIGINT)
         while not self.done():
             time.sleep(POLL_S)
         self._publish("stopped", stop_reason=reason or "ended by itself")

@@ -625,7 +625,7 @@ class Worker:
                              float(task.params.get("seconds") or prof["seconds"]), run.cmd.port, host,
                              paths.services_path(self.cfg.run_id, self.cfg.node),
                              done=lambda: self.running.get(key) is not run, worker_stopping=self.stop,
-                             terminate=lambda: signal_task(run.proc, signal.SIGTERM))
+                             terminate=lambda sig: signal_task(run.proc, sig))
         th = threading.Thread(target=guarded(watch.run, f"service-{task.trace_id}", log, self._crashed), daemon=True,
                               name=f"service-{task.trace_id}")
         th.start()

@@ -145,6 +145,11 @@ class Keys:
         host, port, url, node_id, attempt, ts_ready, stop_reason``; written by the worker that runs it."""
         return self._k(f"svc:{trace_id}")
 
+    @property
+    def services_pattern(self) -> str:
+        """SCAN pattern of every service key (``svc:*``), for ``admin clean``."""
+        return self._k("svc:*")
+
     def service_stop(self, trace_id: str) -> str:
         """String: set (to the reason) to ask the worker running service ``trace_id`` to stop it."""
         return self._k(f"svc:stop:{trace_id}")

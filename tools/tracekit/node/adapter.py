@@ -329,7 +329,7 @@ def run(cfg: AdapterConfig) -> int:
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child[0], signum)
-            if cfg.service and signum == signal.SIGTERM and received.count(signum) == 1:
+            if cfg.service and len(received) == 1:  # SIGTERM: a stop; SIGINT: the worker gave up on it
                 stop_timer(child[0])
             if cfg.parent_pid is not None and os.getppid() != cfg.parent_pid and not escalate:
                 # our launcher died (PR_SET_PDEATHSIG sent this): nothing may outlive the worker, even an
