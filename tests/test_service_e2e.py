@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import Daemons, push, run_script, task_payload, wait_for, with_profiles
 from test_node_helpers import node_env, start_collector, stop_collector
+from tracekit.control.service import probe
+from tracekit.control.task import free_port
 from tracekit.core import paths
 from tracekit.core.keys import Keys
 
@@ -135,3 +139,30 @@ def test_plain_server_bound_admin_stop_and_never_ready(run_env, redis_client, tm
     execs = {e["trace_id"]: e for e in _lines(paths.events_path(env["RUN_ID"], "n1")) if e.get("kind") == "exec"}
     assert execs["plain"]["status"] == "ok" and execs["plain"]["signal"] == 15  # SIGTERM's death = its stop
     assert execs["never"]["status"] == "failed" and "SIGINT" in execs["never"]["error"]
+
+
+def test_loadgen_split_over_processes_on_loopback(run_env, tmp_path):
+    """``--procs 2``: the schedule split over two processes still yields each request exactly once, on one clock;
+    a non-loopback --url without a service is refused."""
+    port = free_port()
+    svc = subprocess.Popen([sys.executable, "-m", "tracekit.node.demo_service", "--host", "127.0.0.1", "--port",
+                            str(port)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: probe("127.0.0.1", port, "/ping"), timeout=30, step=0.05)
+        out = tmp_path / "split.jsonl"
+        r = run_script("loadgen.py", "--url", f"http://127.0.0.1:{port}", "--path", "/ping", "--rate", "400",
+                       "--arrival", "poisson", "--seed", "3", "--count", "300", "--procs", "2", "--output", str(out),
+                       env=run_env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        svc.terminate()
+        svc.wait(10)
+    lines = _lines(out)
+    assert [q["request_id"] for q in lines] == [f"local-r{k}" for k in range(1, 301)]
+    assert all(q["status"] == 200 for q in lines)
+    sched = [q["ts_sched"] for q in lines]
+    assert sched == sorted(sched)  # both processes on one time base, the Poisson schedule in order
+    meta = json.loads(out.with_name("split.meta.json").read_text())
+    assert meta["sent"] == 300 and meta["arrival"] == "poisson" and meta["cpu_s"] > 0
+    bad = run_script("loadgen.py", "--url", "http://192.0.2.1:80", "--rate", "1", "--count", "1", env=run_env)
+    assert bad.returncode == 2 and "not a loopback address" in bad.stderr
