@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_service_under_adapter_driven_by_loadgen(run_env, redis_client, tmp_path
         assert q["server_ms"] is not None and q["latency_ms"] >= q["server_ms"] - 0.5, q
         assert q["ts_send"] <= q["ts_first_byte"] <= q["ts_end"]
     assert sum(q["server_ms"] for q in thumbs) / len(thumbs) > 5, "ffmpeg ran per /thumb request"
+    # ... and it is most of what the client saw (the rest: network and the client's own handling)
+    assert statistics.median(q["server_ms"] / q["latency_ms"] for q in thumbs) > 0.5
     # its CPU: samples from start to stop, adding up to the exact total (the audit's rules)
     rows = [m for m in _lines(cts / "proc_metrics.jsonl") if m["trace_id"] == "svc1"]
     assert rows and abs((rows[0]["ts_ms"] - rows[0]["dt_ms"]) - inv["ts_start"]) <= 1
