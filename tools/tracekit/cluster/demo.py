@@ -216,7 +216,7 @@ def loadgen_status(cluster: Cluster) -> int:
     deadline = time.monotonic() + 30
     while proc.alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    _step(log_tail(proc.log).removeprefix("loadgen: ").join(("loadgen: ", "")))
+    _step(f"loadgen: {log_tail(proc.log).removeprefix('loadgen: ')}")
     return 0 if proc.returncode == 0 else 1
 
 
