@@ -130,5 +130,7 @@ def test_request_figures_and_verdict():
     assert v == "WARN" and "1 errors" in summary and "p50/p90/p99 2.50/2.50/2.50" in details[0]
     starts, ok, err = rq.throughput(lines)
     assert ok.sum() == 100 and err.sum() == 1
+    assert rq.verdict(rq.group(lines[:50] + lines[51:]))[0] == "FAIL"  # request 51 lost
+    assert rq.verdict(rq.group(lines + lines[:1]))[0] == "FAIL"  # request 1 twice
     lines[0]["server_ms"] = 10.0  # the server says it took longer than the client saw: a broken clock or link
     assert rq.verdict(rq.group(lines))[0] == "FAIL"

@@ -152,7 +152,14 @@ def service_figures(s: ServiceRequests) -> dict:
             "peak_rps": float((ok + err).max()) if ok.size else None,
             "server_p50": float(np.percentile([b for _, b in pairs], 50)) if pairs else None,
             "gap_p50": float(np.percentile(gap, 50)) if gap.size else None,
-            "below_server": int((gap < -1.0).sum()) if gap.size else 0, "unlinked": s.unlinked}
+            "below_server": int((gap < -1.0).sum()) if gap.size else 0, "unlinked": s.unlinked,
+            "not_contiguous": not_contiguous(s.lines)}
+
+
+def not_contiguous(lines: list[dict]) -> int:
+    """Request numbers missing or repeated among ``<trace_id>-r1 .. -rN`` (0: every request sent is there once)."""
+    nums = sorted(_req_no(ln["request_id"]) for ln in lines)
+    return sum(1 for k, n in enumerate(nums, 1) if n != k)
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -172,16 +179,18 @@ def summary_lines(services: dict[str, ServiceRequests]) -> list[str]:
 
 
 def verdict(services: dict[str, ServiceRequests]) -> tuple[str, str, list[str]]:
-    """The audit's request check: FAIL when a request has no execution of its service or reports a latency
-    shorter than the server's own handling time (by more than 1 ms); WARN on errors; else PASS."""
+    """The audit's request check: FAIL when a request has no execution of its service, reports a latency shorter
+    than the server's own handling time (by more than 1 ms), or request numbers are missing or repeated; WARN on
+    errors; else PASS."""
     figs = {tid: service_figures(s) for tid, s in services.items()}
     unlinked = sum(f["unlinked"] for f in figs.values())
     below = sum(f["below_server"] for f in figs.values())
     errors = sum(f["errors"] for f in figs.values())
     total = sum(f["count"] for f in figs.values())
-    v = "FAIL" if unlinked or below else "WARN" if errors else "PASS"
+    gaps = sum(f["not_contiguous"] for f in figs.values())
+    v = "FAIL" if unlinked or below or gaps else "WARN" if errors else "PASS"
     summ = (f"{total} requests to {len(figs)} service(s), {errors} errors, {unlinked} not linked to an execution, "
-            f"{below} with a latency below the server's own time")
+            f"{below} with a latency below the server's own time, {gaps} request numbers missing or repeated")
     return v, summ, summary_lines(services)
 
 
