@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -169,3 +170,21 @@ def test_loadgen_split_over_processes_on_loopback(run_env, tmp_path):
     assert meta["sent"] == 300 and meta["arrival"] == "poisson" and meta["cpu_s"] > 0
     bad = run_script("loadgen.py", "--url", "http://192.0.2.1:80", "--rate", "1", "--count", "1", env=run_env)
     assert bad.returncode == 2 and "not a loopback address" in bad.stderr
+
+
+def test_worker_stop_stops_its_services(run_env, redis_client, tmp_path):
+    """A worker asked to stop stops its services (they never end by themselves), completes them, and leaves."""
+    env = node_env(run_env, "n1")
+    keys = Keys()
+    d = Daemons(env, tmp_path)
+    try:
+        d.scheduler()
+        w = d.worker("n1", "--capacity-units", "1")
+        push(redis_client, task_payload("svc", "thumbsvc"))
+        wait_for(lambda: redis_client.hget(keys.service("svc"), "state") == "ready", timeout=60)
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(30) == 0
+    finally:
+        d.close()
+    assert "svc" in redis_client.hgetall(keys.done)
+    assert redis_client.hget(keys.service("svc"), "stop_reason") == "worker stopping"
