@@ -13,7 +13,7 @@ export RUN_ID
 TEST_ARGS ?=
 
 .PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto compare \
-        demo chaos bench clean-run stop-node
+        demo chaos bench clean-run stop-node loadgen stop-service
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -72,8 +72,19 @@ compare: $(READY) ## OpenDC result in OPENDC_OUT vs RUN_ID's CTS -> PASS/FAIL re
 
 # demo and chaos first make sure the machine has everything (setup is idempotent and quick when nothing is
 # missing): on a fresh machine the system python has none of the packages.
-demo: setup ## whole pipeline on an emulated cluster (NODES, TOTAL, MIX, SEED, WEIGHER, BINDING, RATIO)
+demo: setup ## whole pipeline on an emulated cluster (NODES, TOTAL, MIX, SEED, WEIGHER, BINDING, RATIO, SCENARIO)
 	$(PY) tools/demo.py
+
+# Service tasks (docs/services.md): drive one with the load generator, or stop it.
+loadgen: $(READY) ## drive service SERVICE=<trace_id>: RATE=100 (open loop) or CONCURRENCY=N, DURATION=10, REQ_MIX=file
+	@test -n "$(SERVICE)" || { echo "usage: make loadgen SERVICE=<trace_id> [RATE=100|CONCURRENCY=N] [DURATION=10] [REQ_MIX=file]"; exit 2; }
+	$(PY) tools/loadgen.py --service "$(SERVICE)" --run-id "$(RUN_ID)" \
+	  $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),--rate $(or $(RATE),100)) --duration $(or $(DURATION),10) \
+	  $(if $(REQ_MIX),--mix "$(REQ_MIX)",) $(if $(STOP_AFTER),--stop-after,)
+
+stop-service: $(READY) ## stop service SERVICE=<trace_id> (SIGTERM, then SIGKILL after its grace)
+	@test -n "$(SERVICE)" || { echo "usage: make stop-service SERVICE=<trace_id>"; exit 2; }
+	$(PY) tools/scheduler/admin.py stop-service "$(SERVICE)"
 
 chaos: setup ## fault-injection run: kills workers/scheduler/redis, cuts a node off, checks nothing is lost
 	$(PY) tools/chaos.py

@@ -3,7 +3,7 @@
 Each ``bench/bench_*.py`` exposes ``run(quick: bool) -> list[dict]`` with rows
 ``{"bench", "metric", "ours", "baseline", "ratio", "target"}``. ``--full`` runs the long versions.
 Registered by their file name: ``bench_cluster``, ``bench_collector``, ``bench_launch`` (placement to exec,
-trivial-task throughput), ``bench_parse_export``,
+trivial-task throughput), ``bench_loadgen`` (load generator vs wrk), ``bench_parse_export``,
 ``bench_replay_compare`` (sim-vs-real compare, and the replay when it exists, of 100 k tasks), ``bench_scheduler``.
 """
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "worker": "tracekit.control.cli:worker",
     "status": "tracekit.control.cli:show_status",
     "admin": "tracekit.control.cli:administer",
+    "loadgen": "tracekit.control.cli:loadgen",
     "collect": "tracekit.node.cli:collect_sys",
     "videos": "tracekit.node.cli:generate_test_videos",
     "ffmpeg-wrapper": "tracekit.node.cli:ffmpeg_wrapper",

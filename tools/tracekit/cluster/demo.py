@@ -44,6 +44,12 @@ DEFAULT_MIX = "fast1080p=1,medium480p=2,light1c=3"
 DEMO_CLIPS = ["--quick", "--resolution", "640x360", "--duration", "2"]
 DEFAULT_SEED = 20250901
 NEEDED = ["videos", "collector", "worker", "scheduler", "dispatcher", "parse", "export", "replay", "perfetto"]
+SCENARIOS = ("batch", "service")
+SERVICE_PROFILE = "thumbsvc"
+# the service scenario's request mix (docs/services.md): mostly the trivial endpoint, some real ffmpeg work
+# (at the default rate about 6 thumbnails/s: within the service's one CPU unit, so latency shows service time)
+SERVICE_MIX = ('{"path": "/ping", "weight": 8}\n{"path": "/thumb?t=0.5&w=320", "weight": 1}\n'
+               '{"path": "/thumb?t=2.0&w=640", "weight": 1}\n')
 
 
 @dataclass
@@ -66,6 +72,9 @@ class DemoConfig:
     inputs: str | None = None  # default <inputs root>/demo
     run_id_file: Path = paths.RUN_ID_FILE
     setup: bool = True
+    scenario: str = "batch"  # "batch": the task mix; "service": the demo service driven by the load generator
+    rate: float = 30.0  # service scenario: requests per second (open loop, constant)
+    duration_s: float = 10.0  # service scenario: seconds of load
 
 
 # --- run id ---
@@ -188,6 +197,29 @@ def follow(cluster: Cluster, total: int, timeout_s: float) -> int:
             time.sleep(0.5)
 
 
+def start_loadgen(cluster: Cluster, cfg: DemoConfig, rid: str, ctl_dir: Path) -> None:
+    """Service scenario: the load generator on the controller side, aimed at the service's published address on
+    its node (across the emulated network), stopping the service when done."""
+    mix = ctl_dir / "service_mix.jsonl"
+    mix.parent.mkdir(parents=True, exist_ok=True)
+    mix.write_text(SERVICE_MIX)
+    argv = [sys.executable, str(paths.REPO_ROOT / "tools" / "loadgen.py"), "--service", "t000001", "--mix", str(mix),
+            "--rate", f"{cfg.rate:g}", "--duration", f"{cfg.duration_s:g}", "--seed", str(cfg.seed), "--timeout",
+            "10", "--wait-ready", "120", "--stop-after", "--run-id", rid]
+    cluster.start_controller_process("loadgen", argv)
+    _step(f"load generator: {cfg.rate:g} requests/s for {cfg.duration_s:g} s at service t000001 ({SERVICE_PROFILE})")
+
+
+def loadgen_status(cluster: Cluster) -> int:
+    """The load generator's exit status once it ended (it stopped the service, so it is about to end)."""
+    proc = cluster.sup.get(CONTROLLER, "loadgen")
+    deadline = time.monotonic() + 30
+    while proc.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _step(f"loadgen: {log_tail(proc.log).removeprefix('loadgen: ')}")
+    return 0 if proc.returncode == 0 else 1
+
+
 def _sigterm(signum, frame):  # a terminated demo cleans up like a Ctrl-C'd one
     raise KeyboardInterrupt
 
@@ -206,7 +238,9 @@ def run_demo(cfg: DemoConfig) -> int:
         run_dir.rename(old)
         _step(f"logs/{rid} held an earlier run: moved to {old}")
     write_run_id_file(rid, cfg.run_id_file)
-    _step(f"RUN_ID={rid} (written to {cfg.run_id_file}); {cfg.nodes} nodes, {cfg.total} tasks, mix {cfg.mix}, "
+    _step(f"RUN_ID={rid} (written to {cfg.run_id_file}); {cfg.nodes} nodes, " + (
+          f"scenario service ({SERVICE_PROFILE}, {cfg.rate:g} req/s for {cfg.duration_s:g} s), "
+          if cfg.scenario == "service" else f"{cfg.total} tasks, mix {cfg.mix}, ") +
           f"seed {cfg.seed}, binding {cfg.binding}, ratio {cfg.ratio:g}, weigher {cfg.weigher or 'first-fit'}")
     env0 = plain_env(rid)
     ctl_dir = paths.controller_dir(rid)
@@ -230,10 +264,16 @@ def run_demo(cfg: DemoConfig) -> int:
         cl.wait_nodes_registered()
         _step(f"collectors and workers up on {', '.join(cl.node_ids)}; starting the central scheduler")
         cl.start_scheduler()
-        disp = [sys.executable, str(script("dispatcher")), "--inputs", str(inputs), "--mix", cfg.mix,
-                "--total", str(cfg.total), "--seed", str(cfg.seed), "--wait", "--no-progress", "--run-id", rid]
+        service = cfg.scenario == "service"
+        mix, total = (f"{SERVICE_PROFILE}=1", 1) if service else (cfg.mix, cfg.total)
+        disp = [sys.executable, str(script("dispatcher")), "--inputs", str(inputs), "--mix", mix,
+                "--total", str(total), "--seed", str(cfg.seed), "--wait", "--no-progress", "--run-id", rid]
         cl.start_controller_process("dispatcher", disp)
-        code = follow(cl, cfg.total, cfg.timeout_s)
+        if service:
+            start_loadgen(cl, cfg, rid, ctl_dir)
+        code = follow(cl, total, cfg.timeout_s)
+        if service:
+            code = code or loadgen_status(cl)
         _step(f"dispatcher: {log_tail(cl.sup.get(CONTROLLER, 'dispatcher').log)}")
         if code not in (0, EXIT_FAILURE):
             raise StepFailed(f"dispatcher exited with {code}: see {cl.sup.get(CONTROLLER, 'dispatcher').log}")
@@ -320,6 +360,13 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument("--run-id-file", default=env_setting("TRACEKIT_RUN_ID_FILE", str(paths.RUN_ID_FILE)),
                    help="[TRACEKIT_RUN_ID_FILE] where the run id is written (default: run_id.env at the repo root)")
     p.add_argument("--no-setup", action="store_true", help="never run make setup; fail when something is missing")
+    p.add_argument("--scenario", default=env_setting("SCENARIO", DemoConfig.scenario), choices=SCENARIOS,
+                   help="[SCENARIO] batch (default): the task mix; service: the demo HTTP service on a node, driven "
+                   "over the emulated network by the load generator (docs/services.md)")
+    p.add_argument("--rate", type=float, default=env_setting("RATE", DemoConfig.rate, float),
+                   help=f"[RATE] service scenario: requests per second ({DemoConfig.rate:g})")
+    p.add_argument("--duration", type=float, default=env_setting("DURATION", DemoConfig.duration_s, float),
+                   help=f"[DURATION] service scenario: seconds of load ({DemoConfig.duration_s:g})")
     a = p.parse_args(argv)
     if a.nodes < 1 or a.nodes > 64:
         raise UsageError(f"NODES must be 1..64 (got {a.nodes})")
@@ -332,7 +379,8 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     return DemoConfig(run_id=rid, nodes=a.nodes, total=a.total, mix=a.mix, seed=a.seed, weigher=a.weigher,
                       weigher_order=a.weigher_order, binding=a.binding, ratio=a.ratio, redis_url=a.redis,
                       netns=a.netns, interval_ms=a.interval_ms, timeout_s=a.timeout, inputs=a.inputs,
-                      run_id_file=run_id_file, setup=not a.no_setup)
+                      run_id_file=run_id_file, setup=not a.no_setup, scenario=a.scenario, rate=a.rate,
+                      duration_s=a.duration)
 
 
 def main(argv: list[str] | None = None) -> int:

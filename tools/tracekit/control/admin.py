@@ -27,7 +27,7 @@ def clean(client: redis.Redis, keys: Keys, force: bool) -> int:
         raise Conflict(f"workers alive ({', '.join(alive) or 'none'}) or a scheduler running "
                        f"({client.get(keys.scheduler_lock) or 'none'}); stop them first or pass --force")
     victims = set(keys.control_keys(nodes, tuple(WEIGHER_TABLE)))
-    patterns = [f"{keys.prefix}*"] if keys.prefix else [f"{f}" for f in _FAMILIES]
+    patterns = [f"{keys.prefix}*"] if keys.prefix else [*_FAMILIES, keys.services_pattern]
     for pat in patterns:
         victims.update(client.scan_iter(match=pat, count=1000))
     n = 0

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from tracekit.control import admin, central, dispatch, placement, status
+from tracekit.control.service import request_stop
 from tracekit.control.worker import Worker, WorkerConfig
 from tracekit.core import paths
 from tracekit.core.cli import command
@@ -209,8 +210,86 @@ def administer(argv: list[str] | None = None) -> int:
     s.add_argument("--node-id", default=None, help="node id (default: $NODE_ID or the hostname)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for them to exit (default 60)")
     s.add_argument("--now", action="store_true", help="also stop the running tasks (second signal)")
+    v = sub.add_parser("stop-service", help="ask the worker running service TRACE_ID to stop it (SIGTERM, then "
+                                            "SIGKILL after its grace); docs/services.md")
+    add_redis_args(v)
+    v.add_argument("trace_id", help="the service task's trace_id")
+    v.add_argument("--reason", default="admin", help="recorded as the stop reason (default: admin)")
     args = ap.parse_args(argv)
     if args.cmd == "clean":
         client, keys = connect_from_args(args)
         return admin.clean(client, keys, args.force)
+    if args.cmd == "stop-service":
+        client, keys = connect_from_args(args)
+        return request_stop(client, keys, paths.check_id("trace_id", args.trace_id), args.reason)
     return admin.stop_node(paths.run_id(args.run_id), paths.node_id(args.node_id), args.timeout, args.now)
+
+
+LOADGEN_DOC = """Load generator: drive HTTP requests at one service task and record one line per request
+(docs/services.md).
+
+The target is the address the worker published for the service (--service TRACE_ID, waits until it is ready), or
+with --url a loopback address only. Open loop (--rate, --arrival constant|poisson, seeded) or closed loop
+(--concurrency N); bounded by --count and/or --duration. Lines go to logs/RUN_ID/controller/requests/TRACE_ID.jsonl
+(schema.REQUEST_RAW_FIELDS; times in the controller's clock, epoch ms with µs resolution) and a .meta.json beside.
+"""
+
+
+@command("loadgen.py")
+def loadgen(argv: list[str] | None = None) -> int:
+    """`tracekit-loadgen` / `tools/loadgen.py`."""
+    from tracekit.control import loadgen as lg
+    from tracekit.core.clock import redis_clock_offset
+
+    ap = argparse.ArgumentParser(description=LOADGEN_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_redis_args(ap)
+    ap.add_argument("--service", metavar="TRACE_ID", help="the service task to drive (its published address)")
+    ap.add_argument("--url", help="http://host:port: a loopback target without a service (benchmarks)")
+    ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
+    ap.add_argument("--mix", help="request mix file: JSON Lines of {method, path, body, weight} (default: GET --path)")
+    ap.add_argument("--path", default="/", help="the one path requested without --mix (default /)")
+    ap.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
+    ap.add_argument("--arrival", choices=("constant", "poisson"), default="constant",
+                    help="open loop arrivals (default constant)")
+    ap.add_argument("--concurrency", type=int, default=None, help="closed loop: N clients, each waits for its reply")
+    ap.add_argument("--duration", type=float, default=None, help="seconds to send for")
+    ap.add_argument("--count", type=int, default=None, help="requests to send at most")
+    ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds (default 10)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and the mix draws")
+    ap.add_argument("--procs", type=int, default=1, help="split the load over N processes (default 1)")
+    ap.add_argument("--wait-ready", type=float, default=60.0, help="seconds to wait for the service (default 60)")
+    ap.add_argument("--stop-after", action="store_true", help="stop the service when done (admin stop-service)")
+    ap.add_argument("--output", type=Path, default=None, help="request lines file (default: see above)")
+    a = ap.parse_args(argv)
+    if (a.rate is None) == (a.concurrency is None):
+        raise UsageError("give exactly one of --rate (open loop) and --concurrency (closed loop)")
+    if (a.service is None) and (a.url is None):
+        raise UsageError("give --service TRACE_ID (or --url with a loopback address)")
+    if not 0 < a.timeout <= 600:
+        raise UsageError("--timeout must be in (0, 600] s")
+    mix = lg.read_mix_file(a.mix, a.path)
+    client = keys = None
+    offset = rtt = None
+    if a.service is not None:
+        tid = paths.check_id("trace_id", a.service)
+        client, keys = connect_from_args(a)
+        published = lg.wait_for_service(client, keys, tid, a.wait_ready)
+        url = lg.check_target(a.url or published, published)
+        off = redis_clock_offset(client)
+        offset, rtt = off.offset_ms, off.rtt_ms
+    else:
+        tid = "local"
+        url = lg.check_target(a.url, None)
+    spec = lg.LoadSpec(url=url, trace_id=tid, mix=mix, mode="open" if a.rate is not None else "closed",
+                       rate=a.rate or 0.0, arrival=a.arrival, concurrency=a.concurrency or 1,
+                       duration_s=a.duration, count=a.count, timeout_s=a.timeout, seed=a.seed, procs=a.procs,
+                       clock_offset_ms=offset or 0.0, clock_rtt_ms=rtt)
+    try:
+        lines, meta = lg.run_load(spec)
+    finally:
+        if a.stop_after and client is not None:
+            request_stop(client, keys, tid, "loadgen finished")
+    out = a.output or paths.requests_dir(paths.run_id(a.run_id)) / f"{tid}.jsonl"
+    lg.write_requests(out, lines, meta)
+    print(f"loadgen: {lg.summary(lines, meta)} -> {out}")
+    return 0

@@ -7,6 +7,11 @@ A profile says what a task runs and what it asks for:
     ``threads``, ``scale`` (WxH), ``codec``, ``preset``, ``crf``  ffmpeg parameters (defaults for tasks)
     ``argv``       for ``command``: a list; ``{input}``, ``{output}``, ``{threads}`` and ``{seconds}`` are
                    the only placeholders, filled with validated values (no shell is involved)
+A ``service`` profile (docs/services.md) runs ``argv`` until it is stopped; besides the placeholders above its
+argv may use ``{port}`` (the port the worker chose), ``{python}`` (the worker's interpreter) and ``{inputs}``
+(the inputs root). Its fields (:func:`check_service`): ``port`` (0 = the worker picks a free one), ``ready``
+(``{"tcp": true}`` or ``{"http": "/path"}``), ``ready_timeout_s``, ``seconds`` (longest run, then stopped),
+``stop_grace_s`` (SIGTERM, then SIGKILL after this).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ BUILTIN_FILE = Path(__file__).with_name("profiles.json")
 LOCAL_FILE = REPO_ROOT / "profiles.local.json"
 PROFILES_ENV = "TRACEKIT_PROFILES"
 
-APPS = ("ffmpeg", "ffmpeg-synth", "command")
+APPS = ("ffmpeg", "ffmpeg-synth", "command", "service")
 CODECS = ("libx264", "libx265")
 PRESETS = (
     "ultrafast",
@@ -37,6 +42,8 @@ PRESETS = (
     "veryslow",
 )
 PLACEHOLDERS = ("input", "output", "threads", "seconds")
+SERVICE_PLACEHOLDERS = ("port", "python", "inputs")
+SERVICE_DEFAULT_SECONDS = 3600.0  # a service nobody stops ends after this (payload ``params.seconds`` overrides)
 
 
 def _read(path: Path) -> dict:
@@ -81,8 +88,39 @@ def check_profile(name: str, profile: dict) -> dict:
         out["argv"] = argv
         out["needs_input"] = bool(profile.get("needs_input", "{input}" in argv))
         out["seconds"] = float(profile.get("seconds", 0))
+    if app == "service":
+        out.update(check_service(where, profile))
     out["needs_input"] = app == "ffmpeg" or out.get("needs_input", False)
     return out
+
+
+def _num(where: str, profile: dict, key: str, default: float, lo: float, hi: float) -> float:
+    v = profile.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise BadInput(f"{where}: {key} must be a number in {lo:g}..{hi:g}")
+    return float(v)
+
+
+def check_service(where: str, profile: dict) -> dict:
+    """The fields of a ``service`` profile, checked, with defaults (docs/services.md, "Service profiles")."""
+    argv = profile.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise BadInput(f"{where}: argv must be a non-empty list of strings")
+    port = profile.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise BadInput(f"{where}: port must be an integer 0..65535 (0: the worker picks a free one)")
+    if port == 0 and not any("{port}" in a for a in argv):
+        raise BadInput(f"{where}: with port 0 the argv must pass {{port}} to the service")
+    ready = profile.get("ready", {"tcp": True})
+    http = ready.get("http") if isinstance(ready, dict) else None
+    if not isinstance(ready, dict) or set(ready) - {"tcp", "http"} or (
+            http is not None and not (isinstance(http, str) and http.startswith("/"))):
+        raise BadInput(f"{where}: ready must be {{\"tcp\": true}} or {{\"http\": \"/path\"}}")
+    return {"argv": argv, "port": port, "ready": {"http": http} if http else {"tcp": True},
+            "needs_input": bool(profile.get("needs_input", "{input}" in argv)),
+            "seconds": _num(where, profile, "seconds", SERVICE_DEFAULT_SECONDS, 0.1, 86400),
+            "ready_timeout_s": _num(where, profile, "ready_timeout_s", 30.0, 0.1, 3600),
+            "stop_grace_s": _num(where, profile, "stop_grace_s", 5.0, 0.0, 600)}
 
 
 @lru_cache(maxsize=8)

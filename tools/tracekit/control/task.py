@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,6 +163,7 @@ class Command:
     input_path: Path | None
     output_path: Path | None
     tmp_output_path: Path | None
+    port: int | None = None  # a service's listening port (docs/services.md)
 
 
 def tmp_output_for(output: Path, trace_id: str, attempt: int) -> Path:
@@ -184,6 +187,8 @@ def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
         argv = [tok.format(**values) if any("{" + k + "}" in tok for k in values) else tok
                 for tok in prof["argv"]]
         return Command(argv, in_path, out_path, tmp)
+    if app == "service":
+        return service_command(prof, p, in_path, out_path, tmp, inputs_root)
     ffmpeg = os.environ.get(FFMPEG_BIN_ENV, "ffmpeg")
     w, h = SCALE_RE.match(p["scale"]).groups()
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
@@ -197,3 +202,22 @@ def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
     argv += ["-an"]
     argv += [str(tmp)] if tmp else ["-f", "null", "-"]
     return Command(argv, in_path, out_path, tmp)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the kernel's pick); the service binds it right after."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def service_command(prof: dict, p: dict, in_path: Path | None, out_path: Path | None, tmp: Path | None,
+                    inputs_root: Path) -> Command:
+    """The argv of a ``service`` profile: the command placeholders plus ``{port}`` (the profile's, or a free one
+    picked now), ``{python}`` (this interpreter, so the service has the toolkit's libraries) and ``{inputs}``."""
+    port = prof["port"] or free_port()
+    values = {"input": str(in_path or ""), "output": str(tmp or ""), "threads": str(p["threads"]),
+              "seconds": str(p.get("seconds", 0)), "port": str(port), "python": sys.executable,
+              "inputs": str(inputs_root)}
+    argv = [tok.format(**values) if any("{" + k + "}" in tok for k in values) else tok for tok in prof["argv"]]
+    return Command(argv, in_path, out_path, tmp, port)

@@ -42,6 +42,7 @@ from tracekit.control.launch import LauncherClient, LauncherUnavailable, launche
 from tracekit.control.lua import Scripts
 from tracekit.control.profiles import load_profiles
 from tracekit.control.redis_retry import RedisFatal, Retrier
+from tracekit.control.service import HOST_ENV, ServiceWatch, advertised_host, service_env
 from tracekit.control.task import Command, InvalidTask, Task, build_command, parse_task, tmp_output_for
 from tracekit.core import paths
 from tracekit.core.clock import redis_clock_offset, wall_ms
@@ -573,6 +574,8 @@ class Worker:
                     "TC_EVENT_LOG": str(self.events), "PROC_PID_DIR": str(paths.pid_dir(self.cfg.run_id)),
                     "TC_INPUT": str(cmd.input_path or ""), "TC_OUTPUT": str(cmd.output_path or ""),
                     "TC_OUTPUT_TMP": str(cmd.tmp_output_path or "")})
+        if app == "service":
+            env.update(service_env(load_profiles()[task.profile]))
         if cmd.tmp_output_path is not None:
             cmd.tmp_output_path.parent.mkdir(parents=True, exist_ok=True)
         self.task_log.parent.mkdir(parents=True, exist_ok=True)
@@ -585,7 +588,7 @@ class Worker:
             try:
                 env["TC_TS_BOUND"] = _ms(wall_ms())
                 t0 = wall_ms()
-                proc = launcher.launch(app, cmd.argv, env, self.task_log)
+                proc = launcher.launch("command" if app == "service" else app, cmd.argv, env, self.task_log)
             except LauncherUnavailable as exc:
                 log.warning("launcher unavailable (%s): starting %s through a fresh adapter process", exc,
                             task.trace_id)
@@ -607,6 +610,24 @@ class Worker:
         self._rebalance()
         th = threading.Thread(target=guarded(lambda: self._wait(run, t0), f"task-{task.trace_id}", log, self._crashed),
                               daemon=True, name=f"task-{task.trace_id}")
+        th.start()
+        self.threads.append(th)
+        if app == "service":
+            self._watch_service(run)
+
+    def _watch_service(self, run: Running) -> None:
+        """A service task: publish its address and readiness, stop it when asked (control/service.py)."""
+        task = run.task
+        prof = load_profiles()[task.profile]
+        host = os.environ.get(HOST_ENV) or advertised_host(self.client.connection_pool.connection_kwargs.get("host"))
+        key = (task.trace_id, task.attempt)
+        watch = ServiceWatch(self.client, self.keys, self.cfg.node, task.trace_id, task.attempt, prof,
+                             float(task.params.get("seconds") or prof["seconds"]), run.cmd.port, host,
+                             paths.services_path(self.cfg.run_id, self.cfg.node),
+                             done=lambda: self.running.get(key) is not run, worker_stopping=self.stop,
+                             terminate=lambda sig: signal_task(run.proc, sig))
+        th = threading.Thread(target=guarded(watch.run, f"service-{task.trace_id}", log, self._crashed), daemon=True,
+                              name=f"service-{task.trace_id}")
         th.start()
         self.threads.append(th)
 

@@ -139,6 +139,21 @@ class Keys:
         """String with TTL: ``host:pid:instance`` of the one worker that runs ``node`` (refreshed by its heartbeat)."""
         return self._k(f"owner:{node}")
 
+    # --- services (docs/services.md) ---
+    def service(self, trace_id: str) -> str:
+        """Hash: where the service task ``trace_id`` listens and its state (``schema.SERVICE_STATES``): ``state,
+        host, port, url, node_id, attempt, ts_ready, stop_reason``; written by the worker that runs it."""
+        return self._k(f"svc:{trace_id}")
+
+    @property
+    def services_pattern(self) -> str:
+        """SCAN pattern of every service key (``svc:*``), for ``admin clean``."""
+        return self._k("svc:*")
+
+    def service_stop(self, trace_id: str) -> str:
+        """String: set (to the reason) to ask the worker running service ``trace_id`` to stop it."""
+        return self._k(f"svc:stop:{trace_id}")
+
     def control_keys(self, nodes: list[str] | tuple[str, ...] = (), weighers: tuple[str, ...] | list[str] = ()
                      ) -> list[str]:
         """Every key of the control plane for this prefix, these nodes and weighers (for ``admin clean``)."""

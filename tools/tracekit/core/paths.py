@@ -143,6 +143,16 @@ def daemon_pidfile_path(rid: str, node: str, name: str) -> Path:
     return node_dir(rid, node) / f"{name}.pid"
 
 
+def services_path(rid: str, node: str) -> Path:
+    """The worker's service state lines (``schema.SERVICE_FIELDS``): docs/services.md."""
+    return node_dir(rid, node) / "services.jsonl"
+
+
+def requests_dir(rid: str) -> Path:
+    """The load generator's raw request lines, ``<trace_id>.jsonl`` (+ ``.meta.json``): docs/services.md."""
+    return controller_dir(rid) / "requests"
+
+
 def placements_path(rid: str) -> Path:
     return run_dir(rid) / "placements.jsonl"
 

@@ -227,3 +227,37 @@ NODE_FIELDS = (
     "hostname",  # node.json: the node's host name
     "boot_time_ms",  # node.json: kernel boot time; nodes with the same one share one kernel (and its cores)
 )
+
+# ---- services and requests (docs/services.md) ----
+# ``<node_id>/services.jsonl``: one line per state change of a service task the worker runs (``SERVICE_FIELDS``):
+# state "ready" (the readiness check passed) or "stopping" (why: ``stop_reason``), node wall ms like ``ts_start``.
+SERVICE_FIELDS = ("kind", "trace_id", "attempt", "node_id", "ts", "state", "host", "port", "url", "stop_reason")
+SERVICE_STATES = ("starting", "ready", "stopping", "stopped")
+
+# ``controller/requests/<trace_id>.jsonl``: one line per request the load generator sent (``REQUEST_RAW_FIELDS``).
+# Times are epoch ms with µs precision (3 decimals), already in the controller's time base (the load generator
+# adds its measured clock offset, recorded in ``<trace_id>.meta.json``, ``LOADGEN_META_FIELDS``).
+REQUEST_RAW_FIELDS = (
+    "request_id",  # "<trace_id>-r<n>": unique in the run
+    "trace_id",  # the service task the request went to
+    "method",
+    "path",
+    "ts_sched",  # when the schedule wanted it sent (open loop: the arrival time; closed loop: = ts_send)
+    "ts_send",  # the request was handed to the connection
+    "ts_first_byte",  # status line and headers received (null on a connection error)
+    "ts_end",  # body fully read, or the error happened
+    "status",  # HTTP status code, or null on an error
+    "req_bytes",  # request body bytes sent
+    "resp_bytes",  # response body bytes received
+    "error",  # null, or "timeout" / the connection error in one line
+    "server_ms",  # the service's own handling time from its response header (null when it sends none)
+)
+LOADGEN_META_FIELDS = ("trace_id", "target", "mode", "rate", "concurrency", "arrival", "seed", "duration_s",
+                       "count", "timeout_s", "mix", "clock_offset_ms", "clock_rtt_ms", "ts_begin", "ts_finish",
+                       "sent", "errors", "cpu_s")
+
+# ``CTS/requests.jsonl``: the raw lines linked to the service's process identity (node_id, pid, starttime)
+REQUEST_FIELDS = (*REQUEST_RAW_FIELDS[:2], "node_id", "pid", "starttime", "attempt", *REQUEST_RAW_FIELDS[2:],
+                  "latency_ms")
+# the header a service may send with its own handling time in microseconds (the demo service does)
+SERVER_TIME_HEADER = "X-Handle-Us"

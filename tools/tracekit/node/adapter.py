@@ -81,6 +81,8 @@ class AdapterConfig:
     ts_bound: float | None = None
     ts_forked: float | None = None
     parent_pid: int | None = None  # set by the launcher: when this parent dies, a forwarded signal escalates
+    service: bool = False  # TC_SERVICE=1: a service, stopped by SIGTERM (docs/services.md)
+    stop_grace_s: float = 5.0  # TC_STOP_GRACE_S: a service still running this long after SIGTERM gets SIGKILL
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -137,6 +139,8 @@ class AdapterConfig:
             ts_taken=num("TC_TS_TAKEN"),
             ts_checked=num("TC_TS_CHECKED"),
             ts_bound=num("TC_TS_BOUND"),
+            service=env.get("TC_SERVICE") == "1",
+            stop_grace_s=(lambda g: 5.0 if g is None else g)(num("TC_STOP_GRACE_S", float, 0)),
         )
 
 
@@ -325,12 +329,20 @@ def run(cfg: AdapterConfig) -> int:
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child[0], signum)
+            if cfg.service and len(received) == 1:  # SIGTERM: a stop; SIGINT: the worker gave up on it
+                stop_timer(child[0])
             if cfg.parent_pid is not None and os.getppid() != cfg.parent_pid and not escalate:
                 # our launcher died (PR_SET_PDEATHSIG sent this): nothing may outlive the worker, even an
                 # application that ignores the signal
                 escalate.append(threading.Timer(ORPHAN_GRACE_S, _kill_quietly, (child[0],)))
                 escalate[0].daemon = True
                 escalate[0].start()
+
+    def stop_timer(pid: int) -> None:  # a service that outlives its stop grace is killed (docs/services.md)
+        t = threading.Timer(cfg.stop_grace_s, _kill_quietly, (pid,))
+        t.daemon = True
+        t.start()
+        escalate.append(t)
 
     # blocked across fork: a signal arriving meanwhile is delivered once the parent knows the child's pid
     # (forwarded), and in the child only after it restored the default handlers (it then dies of it)
@@ -400,6 +412,8 @@ def run(cfg: AdapterConfig) -> int:
         sig, code = None, os.WEXITSTATUS(status)
         error = None if code == 0 else f"exit code {code}"
     ok = code == 0
+    if exec_error is None and service_stopped(cfg.service, received, sig, code):
+        ok, code, error = True, 0, None  # a service ends when it is stopped: that is its success
     if not ok:
         tail = tee.text()
         if tail and exec_error is None:
@@ -412,6 +426,14 @@ def run(cfg: AdapterConfig) -> int:
         _remove_tmp(cfg)
     _append_event(cfg, ev)
     return code
+
+
+def service_stopped(service: bool, received: list[int], sig: int | None, code: int) -> bool:
+    """A service that ended because it was stopped (SIGTERM forwarded, then its exit, SIGTERM's default death, or
+    SIGKILL after the grace) counts as a success; anything else is judged like a batch task."""
+    if not service or signal.SIGTERM not in received:
+        return False
+    return code == 0 or sig in (signal.SIGTERM, signal.SIGKILL) or code == 128 + signal.SIGTERM
 
 
 def _kill_quietly(pid: int) -> None:

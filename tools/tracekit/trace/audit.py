@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit.core.schema import LAUNCH_STAGES
+from tracekit.trace import requests
 from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
 from tracekit.trace.model import ParseResult
@@ -330,7 +331,17 @@ def run_checks(result: ParseResult) -> list[Check]:
     """Every audit check (the list in docs/traces.md), in report order."""
     r = result
     return [check_inputs(r), check_nodes(r), check_fields(r), check_temporal(r), check_xref(r), check_cpu(r),
-            check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r)]
+            check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r), *check_requests(r)]
+
+
+def check_requests(result: ParseResult) -> list[Check]:
+    """Service runs only (docs/services.md): requests linked to their service, latency percentiles, throughput,
+    error rate per service; no check at all for a run without requests."""
+    services = requests.read_cts(result.out_dir)
+    if not services:
+        return []
+    verdict, summary, details = requests.verdict(services)
+    return [Check("Requests", verdict, summary, details)]
 
 
 def queue_wait_stats(result: ParseResult) -> str:
@@ -434,6 +445,7 @@ def parse_and_audit(run_dir: Path, out_dir: Path | None = None, with_plots: bool
 def _parse_and_audit(run_dir: Path, out_dir: Path | None, with_plots: bool,
                      progress: bool) -> tuple[ParseResult, list[Check], Path]:
     r = parse_run(run_dir, out_dir, progress=progress)
+    requests.write_cts(r)  # CTS/requests.jsonl of a service run (nothing otherwise), before checks and plots
     figs = None
     if not with_plots:
         return r, (checks := run_checks(r)), write_report(r, checks, figs)

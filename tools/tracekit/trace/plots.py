@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from tracekit.trace import requests  # noqa: E402
 from tracekit.trace.intervals import assign_lanes  # noqa: E402
 from tracekit.trace.model import ParseResult  # noqa: E402
 
@@ -176,8 +177,19 @@ def write_plots(result: ParseResult, draw: bool = True) -> dict[str, str]:
            "CPU utilisation per node over time": UTIL,
            "Queue-wait distribution": WAIT}
     if not draw:
-        return out
+        return {**out, **request_plot(r, draw=False)}
     gantt(r, r.out_dir / GANTT)
     utilisation(r, r.out_dir / UTIL)
     queue_wait(r, r.out_dir / WAIT)
+    out.update(request_plot(r))
     return out
+
+
+def request_plot(result: ParseResult, draw: bool = True) -> dict[str, str]:
+    """A service run only: request latency and throughput over time beside the service's CPU (trace/requests.py)."""
+    services = requests.read_cts(result.out_dir)
+    if not services:
+        return {}
+    if draw:
+        requests.plot(result, services, result.out_dir / requests.PLOT)
+    return {"Requests: latency and throughput over time, beside the service's CPU": requests.PLOT}
