@@ -189,10 +189,7 @@ def convert_node(meta: dict, executions: list[dict], samples: list[dict], *, for
     for s in sorted((s for s in samples if isinstance(s.get("pid"), int) and _num(s.get("ts_ms"))),
                     key=lambda s: s["ts_ms"]):
         pid, t = s["pid"], float(s["ts_ms"])
-        if form == "raw":
-            cpu = _cum_ms_raw(s, tck)
-        else:
-            cpu = float(s["cpu_ms"]) if _num(s.get("cpu_ms")) else None
+        cpu = _cum_ms_raw(s, tck) if form == "raw" else float(s["cpu_ms"]) if _num(s.get("cpu_ms")) else None
         if cpu is None:
             notes["bad_records"] += 1
             continue
