@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from tracekit.core import paths
+from tracekit.core import env, paths
 from tracekit.core.cli import command
 from tracekit.core.errors import EXIT_FAILURE, RunFailed, UsageError
 from tracekit.trace import audit
@@ -119,7 +119,8 @@ def export_opendc(argv: list[str] | None = None) -> int:
                     help="durations of the application alone (ts_start -> ts_end) instead of the slot each task held "
                          "(placement -> capacity release)")
     ap.add_argument("--cpu-freq-mhz", type=float, metavar="MHZ",
-                    help="per-core MHz for nodes whose metadata has no cpu_freq_mhz (no default)")
+                    help="per-core MHz for nodes whose metadata has no cpu_freq_mhz (default: $CPU_FREQ_MHZ, the "
+                         "original's variable; else none)")
     ap.add_argument("--task-id-mode", choices=TASK_ID_MODES, default="dense",
                     help="task ids: dense 0..n-1 (default); the original Tracekit's: pid (the PIDs; refused when they "
                          "repeat), sequential (1..n), auto (pid when unique, else sequential; its default)")
@@ -130,6 +131,8 @@ def export_opendc(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cpu_freq_mhz is not None and a.cpu_freq_mhz <= 0:
         raise UsageError("--cpu-freq-mhz must be > 0")
+    if a.cpu_freq_mhz is None:
+        a.cpu_freq_mhz = env.cpu_freq_mhz()
     s = export(a.input, a.output, include_failed=a.include_failed, cpu_freq_mhz=a.cpu_freq_mhz,
                progress=not a.quiet and sys.stderr.isatty(), app_only=a.app_only, include_lost=a.include_lost,
                task_id_mode=a.task_id_mode, small_datacenter=a.small_datacenter)
