@@ -218,3 +218,14 @@ def test_filter_topn_keeps_the_earliest_tasks_and_their_fragments(tmp_path):
     assert Counter(f["id"].to_pylist()) == Counter(
         i for i in pq.read_table(tmp_path / "od" / "fragments.parquet")["id"].to_pylist() if i in keep)
     assert (tmp_path / "top" / "experiment.json").is_file() and (tmp_path / "top" / "small_datacenter.json").is_file()
+
+
+def test_events_without_samples_still_import_and_metadata_alone_is_refused(tmp_path):
+    generate(tmp_path / "r", OriginalSpec(nodes=1, gathered=False, cts=False))
+    (tmp_path / "r" / legacy.ORIGINAL_RAW_SAMPLES).unlink()  # the collector never ran
+    res = import_original(tmp_path / "r")
+    assert res.executions == 8 and res.samples == 0 and res.notes["no_samples"] == 8
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / legacy.ORIGINAL_NODE_META).write_text("{}")
+    with pytest.raises(BadInput, match="nothing to import"):
+        import_original(tmp_path / "m")

@@ -47,10 +47,11 @@ class OriginalNode:
 
     @property
     def has_raw(self) -> bool:
-        """Raw samples and adapter events are both there (then they are read instead of the CTS)."""
+        """The raw logs are read (instead of the CTS): adapter events exist, and raw samples too or no CTS."""
         f = self.folder
-        return (f / ORIGINAL_RAW_SAMPLES).is_file() and _raw_samples(f / ORIGINAL_RAW_SAMPLES) and \
-            (any(f.glob(ORIGINAL_EVENTS_GLOB)) or (f / ORIGINAL_MERGED_EVENTS).is_file())
+        events = any(f.glob(ORIGINAL_EVENTS_GLOB)) or (f / ORIGINAL_MERGED_EVENTS).is_file()
+        samples = (f / ORIGINAL_RAW_SAMPLES).is_file() and _raw_samples(f / ORIGINAL_RAW_SAMPLES)
+        return events and (samples or self.cts is None)
 
 
 def _first_line(path: Path) -> dict | None:
@@ -148,11 +149,11 @@ def read_node(node: OriginalNode, bad: BadLines, clk_tck: int | None = None) -> 
         # events.jsonl is the merge of events.*.jsonl made by the original's parse: read one or the other
         events = [e for p in adapter_files for e in _read(p, bad)] if adapter_files else \
             _read(f / ORIGINAL_MERGED_EVENTS, bad)
-        return legacy.convert_node(meta, events, _read(f / ORIGINAL_RAW_SAMPLES, bad), form="raw",
-                                   fallback_node=f.name, clk_tck=clk_tck)
+        samples = _read(f / ORIGINAL_RAW_SAMPLES, bad) if _raw_samples(f / ORIGINAL_RAW_SAMPLES) else []
+        return legacy.convert_node(meta, events, samples, form="raw", fallback_node=f.name, clk_tck=clk_tck)
     if node.cts is None:
-        raise BadInput(f"{f}: the original's node_meta.json without its raw samples and events "
-                       f"({ORIGINAL_RAW_SAMPLES}, {ORIGINAL_EVENTS_GLOB}) or its CTS folder: nothing to import", path=f)
+        raise BadInput(f"{f}: the original's node_meta.json without its adapter events ({ORIGINAL_EVENTS_GLOB}, "
+                       f"{ORIGINAL_MERGED_EVENTS}) or its CTS folder: nothing to import", path=f)
     meta = _cts_meta(node.cts)
     if not meta and (f / ORIGINAL_NODE_META).is_file():
         meta = _read_json(f / ORIGINAL_NODE_META)
