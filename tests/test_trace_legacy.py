@@ -125,14 +125,16 @@ def test_convert_tells_reused_pids_apart_by_time_and_keeps_raw_cpu_exact():
             "output": "x_854x480_h264_veryfast_n0000.mp4"},
            {"trace_id": "a", "pid": 50, "ts_enqueue": 3500, "ts_start": 5000, "ts_end": 6000, "status": 1,
             "cpuset": "0-1"},
-           {"trace_id": None, "pid": 51, "ts_start": "bad", "ts_end": 1}]
+           {"trace_id": None, "pid": 51, "ts_start": "bad", "ts_end": 1},
+           {"trace_id": "k", "pid": 52, "ts_start": 7000, "ts_end": 7100, "status": -9}]
     samples = [{"ts_ms": 1500, "pid": 50, "rss_kb": 400, "utime": 30, "stime": 10},
                {"ts_ms": 2500, "pid": 50, "rss_kb": 800, "utime": 100, "stime": 20},
                {"ts_ms": 5500, "pid": 50, "rss_kb": 100, "utime": 2, "stime": 1},
                {"ts_ms": 9000, "pid": 50, "rss_kb": 1, "utime": 1, "stime": 1}]
     out = legacy.convert_node(meta, evs, samples, form="raw", fallback_node="f")
     assert out.node_id == "vm_1" and out.node_json["cpu_freq_mhz"] is None and out.node_json["clk_tck"] == 1000
-    e1, e2 = out.events
+    e1, e2, e3 = out.events
+    assert (e3["status"], e3["exit_code"], e3["signal"], e3["error"]) == ("failed", None, 9, "signal 9")
     assert (e1["trace_id"], e1["profile"], e1["cpu_units"], e1["cpu_ms"], e1["max_rss_kb"]) == \
         ("a", "light1c", 1, 1200, 800)  # 120 ticks at CLK_TCK 100, from process start
     assert (e2["trace_id"], e2["cpu_units"], e2["status"], e2["cpu_ms"], e2["binding"]) == \
@@ -144,7 +146,7 @@ def test_convert_tells_reused_pids_apart_by_time_and_keeps_raw_cpu_exact():
     assert (n["bad_records"], n["samples_unmatched"], n["trace_id_made"], n["mhz_unknown"], n["clk_tck_assumed"]) \
         == (1, 1, 1, 1, 1)
     assert legacy.summarize(n)["unrecoverable"]["exact CPU totals (cpu_ms = the last sampled value, a lower bound)"] \
-        == 2
+        == 3
 
 
 def test_convert_cts_rebases_differences_per_execution():

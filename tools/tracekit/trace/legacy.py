@@ -279,13 +279,14 @@ def _exec_event(ev: dict, form: str, node: str, tid: str, starttime: int, cpu_ms
         notes["cpu_units_assumed"] += 1
     if form == "raw":
         notes["exec_from_raw"] += 1
-        code = ev.get("status")
+        code = ev.get("status")  # Popen's returncode: -N when killed by signal N
         status = "ok" if code == 0 else "failed"
-        exit_code = code if isinstance(code, int) else None
+        exit_code = code if isinstance(code, int) and code >= 0 else None
+        sig = -code if isinstance(code, int) and code < 0 else None
     else:
         notes["exec_from_cts"] += 1
         notes["status_assumed"] += 1
-        status, exit_code = "ok", 0
+        status, exit_code, sig = "ok", 0, None
     enq = ev.get("ts_enqueue")
     out.update(kind="exec", trace_id=tid, attempt=1, node_id=node, pid=ev["pid"], starttime=starttime,
                profile=profile, cpu_units=units, ts_enqueue=enq if _num(enq) else None,
@@ -295,7 +296,7 @@ def _exec_event(ev: dict, form: str, node: str, tid: str, starttime: int, cpu_ms
                input=ev.get("input"), output=ev.get("output"),
                bytes_in=ev.get("bytes_in") if _num(ev.get("bytes_in")) else None,
                bytes_out=ev.get("bytes_out") if _num(ev.get("bytes_out")) else None,
-               error=None if status == "ok" else f"exit code {exit_code}")
+               signal=sig, error=None if status == "ok" else f"signal {sig}" if sig else f"exit code {exit_code}")
     return out
 
 
