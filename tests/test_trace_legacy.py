@@ -157,7 +157,9 @@ def test_convert_cts_rebases_differences_per_execution():
     out = legacy.convert_node({"node_id": "n1", "cpu_freq_mhz": 2400}, inv, rows, form="cts", fallback_node="x")
     assert [p[3] for t in out.ticks for p in t["procs"]] == [0, 150, 340]
     assert out.events[0]["cpu_ms"] == 340 and out.events[0]["status"] == "ok"
-    assert out.notes["head_lost"] == 1 and out.notes["status_assumed"] == 1
+    assert out.notes["head_lost"] == 1 and out.notes["status_assumed"] == 1 and out.notes["start_before_enqueue"] == 0
+    late = legacy.convert_node({}, [dict(inv[0], ts_enqueue=1400)], rows, form="cts", fallback_node="x")
+    assert late.notes["start_before_enqueue"] == 1
     with pytest.raises(ValueError):
         legacy.convert_node({}, inv, rows, form="other", fallback_node="x")
 

@@ -87,6 +87,8 @@ NOTE_LABELS = (
     ("starttime", "unrecoverable", "process start times (PIDs told apart by time window; starttime = a counter)"),
     ("clock_offset", "unrecoverable", "clock offsets to the controller (node clocks taken as they are)"),
     ("placement", "unrecoverable", "placement and release times (ts_dispatch, ts_release: no controller log)"),
+    ("start_before_enqueue", "unrecoverable", "starts before their enqueue (the original's ts_start: /proc starttime "
+                                              "plus a boot time in whole seconds, up to 1 s early)"),
     ("samples_unmatched", "unrecoverable", "samples of a PID without an execution record (kept, untracked)"),
     ("bad_records", "unrecoverable", "records skipped: a field missing or not a number"),
 )
@@ -218,6 +220,8 @@ def convert_node(meta: dict, executions: list[dict], samples: list[dict], *, for
             notes["trace_id_made"] += 1
         used_ids.add(tid)
         start, end = float(ev["ts_start"]), float(ev["ts_end"])
+        if _num(ev.get("ts_enqueue")) and ev["ts_enqueue"] > start:
+            notes["start_before_enqueue"] += 1
         rows = per_run.get(k, [])
         cum_rows: list[tuple[float, float, int | None]] = []
         if form == "raw":
