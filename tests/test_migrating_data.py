@@ -221,8 +221,8 @@ def _small_dc(old, tmp_path):
     assert p.returncode == 0, p.stderr
     sd = json.loads((tmp_path / "o" / "small_datacenter.json").read_text())
     assert sd["clusters"][0]["name"] == "C01"
-    assert sd["clusters"][0]["hosts"] == [{"name": "H01", "count": 2, "cpu": {"coreCount": 4, "coreSpeed": 2399},
-                                           "memory": {"memorySize": 15997 << 20}}]
+    assert sd["clusters"][0]["hosts"] == [{"name": "H01", "count": 2, "cpu": {"coreCount": 4, "coreSpeed": 2400},
+                                           "memory": {"memorySize": 16 << 30}}]
 
 
 @row("`tasks.parquet` / `fragments.parquet` columns and types")

@@ -200,12 +200,12 @@ def test_small_datacenter_in_the_original_format(tmp_path):
     opendc.export(tmp_path / "old", tmp_path / "od", small_datacenter="original")
     sd = json.loads((tmp_path / "od" / "small_datacenter.json").read_text())
     assert sd == {"clusters": [{"name": "C01", "hosts": [
-        {"name": "H01", "count": 3, "cpu": {"coreCount": 4, "coreSpeed": 2399},
-         "memory": {"memorySize": 15997 * 1024 * 1024}}]}]}
+        {"name": "H01", "count": 3, "cpu": {"coreCount": 4, "coreSpeed": 2400},
+         "memory": {"memorySize": 16 << 30}}]}]}
     assert json.loads((tmp_path / "od" / "topology.json").read_text())["clusters"][0]["name"] == "tracekit"
     assert opendc.original_small_datacenter(
         [{"node_id": "a", "cpu_cores": 8, "mem_mb": 1024}, {"node_id": "b", "cpu_cores": 4, "mem_mb": 1024}],
-        {"a": 2000.0, "b": 2000.0})["clusters"][0]["hosts"][0]["cpu"] == {"coreCount": 4, "coreSpeed": 2000}
+        {"a": 2049.0, "b": 2000.0})["clusters"][0]["hosts"][0]["cpu"] == {"coreCount": 4, "coreSpeed": 2000}
 
 
 def test_filter_topn_keeps_the_earliest_tasks_and_their_fragments(tmp_path):

@@ -25,7 +25,8 @@ Task ids (``task_ids``, ``--task-id-mode``): ``dense`` 0..n-1 (default); the ori
 ``small_datacenter.json`` in the original's format on request (``original_small_datacenter``, ``--small-datacenter
     original``): ``{"clusters": [{"name": "C01", "hosts": [{"name": "H01", "count": N, "cpu": {"coreCount": C,
     "coreSpeed": <int MHz>}, "memory": {"memorySize": <bytes>}}, ...]}]}``, one host entry per distinct (cores,
-    MHz, memory) with the number of such nodes, names H01.. in sorted spec order.
+    MHz, memory) with the number of such nodes, names H01.. in sorted spec order; MHz rounded to 100 and memory
+    to whole GiB, as the original's ``nodes.json`` held them.
 ``topology.json`` (= ``small_datacenter.json`` by default):
     ``{"clusters": [{"name": "tracekit", "count": 1, "hosts": [...]}]}``,
     one host entry per node, in node order: ``{"name": <node_id>, "count": 1, "cpu": {"coreCount": <cpu_cores>,
@@ -224,9 +225,12 @@ def original_small_datacenter(nodes: list[dict], mhz: dict[str, float]) -> dict:
     """``small_datacenter.json`` in the original Tracekit's format (module docstring): identical hosts aggregated."""
     specs: Counter = Counter()
     for nd in nodes:
-        speed = mhz.get(nd.get("node_id")) or nd.get("cpu_freq_mhz") or 0
+        speed = float(mhz.get(nd.get("node_id")) or nd.get("cpu_freq_mhz") or 0)
         mem_mb = int(nd.get("mem_mb") or 0)
-        specs[(int(nd.get("cpu_cores") or 0), int(round(float(speed))), mem_mb * 1024 * 1024)] += 1
+        # rounded as the original's nodes.json was (its parse: MHz to 100, memory to whole GiB)
+        speed = int(round(speed / 100) * 100) if speed > 0 else 0
+        mem_mb = int(round(mem_mb / 1024) * 1024) if mem_mb > 0 else 0
+        specs[(int(nd.get("cpu_cores") or 0), speed, mem_mb * 1024 * 1024)] += 1
     hosts = [{"name": f"H{k:02d}", "count": c, "cpu": {"coreCount": cores, "coreSpeed": freq},
               "memory": {"memorySize": mem}}
              for k, ((cores, freq, mem), c) in enumerate(sorted(specs.items()), start=1)]
