@@ -174,3 +174,32 @@ def _write_cts(cts: Path, meta: dict, events: list[dict], samples: list[dict], c
     _write_lines(cts / ORIGINAL_CTS_PROC_METRICS, rows)
     (cts / ORIGINAL_AUDIT).write_text(f"# CTS Audit Report\nNode: {meta['node']}  |  Stage: {meta['stage']}\n"
                                       f"\n## Summary\nInvocations: {len(events)}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m tracekit.cluster.synth_original --out DIR``: write the original's files for a small run."""
+    import argparse
+
+    from tracekit.core.errors import UsageError
+
+    ap = argparse.ArgumentParser(prog="python3 -m tracekit.cluster.synth_original",
+                                 description="Write synthetic data in the original Tracekit's raw and CTS formats "
+                                             "(workers gathered as DIR/<node>/), then try: "
+                                             "tools/import_original.py --input DIR")
+    ap.add_argument("--out", required=True, help="folder to create")
+    ap.add_argument("--nodes", type=int, default=2, help="workers [2]")
+    ap.add_argument("--tasks", type=int, default=8, help="executions per worker [8]")
+    ap.add_argument("--no-raw", action="store_true", help="only the CTS folders (as after deleting the raw logs)")
+    ap.add_argument("--seed", type=int, default=3)
+    a = ap.parse_args(argv)
+    if a.nodes < 1 or a.tasks < 1:
+        raise UsageError("--nodes and --tasks must be >= 1")
+    truth = generate(a.out, OriginalSpec(nodes=a.nodes, tasks=a.tasks, raw=not a.no_raw, seed=a.seed))
+    print(f"{a.out}: {len(truth.node_dirs)} worker folder(s), {len(truth.tasks)} execution(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    from tracekit.core.cli import run_cli
+
+    run_cli(main, "tracekit.cluster.synth_original")
