@@ -233,3 +233,10 @@ def test_events_without_samples_still_import_and_metadata_alone_is_refused(tmp_p
     (tmp_path / "m" / legacy.ORIGINAL_NODE_META).write_text("{}")
     with pytest.raises(BadInput, match="nothing to import"):
         import_original(tmp_path / "m")
+
+
+def test_an_unwritable_destination_says_where_to_import(tmp_path):
+    generate(tmp_path / "r", OriginalSpec(nodes=1, gathered=False, cts=False))
+    (tmp_path / "file").write_text("")  # (root writes into read-only folders: a file in the path fails for anyone)
+    with pytest.raises(BadInput, match="cannot write the import into .*--output DIR"):
+        import_original(tmp_path / "r", tmp_path / "file" / "imported")

@@ -222,9 +222,13 @@ def import_original(source: str | Path, dest: str | Path | None = None, clk_tck:
             c.node_json["node_id"] = c.node_id
             for ev in c.events:
                 ev["node_id"] = c.node_id
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    except OSError as exc:  # e.g. archived read-only data: say where else to write
+        raise BadInput(f"cannot write the import into {out} ({exc.strerror}): run tools/import_original.py --input "
+                       f"{src} --output DIR, then use DIR", path=out) from None
     for n, c in zip(nodes, converted):
         ndir = out / c.node_id
         ndir.mkdir()
