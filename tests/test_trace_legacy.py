@@ -61,6 +61,7 @@ def test_each_original_format_imports_parses_audits_and_exports(name, tmp_path):
     imported = verdicts["Imported data (original Tracekit)"]
     assert imported.verdict == "WARN"
     assert "exact CPU totals" in imported.summary and "tail intervals" in imported.summary
+    assert "the dispatcher's task ids" in imported.summary
     assert ("head CPU" in imported.summary) == (form == "cts")
     assert verdicts["CPU accounting"].verdict == "PASS" and verdicts["Cross-reference"].verdict == "PASS"
     assert "Imported data (original Tracekit)" in report.read_text()

@@ -82,6 +82,8 @@ NOTE_LABELS = (
     ("mhz_unknown", "unrecoverable", "nodes without a CPU MHz (0 in the old metadata): export needs --cpu-freq-mhz"),
     ("exact_total", "unrecoverable", "exact CPU totals (cpu_ms = the last sampled value, a lower bound)"),
     ("tail", "unrecoverable", "tail intervals (last sample -> exit: written with 0 CPU)"),
+    ("task_trace_id", "unrecoverable", "the dispatcher's task ids (the original had none: executions of one task "
+                                       "cannot be linked; each execution is its own task, attempt 1)"),
     ("head_lost", "unrecoverable", "head CPU (process start -> first sample: the original CTS kept differences)"),
     ("no_samples", "unrecoverable", "executions without any sample (one row of 0 CPU)"),
     ("starttime", "unrecoverable", "process start times (PIDs told apart by time window; starttime = a counter)"),
@@ -212,6 +214,7 @@ def convert_node(meta: dict, executions: list[dict], samples: list[dict], *, for
         starttime = k + 1
         notes["starttime"] += 1
         notes["placement"] += 1
+        notes["task_trace_id"] += 1
         tid = ev.get("trace_id")
         if isinstance(tid, str) and paths.SAFE_ID.match(tid) and tid not in used_ids:
             notes["trace_id_kept"] += 1
