@@ -43,6 +43,7 @@ CLK_TCK=$(getconf CLK_TCK); PAGE_SIZE=$(getconf PAGESIZE); CORES=$(nproc --all 2
 MODEL=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1 | tr -d '"\\')
 MHZ=$(sed -n 's/^cpu MHz[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)
 if [[ "$MODEL" =~ @[[:space:]]*([0-9.]+)GHz ]]; then MHZ=$(awk -v g="${BASH_REMATCH[1]}" 'BEGIN{printf "%.1f", g*1000}'); fi
+[[ -n "${CPU_FREQ_MHZ:-}" ]] && MHZ="$CPU_FREQ_MHZ"  # the original's override (checked by collect_sys.py start)
 MEM_MB=$(( $(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\).*/\1/p' /proc/meminfo) / 1024 ))
 read -r UP _ < /proc/uptime
 now_ms NOW; BOOT_MS=$(awk -v n="$NOW" -v u="$UP" 'BEGIN{printf "%.1f", n - u*1000}')

@@ -30,6 +30,9 @@ COLLECT_EPILOG = """environment (defaults in brackets):
   TIME_SYNC         1 = best-effort NTP query at start, 0 = skip [1]; TIME_SYNC_STEP=1 also steps the clock
   NTP_POOL          NTP server for TIME_SYNC [pool.ntp.org]
   STOP_ALL          with `stop`: 1 = stop every collector of RUN_ID [0]
+  CPU_FREQ_MHZ      per-core MHz written to node.json instead of what /proc says (VMs that show none) [/proc]
+  IFACE, VM_IP      interface toward the controller (VM_IP) recorded in node.json [default route]
+  CONTAINER         not supported (the original's in-container sampling): set, the collector refuses to start
   TRACEKIT_REDIS_URL / TRACEKIT_REDIS_PASSWORD(_FILE)  controller Redis, for the clock offset (optional)
 files: logs/$RUN_ID/<node>/{samples.jsonl,node.json,collector.pid,collector.log}, logs/$RUN_ID/timesync.log"""
 
@@ -39,10 +42,12 @@ def collect_sys(argv: list[str] | None = None) -> int:
     """`tracekit-collect` / `tools/collect_sys.py`."""
     ap = argparse.ArgumentParser(prog="collect_sys.py", description=COLLECT_SYS_DOC, epilog=COLLECT_EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("start", "stop", "run"),
+    ap.add_argument("command", choices=("start", "stop", "run", "run-procmon"),
                     help="start: daemonize; stop: stop this node's collector (STOP_ALL=1: all of the run); "
-                         "run: sample in the foreground until Ctrl-C")
+                         "run: sample in the foreground until Ctrl-C; run-procmon: the original's name of run")
     args = ap.parse_args(argv)
+    if args.command == "run-procmon":
+        args.command = "run"
     if args.command == "stop":
         rid = paths.run_id()
         node = None if os.environ.get("STOP_ALL", "0") == "1" else paths.node_id()

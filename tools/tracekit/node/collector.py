@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracekit.core import env as core_env
 from tracekit.core import paths
 from tracekit.core.clock import mono_ms, wall_ms
 from tracekit.core.errors import Conflict, DependencyMissing, StepFailed, UsageError
@@ -106,6 +107,11 @@ class CollectorConfig:
     match: re.Pattern | None
     interval_ms: float
     time_sync: bool = True
+    # the original toolkit's node variables: CPU_FREQ_MHZ (per-core MHz when /proc shows none), IFACE / VM_IP (the
+    # interface toward the controller, recorded in node.json's collector entry)
+    cpu_freq_mhz: float | None = None
+    iface: str | None = None
+    vm_ip: str | None = None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> CollectorConfig:
@@ -128,7 +134,14 @@ class CollectorConfig:
                 match = re.compile(pattern)
             except re.error as exc:
                 raise UsageError(f"PROC_MATCH is not a valid regular expression: {exc}") from None
+        if env.get("CONTAINER"):
+            raise UsageError("CONTAINER (the original shell collector's in-container sampling) is not supported: a "
+                             "container's processes are host processes, sampled through the PID sentinels their "
+                             "adapter writes (or by name with PROC_MATCH); unset CONTAINER")
         return cls(
+            cpu_freq_mhz=core_env.cpu_freq_mhz(env.get(core_env.CPU_FREQ_MHZ) or ""),
+            iface=env.get("IFACE") or None,
+            vm_ip=env.get("VM_IP") or None,
             run_id=rid,
             node_id=node,
             stage=env.get("STAGE") or None,
@@ -565,8 +578,10 @@ def run_foreground(cfg: CollectorConfig, max_ticks: int | None = None) -> int:
     meta_path = paths.node_meta_path(cfg.run_id, cfg.node_id)
     info = {"mode": cfg.mode, "interval_ms": cfg.interval_ms, "started_ms": round(started, 3), "stopped_ms": None,
             "cpu_s": None, "ticks": 0, "samples": 0, "late_ticks": 0, "pid": os.getpid(),
-            "pid_dir": str(cfg.pid_dir), "match": cfg.match.pattern if cfg.match else None}
-    meta = nodeinfo.node_meta(cfg.node_id, cfg.stage, None, info)
+            "pid_dir": str(cfg.pid_dir), "match": cfg.match.pattern if cfg.match else None,
+            "cpu_freq_mhz_from": "CPU_FREQ_MHZ" if cfg.cpu_freq_mhz is not None else "/proc",
+            "iface": cfg.iface or nodeinfo.default_iface(cfg.vm_ip), "vm_ip": cfg.vm_ip}
+    meta = nodeinfo.node_meta(cfg.node_id, cfg.stage, None, info, cpu_freq_mhz=cfg.cpu_freq_mhz)
     _write_json_atomic(meta_path, meta)  # interval known to adapters at once; clock follows
     meta["clock"] = nodeinfo.measure_clock()
     _write_json_atomic(meta_path, meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 from tracekit.core.clock import redis_clock_offset
@@ -69,9 +70,35 @@ def measure_clock(timeout_s: float = 2.0) -> dict:
         return dict(UNKNOWN_CLOCK, error=f"{type(exc).__name__}: {exc}")
 
 
-def node_meta(node_id: str, stage: str | None, clock: dict | None = None, collector: dict | None = None) -> dict:
-    """The ``node.json`` object for this host."""
+def default_iface(vm_ip: str | None = None, route_table: str | None = None) -> str | None:
+    """The network interface toward ``vm_ip`` (the original's ``VM_IP``: the controller's address) when ``ip``
+    can say, else the default route's interface from /proc/net/route (``route_table`` = its text, for tests)."""
+    if vm_ip and vm_ip not in ("127.0.0.1", "localhost") and route_table is None:
+        try:
+            out = subprocess.run(["ip", "route", "get", vm_ip], capture_output=True, text=True, timeout=2).stdout
+            m = re.search(r"\bdev\s+(\S+)", out)
+            if m:
+                return m.group(1)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if route_table is None:
+        try:
+            route_table = Path("/proc/net/route").read_text()
+        except OSError:
+            return None
+    for line in route_table.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 2 and f[1] == "00000000":
+            return f[0]
+    return None
+
+
+def node_meta(node_id: str, stage: str | None, clock: dict | None = None, collector: dict | None = None,
+              cpu_freq_mhz: float | None = None) -> dict:
+    """The ``node.json`` object for this host; ``cpu_freq_mhz`` (``CPU_FREQ_MHZ``) wins over what /proc says."""
     model, mhz = cpu_model_and_mhz()
+    if cpu_freq_mhz is not None:
+        mhz = cpu_freq_mhz
     return {
         "node_id": node_id,
         "stage": stage,

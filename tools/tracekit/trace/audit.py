@@ -6,6 +6,7 @@ re-reads the samples). ``run_checks`` is pure over that object; ``write_report``
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections import Counter, defaultdict
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit.core.schema import LAUNCH_STAGES
-from tracekit.trace import requests
+from tracekit.trace import legacy, requests
 from tracekit.trace.cts import parse_run
 from tracekit.trace.intervals import max_overlap
 from tracekit.trace.model import ParseResult
@@ -327,11 +328,32 @@ def check_failed(result: ParseResult) -> Check:
                  f"{sum(1 for i in bad if i['status'] == 'fenced')} fenced, {no_reason} without a reason", details)
 
 
+def check_imported(result: ParseResult) -> Check | None:
+    """Data imported from the original Tracekit (``imported.json`` beside the node folders, written by
+    ``legacy_io.import_original``): what was recovered, estimated, assumed and what is unrecoverable. None for a run
+    of this toolkit. WARN: the old data lacks what the checks above take for granted (docs/traces.md)."""
+    try:
+        note = json.loads((result.run_dir / legacy.IMPORT_NOTE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict):
+        return None
+    summary = note.get("summary") if isinstance(note.get("summary"), dict) else {}
+    lost = summary.get("unrecoverable") or {}
+    details = [f"{kind}: {text}: {n}" for kind in ("recovered", "estimated", "assumed", "unrecoverable")
+               for text, n in (summary.get(kind) or {}).items()]
+    return Check("Imported data (original Tracekit)", WARN,
+                 f"{note.get('executions', 0)} execution(s) from {note.get('source')}; unrecoverable: "
+                 + ("; ".join(f"{t.split(' (')[0]} {n}" for t, n in lost.items()) or "nothing"), details)
+
+
 def run_checks(result: ParseResult) -> list[Check]:
     """Every audit check (the list in docs/traces.md), in report order."""
     r = result
-    return [check_inputs(r), check_nodes(r), check_fields(r), check_temporal(r), check_xref(r), check_cpu(r),
-            check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r), *check_requests(r)]
+    checks = [check_inputs(r), check_nodes(r), check_fields(r), check_temporal(r), check_xref(r), check_cpu(r),
+              check_capacity(r), check_fifo(r), check_outcomes(r), check_failed(r), *check_requests(r)]
+    imported = check_imported(r)
+    return checks if imported is None else [*checks, imported]
 
 
 def check_requests(result: ParseResult) -> list[Check]:

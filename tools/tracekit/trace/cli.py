@@ -1,4 +1,4 @@
-"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-export-opendc`,
+"""Command-line entry points of the trace area (`tracekit-parse`, `tracekit-import-original`, `tracekit-export-opendc`,
 `tracekit-export-perfetto`, `tracekit-replay-opendc`, `tracekit-compare-opendc`).
 
 Each parses its flags and calls one function of the area; the scripts under ``tools/`` and the
@@ -11,13 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from tracekit.core import paths
+from tracekit.core import env, paths
 from tracekit.core.cli import command
 from tracekit.core.errors import EXIT_FAILURE, RunFailed, UsageError
 from tracekit.trace import audit
 from tracekit.trace import compare as cmp
-from tracekit.trace.export.opendc import export
+from tracekit.trace.export.opendc import SMALL_DATACENTER_FORMATS, TASK_ID_MODES, export
 from tracekit.trace.export.perfetto import export_timeline
+from tracekit.trace.export.topn import filter_topn
+from tracekit.trace.legacy_io import IMPORT_DIR, find_original, import_and_parse
 from tracekit.trace.model import discover_nodes_quiet
 from tracekit.trace.replay_io import OUTPUT_DIR, run_replay
 from tracekit.trace.sim_vs_real import compare
@@ -42,13 +44,20 @@ def parse_cts(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.input:
         run_dir = Path(a.input)
-    elif a.logs and not (a.run_id or os.environ.get("RUN_ID")) and discover_nodes_quiet(Path(a.logs)):
+    elif a.logs and not (a.run_id or os.environ.get("RUN_ID")) and (discover_nodes_quiet(Path(a.logs))
+                                                                     or find_original(Path(a.logs))):
         run_dir = Path(a.logs)  # --logs given the run folder itself (logs/RUN_ID)
     else:
         rid = paths.run_id(a.run_id)
         run_dir = Path(a.logs) / rid if a.logs else paths.run_dir(rid)
-    r, checks, report = audit.parse_and_audit(run_dir, Path(a.output) if a.output else None,
-                                              with_plots=not a.no_plots, progress=not a.quiet and sys.stderr.isatty())
+    progress = not a.quiet and sys.stderr.isatty()
+    if find_original(run_dir):  # the original Tracekit's raw logs or CTS: import, then parse the import
+        res, r, checks, report = import_and_parse(run_dir, cts_out=Path(a.output) if a.output else None,
+                                                  with_plots=not a.no_plots, progress=progress)
+        print(res.lines()[0])
+    else:
+        r, checks, report = audit.parse_and_audit(run_dir, Path(a.output) if a.output else None,
+                                                  with_plots=not a.no_plots, progress=progress)
     verdict = audit.overall(checks)
     print(f"CTS: {r.out_dir} — {len(r.invocations)} invocation(s) from {len(r.nodes)} node(s), "
           f"{r.rows_written} proc_metrics row(s) from {r.samples_read} sample(s)")
@@ -57,6 +66,39 @@ def parse_cts(argv: list[str] | None = None) -> int:
             print(f"  {c.verdict} {c.name}: {c.summary}")
     print(f"audit: {verdict} — {report}")
     return EXIT_FAILURE if (a.strict and verdict == audit.FAIL) else 0
+
+
+@command("import_original.py")
+def import_original(argv: list[str] | None = None) -> int:
+    """`tracekit-import-original` / `tools/import_original.py`."""
+    ap = argparse.ArgumentParser(
+        description="Import data of the original Tracekit (a worker's logs/RUN_ID with node_meta.json, "
+                    "proc_metrics.jsonl, events.ffmpeg.jsonl / events.jsonl; several such folders gathered under one "
+                    "folder; or its CTS folders) into a run folder of this toolkit, then parse and audit it. What the "
+                    "old data cannot give (exact CPU totals, tail intervals, the task's trace id, ...) is listed in "
+                    "the audit's 'Imported data' section. parse_cts.py and export_opendc.py do this by themselves "
+                    "when given such a folder.")
+    ap.add_argument("--input", required=True, metavar="DIR", help="the original's folder (raw logs and/or CTS)")
+    ap.add_argument("--output", metavar="DIR",
+                    help=f"run folder to write (default: <input>/{IMPORT_DIR}; a previous import there is replaced)")
+    ap.add_argument("--clk-tck", type=int, metavar="N",
+                    help="CLK_TCK of the workers' kernels (the original did not record it; default 100)")
+    ap.add_argument("--no-parse", action="store_true", help="only convert (then: tools/parse_cts.py --input DIR)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    a = ap.parse_args(argv)
+    if a.clk_tck is not None and a.clk_tck <= 0:
+        raise UsageError("--clk-tck must be > 0")
+    if a.no_parse:
+        from tracekit.trace.legacy_io import import_original as convert
+
+        print("\n".join(convert(a.input, a.output, a.clk_tck).lines()))
+        return 0
+    res, r, checks, report = import_and_parse(a.input, a.output, a.clk_tck, with_plots=not a.no_plots,
+                                              progress=sys.stderr.isatty())
+    print("\n".join(res.lines()))
+    print(f"CTS: {r.out_dir} — {len(r.invocations)} invocation(s), {r.rows_written} proc_metrics row(s)")
+    print(f"audit: {audit.overall(checks)} — {report}")
+    return 0
 
 
 @command("export_opendc.py")
@@ -77,15 +119,59 @@ def export_opendc(argv: list[str] | None = None) -> int:
                     help="durations of the application alone (ts_start -> ts_end) instead of the slot each task held "
                          "(placement -> capacity release)")
     ap.add_argument("--cpu-freq-mhz", type=float, metavar="MHZ",
-                    help="per-core MHz for nodes whose metadata has no cpu_freq_mhz (no default)")
+                    help="per-core MHz for nodes whose metadata has no cpu_freq_mhz (default: $CPU_FREQ_MHZ, the "
+                         "original's variable; else none)")
+    ap.add_argument("--task-id-mode", choices=TASK_ID_MODES, default="dense",
+                    help="task ids: dense 0..n-1 (default); the original Tracekit's: pid (the PIDs; refused when they "
+                         "repeat), sequential (1..n), auto (pid when unique, else sequential; its default)")
+    ap.add_argument("--small-datacenter", choices=SMALL_DATACENTER_FORMATS, default="tracekit",
+                    help="format of small_datacenter.json: tracekit (= topology.json, default) or original (the "
+                         "original Tracekit's: cluster C01, hosts H01.. aggregated by spec, MHz and bytes)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.cpu_freq_mhz is not None and a.cpu_freq_mhz <= 0:
         raise UsageError("--cpu-freq-mhz must be > 0")
+    if a.cpu_freq_mhz is None:
+        a.cpu_freq_mhz = env.cpu_freq_mhz()
     s = export(a.input, a.output, include_failed=a.include_failed, cpu_freq_mhz=a.cpu_freq_mhz,
-               progress=not a.quiet and sys.stderr.isatty(), app_only=a.app_only, include_lost=a.include_lost)
+               progress=not a.quiet and sys.stderr.isatty(), app_only=a.app_only, include_lost=a.include_lost,
+               task_id_mode=a.task_id_mode, small_datacenter=a.small_datacenter)
     print("\n".join(s.lines()))
     return 0
+
+
+@command("filter_opendc_topn.py")
+def filter_opendc_topn(argv: list[str] | None = None) -> int:
+    """`tracekit-filter-topn` / `tools/filter_opendc_topn.py` (the original Tracekit's script, same flags)."""
+    ap = argparse.ArgumentParser(
+        description="Keep the earliest N tasks (by submission_time) of an exported OpenDC trace and exactly their "
+                    "fragments, same schemas; topology.json, small_datacenter.json and experiment.json are copied.")
+    ap.add_argument("--input", required=True, metavar="DIR", help="export_opendc.py output (tasks/fragments.parquet)")
+    ap.add_argument("--output", required=True, metavar="DIR", help="folder for the filtered trace (created)")
+    ap.add_argument("--topn", type=int, default=20, help="tasks to keep (default 20)")
+    a = ap.parse_args(argv)
+    kept, total, fkept, ftotal = filter_topn(a.input, a.output, a.topn)
+    print(f"Filtered tasks: {kept} kept out of {total}")
+    print(f"Fragments kept: {fkept} out of {ftotal}")
+    return 0
+
+
+@command("parse_sys.py")
+def parse_sys(argv: list[str] | None = None) -> int:
+    """`tools/parse_sys.py`: the original Tracekit's `make parse` script, bridged to `parse_cts.py`."""
+    ap = argparse.ArgumentParser(
+        description="The original Tracekit's parse script (RUN_ID from the environment, else run_id.env, else the "
+                    "newest folder under logs/), now parse_cts.py: it parses logs/$RUN_ID into logs/$RUN_ID/CTS, "
+                    "this toolkit's node folders or the original's per-worker files alike (NODE_ID and STAGE come "
+                    "from each node's metadata). Other flags: parse_cts.py --help.")
+    _, rest = ap.parse_known_args(argv)  # every other flag is parse_cts.py's
+    if "--run-id" not in rest and "--input" not in rest and not os.environ.get("RUN_ID") \
+            and not paths.read_run_id_file():
+        root = paths.logs_root()
+        runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if runs:  # as the original did: the newest run folder (names are UTC timestamps)
+            rest = ["--run-id", runs[-1], *rest]
+    return parse_cts.__wrapped__(rest)  # the same code, errors under this script's name
 
 
 @command("export_perfetto.py")

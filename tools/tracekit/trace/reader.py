@@ -4,7 +4,8 @@ Public API::
 
     open_cts(input_dir, progress=False) -> CtsFolder
         ``input_dir`` is a run folder (its ``CTS/`` is used) or a CTS folder; a run folder with raw logs but no CTS
-        yet is parsed first (``CtsFolder.notes`` says so). BadRunFolder when there is neither.
+        yet is parsed first (``CtsFolder.notes`` says so); the original Tracekit's data (``legacy_io``) is imported
+        into ``<input_dir>/imported`` and parsed first. BadRunFolder when there is neither.
     CtsFolder(path)                          a CTS folder (``path``), its ``notes``
         .invocations(strict=True)            invocations.jsonl as dicts, file order (strict: a bad line is BadInput;
                                              otherwise bad lines are skipped)
@@ -41,6 +42,7 @@ from tracekit.core import paths
 from tracekit.core.errors import BadInput, BadRunFolder, DependencyMissing
 from tracekit.core.jsonl import BadLines, read_jsonl
 from tracekit.trace import duck
+from tracekit.trace.legacy_io import find_original, import_and_parse
 from tracekit.trace.model import discover_nodes
 from tracekit.trace.rowcache import RowsCache, read_rows_cache
 from tracekit.trace.vocabulary import INVOCATIONS, NODES, PROC_METRICS
@@ -65,6 +67,10 @@ def open_cts(input_dir: str | Path, progress: bool = False) -> CtsFolder:
     """The CTS folder for an exporter's ``--input``: the run folder's ``CTS/``, the CTS folder itself, or the raw
     logs of a run parsed now."""
     input_dir = Path(input_dir)
+    if find_original(input_dir):  # the original Tracekit's folder (its CTS looks like ours): import it first
+        res, r, _, _ = import_and_parse(input_dir, with_plots=False, progress=progress)
+        return CtsFolder(r.out_dir, [f"{input_dir} holds the original Tracekit's data: imported into {res.dest} and "
+                                     "parsed first (tracekit-import-original; see its CTS/audit_report.md)"])
     for cand in (input_dir / "CTS", input_dir):
         if (cand / INVOCATIONS).exists() and (cand / PROC_METRICS).exists():
             return CtsFolder(cand)

@@ -19,7 +19,16 @@ non-nullable), one row per exported attempt, in CTS order (``vocabulary.invocati
     ``sum(cpu_usage x duration) / MHz`` = the task's exact CPU ms; no fragment above the task's physical ceiling
     (``fragments.ceiling_cores``: ``cpu_units`` cores when bound exclusively, the node's cores otherwise) unless
     the task measured more CPU than that ceiling allows over its whole slot (counted in the summary).
-``topology.json`` (= ``small_datacenter.json``): ``{"clusters": [{"name": "tracekit", "count": 1, "hosts": [...]}]}``,
+Task ids (``task_ids``, ``--task-id-mode``): ``dense`` 0..n-1 (default); the original Tracekit's schemes: ``pid``
+    (id = the execution's PID; refused when PIDs repeat among the exported tasks), ``sequential`` (1..n in task
+    order), ``auto`` (``pid`` when the PIDs are unique, else ``sequential``, as the original decided).
+``small_datacenter.json`` in the original's format on request (``original_small_datacenter``, ``--small-datacenter
+    original``): ``{"clusters": [{"name": "C01", "hosts": [{"name": "H01", "count": N, "cpu": {"coreCount": C,
+    "coreSpeed": <int MHz>}, "memory": {"memorySize": <bytes>}}, ...]}]}``, one host entry per distinct (cores,
+    MHz, memory) with the number of such nodes, names H01.. in sorted spec order; MHz rounded to 100 and memory
+    to whole GiB, as the original's ``nodes.json`` held them.
+``topology.json`` (= ``small_datacenter.json`` by default):
+    ``{"clusters": [{"name": "tracekit", "count": 1, "hosts": [...]}]}``,
     one host entry per node, in node order: ``{"name": <node_id>, "count": 1, "cpu": {"coreCount": <cpu_cores>,
     "coreSpeed": "<per-core MHz / 1000> GHz", "count": 1, "modelName": <cpu_model>}, "memory": {"size":
     "<mem_mb> MiB" | "<GiB> GiB"}}``. One entry per node (not one per identical spec with ``count``): OpenDC names
@@ -188,6 +197,46 @@ def export_interval_s(span_ms: float) -> int:
     return 3600
 
 
+TASK_ID_MODES = ("dense", "auto", "pid", "sequential")
+SMALL_DATACENTER_FORMATS = ("tracekit", "original")
+
+
+def task_ids(tasks: list[dict], mode: str) -> tuple[np.ndarray, str]:
+    """The exported task ids in task order (int32) and a note saying which scheme (module docstring)."""
+    n = len(tasks)
+    if mode not in TASK_ID_MODES:
+        raise UsageError(f"--task-id-mode must be one of {', '.join(TASK_ID_MODES)}, not {mode!r}")
+    if mode == "dense":
+        return np.arange(n, dtype=np.int32), "task ids: dense 0..n-1"
+    pids = [t.get("pid") for t in tasks]
+    counts = Counter(pids)
+    repeated = sorted((p for p, c in counts.items() if c > 1), key=str)
+    if mode == "sequential" or (mode == "auto" and repeated):
+        why = f" (auto: {len(repeated)} PID(s) repeat, e.g. {repeated[0]})" if mode == "auto" else ""
+        return np.arange(1, n + 1, dtype=np.int32), f"task ids: sequential 1..n in task order{why}"
+    if repeated:
+        raise BadInput(f"--task-id-mode pid: {len(repeated)} PID(s) ran more than one exported task (e.g. PID "
+                       f"{repeated[0]} ran {counts[repeated[0]]}): their ids would collide; use --task-id-mode auto "
+                       "or sequential")
+    return np.array(pids, dtype=np.int32), "task ids: the PIDs" + (" (auto: PIDs unique)" if mode == "auto" else "")
+
+
+def original_small_datacenter(nodes: list[dict], mhz: dict[str, float]) -> dict:
+    """``small_datacenter.json`` in the original Tracekit's format (module docstring): identical hosts aggregated."""
+    specs: Counter = Counter()
+    for nd in nodes:
+        speed = float(mhz.get(nd.get("node_id")) or nd.get("cpu_freq_mhz") or 0)
+        mem_mb = int(nd.get("mem_mb") or 0)
+        # rounded as the original's nodes.json was (its parse: MHz to 100, memory to whole GiB)
+        speed = int(round(speed / 100) * 100) if speed > 0 else 0
+        mem_mb = int(round(mem_mb / 1024) * 1024) if mem_mb > 0 else 0
+        specs[(int(nd.get("cpu_cores") or 0), speed, mem_mb * 1024 * 1024)] += 1
+    hosts = [{"name": f"H{k:02d}", "count": c, "cpu": {"coreCount": cores, "coreSpeed": freq},
+              "memory": {"memorySize": mem}}
+             for k, ((cores, freq, mem), c) in enumerate(sorted(specs.items()), start=1)]
+    return {"clusters": [{"name": "C01", "hosts": hosts}]}
+
+
 @dataclass
 class ExportSummary:
     """What the export wrote (printed by the script, returned to tests)."""
@@ -324,8 +373,12 @@ def task_times(tasks: list[dict], app_only: bool, summary: ExportSummary) -> tup
 
 def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = False,
            cpu_freq_mhz: float | None = None, progress: bool = False, app_only: bool = False,
-           include_lost: bool = False) -> ExportSummary:
-    """Write the OpenDC trace of a run (``input_dir`` = logs/RUN_ID or its CTS folder) into ``out_dir``."""
+           include_lost: bool = False, task_id_mode: str = "dense",
+           small_datacenter: str = "tracekit") -> ExportSummary:
+    """Write the OpenDC trace of a run (``input_dir`` = logs/RUN_ID or its CTS folder) into ``out_dir``;
+    ``task_id_mode`` and ``small_datacenter`` as in the module docstring."""
+    if small_datacenter not in SMALL_DATACENTER_FORMATS:
+        raise UsageError(f"small_datacenter must be one of {', '.join(SMALL_DATACENTER_FORMATS)}")
     out = Path(out_dir)
     cts = open_cts(input_dir, progress)
     cts_dir = cts.path
@@ -336,6 +389,9 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     if not tasks:
         raise BadRunFolder(f"{cts_dir}: no task to export ({dict(summary.skipped) or 'no invocations'})",
                            path=cts_dir)
+    ids, id_note = task_ids(tasks, task_id_mode)
+    if task_id_mode != "dense":
+        summary.notes.append(id_note)
     mhz = node_mhz(nodes, {t["node_id"] for t in tasks}, cpu_freq_mhz)
     by_node = {n.get("node_id"): n for n in nodes}
     n = len(tasks)
@@ -350,14 +406,14 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     pm = cts_dir / PROC_METRICS
     shape = _Shaper(n, task_mhz, cpu_count, ceil, lead, trail)
     try:  # as the parser wrote them (the row cache, or the file grouped by task in task order), in file order
-        _write_fragments(_progress(cts.task_rows(tasks), progress), frag_tmp, shape, pm)
+        _write_fragments(_progress(cts.task_rows(tasks), progress), frag_tmp, shape, pm, ids)
         if cts.row_cache() is not None:
             summary.notes.append(f"fragments read from the parser's row cache ({ROWS_CACHE})")
     except NotGrouped:  # hand-edited / concatenated CTS: let DuckDB join and order the rows
         shape = _Shaper(n, task_mhz, cpu_count, ceil, lead, trail)
         try:
             _write_fragments(_progress(cts.sorted_task_rows(tasks, out / ".export-spill"), progress),
-                             frag_tmp, shape, pm)
+                             frag_tmp, shape, pm, ids)
         except BaseException:
             frag_tmp.unlink(missing_ok=True)
             raise
@@ -384,7 +440,7 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
         raise AssertionError("fragment durations do not add up to the slot")
     mem = np.array([max(int(t.get("max_rss_kb") or 0), int(p)) for t, p in zip(tasks, shape.peak)], dtype=np.int64)
     table = pa.Table.from_arrays([
-        pa.array(np.arange(n, dtype=np.int32), pa.int32()), pa.array(sub, pa.int64()),
+        pa.array(ids, pa.int32()), pa.array(sub, pa.int64()),
         pa.array(duration, pa.int64()), pa.array(cpu_count, pa.int32()),
         pa.array(cpu_count * task_mhz, pa.float64()), pa.array(mem, pa.int64()),
         pa.array([str(t["trace_id"]) for t in tasks], pa.string())], schema=TASK_SCHEMA)
@@ -421,7 +477,9 @@ def export(input_dir: str | Path, out_dir: str | Path, include_failed: bool = Fa
     topo = topology(nodes, mhz, cpu_freq_mhz)
     summary.host_notes = host_notes(nodes, topo, tasks)
     (out / TOPOLOGY).write_text(json.dumps(topo, indent=2) + "\n")
-    (out / SMALL_DATACENTER).write_text(json.dumps(topo, indent=2) + "\n")
+    small = topo if small_datacenter == "tracekit" else original_small_datacenter(
+        [nd for nd in nodes if nd.get("node_id") in mhz], mhz)
+    (out / SMALL_DATACENTER).write_text(json.dumps(small, indent=2) + "\n")
     run_name = cts_dir.parent.name if cts_dir.name == "CTS" else cts_dir.name
     span = int(slot1.max() - sub.min())
     (out / EXPERIMENT).write_text(json.dumps(experiment(run_name, summary.policy, span), indent=2) + "\n")
@@ -522,13 +580,15 @@ def _whole_tasks(batches: Iterable[pa.RecordBatch], pm: Path) -> Iterator[tuple[
         yield carry
 
 
-def _write_fragments(batches: Iterable[pa.RecordBatch], frag_tmp: Path, shape: _Shaper, pm: Path) -> None:
-    """Stream whole tasks' rows (id, ts_ms, dt_ms, cpu_ms, rss_kb; ordered by id) into fragments.parquet."""
+def _write_fragments(batches: Iterable[pa.RecordBatch], frag_tmp: Path, shape: _Shaper, pm: Path,
+                     task_id: np.ndarray) -> None:
+    """Stream whole tasks' rows (id, ts_ms, dt_ms, cpu_ms, rss_kb; ordered by id) into fragments.parquet; a task's
+    position k is written as ``task_id[k]``."""
     with pq.ParquetWriter(frag_tmp, FRAGMENT_SCHEMA) as writer:
         for ids, dt, cpu, rss in _whole_tasks(batches, pm):
             fids, fdt, usage = shape.shape(ids, dt, cpu, rss)
             writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(fids.astype(np.int32), pa.int32()), pa.array(fdt, pa.int64()),
+                [pa.array(task_id[fids], pa.int32()), pa.array(fdt, pa.int64()),
                  pa.array(usage, pa.float64())], schema=FRAGMENT_SCHEMA))
 
 
