@@ -108,7 +108,10 @@ def wait_for(pred, timeout: float = 15.0, step: float = 0.01):
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 120, check: bool = False):
-    """Run ``tools/<script>`` with this Python; returns CompletedProcess with text output."""
+    """Run ``tools/<script>`` with this Python; returns CompletedProcess with text output. The user's own
+    ``run_id.env`` never leaks into a test (an empty one stands in unless the test names one)."""
+    if env is not None:
+        env = {"TRACEKIT_RUN_ID_FILE": os.devnull, **env}
     proc = subprocess.run([sys.executable, str(TOOLS / script), *args], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:

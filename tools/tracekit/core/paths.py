@@ -47,8 +47,14 @@ def logs_root() -> Path:
     return Path(os.environ.get("TRACEKIT_LOGS", REPO_ROOT / "logs"))
 
 
-def read_run_id_file(path: Path = RUN_ID_FILE) -> str | None:
-    """The ``RUN_ID=...`` value of a ``run_id.env`` file, if any."""
+def run_id_file() -> Path:
+    """``$TRACEKIT_RUN_ID_FILE`` or ``run_id.env`` at the repo root."""
+    return Path(os.environ.get("TRACEKIT_RUN_ID_FILE") or RUN_ID_FILE)
+
+
+def read_run_id_file(path: Path | None = None) -> str | None:
+    """The ``RUN_ID=...`` value of a ``run_id.env`` file (default: :func:`run_id_file`), if any."""
+    path = path or run_id_file()
     try:
         for line in path.read_text().splitlines():
             line = line.strip()
