@@ -5,9 +5,9 @@ A profile says what a task runs and what it asks for:
                    source for ``seconds``; needs no input file) or ``command`` (run ``argv``)
     ``cpu_units``  capacity units the scheduler reserves
     ``threads``, ``scale`` (WxH), ``codec``, ``preset``, ``crf``  ffmpeg parameters (defaults for tasks)
-    ``args``       ffmpeg argument style: ``original`` (the original Tracekit's list: ``-threads:v N -filter_threads N``,
-                   ``-c:a copy``; ``threads`` 0 = no thread flags) or ``tracekit`` (default: ``-threads N``,
-                   x265 ``pools=N``, ``-an``). docs/migrating.md lists both.
+    ``args``       ffmpeg argument style: ``original`` (the original Tracekit's list:
+                   ``-threads:v N -filter_threads N``, ``-c:a copy``; ``threads`` 0 = no thread flags) or
+                   ``tracekit`` (default: ``-threads N``, x265 ``pools=N``, ``-an``). docs/migrating.md lists both.
     ``argv``       for ``command``: a list; ``{input}``, ``{output}``, ``{threads}`` and ``{seconds}`` are
                    the only placeholders, filled with validated values (no shell is involved)
 """

@@ -70,6 +70,7 @@ class AdapterConfig:
     cpuset: str | None = None
     cpu_weight: int | None = None
     cpu_quota_pct: float | None = None
+    unit_name: str | None = None  # shared + systemd-run: the task's own scope name (TC_UNIT_NAME)
     input: str | None = None
     output: str | None = None
     output_tmp: str | None = None
@@ -128,6 +129,7 @@ class AdapterConfig:
             cpuset=env.get("TC_CPUSET") or None,
             cpu_weight=weight if weight is not None else (100 * units if units else None),
             cpu_quota_pct=num("TC_CPU_QUOTA_PCT", float, 0),
+            unit_name=env.get("TC_UNIT_NAME") or None,
             input=env.get("TC_INPUT") or None,
             output=env.get("TC_OUTPUT") or None,
             output_tmp=env.get("TC_OUTPUT_TMP") or None,
@@ -303,7 +305,7 @@ def run(cfg: AdapterConfig) -> int:
             ev.update(binding_mechanism="affinity", cpuset=procfs.format_cpu_list(cpus))
         elif cfg.binding == "shared":
             shared = bind.prepare_shared(cfg.run_id, cfg.node_id, cfg.trace_id, cfg.attempt, cfg.cpu_weight,
-                                         cfg.cpu_quota_pct)
+                                         cfg.cpu_quota_pct, unit=cfg.unit_name)
             ev.update(binding_mechanism=shared.mechanism, cpu_weight=shared.weight, cpu_quota_pct=shared.quota_pct)
             exec_argv = shared.argv_prefix + exec_argv
             if shared.note:
@@ -452,6 +454,7 @@ ENV_HELP = """environment (docs/internals.md):
   TC_BINDING        exclusive | shared | none [none]
   TC_CPUSET         exclusive: CPUs such as 0,1 or 0-3
   TC_CPU_WEIGHT     shared: CPUWeight [100 x CPU_UNITS]; TC_CPU_QUOTA_PCT shared: % of one CPU [unlimited]
+  TC_UNIT_NAME      shared with systemd-run: the scope's unit name [tracekit-<run>.<node>.<trace>.a<n>.scope]
   TC_INPUT, TC_OUTPUT, TC_OUTPUT_TMP   files for bytes_in / bytes_out (TC_OUTPUT_TMP is deleted on failure)
   TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
   TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
