@@ -470,6 +470,56 @@ def ffmpeg_fixup(argv: list) -> list:
     return argv
 
 
+LEGACY_ENV = ("CPUSET", "CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME", "TS_ENQUEUE", "STAGE")
+
+
+def legacy_io(args: list) -> tuple[str | None, str | None]:
+    """The input (after ``-i``) and output (the last non-option argument) of ffmpeg arguments, as the original
+    adapter read them for bytes_in / bytes_out."""
+    inp = out = None
+    i = 0
+    while i < len(args):
+        if args[i] == "-i" and i + 1 < len(args):
+            inp = args[i + 1]
+            i += 1
+        elif not args[i].startswith("-"):
+            out = args[i]
+        i += 1
+    return inp, out
+
+
+def legacy_call(args: list, env: dict) -> tuple[list, dict]:
+    """The original adapter's call ``ffmpeg_wrapper.py <ffmpeg args>`` (no ``--``, no command name), with its
+    environment (``CPUSET``, ``CPU_QUOTA``, ``CPU_WEIGHT``, ``UNIT_NAME``, ``TS_ENQUEUE``, ``STAGE``), turned into
+    this adapter's: the argv ``ffmpeg <args>`` and the ``TC_*`` variables (docs/migrating.md).
+
+    ``CPUSET`` -> exclusive binding (``TC_CPUSET``); else ``CPU_WEIGHT`` / ``CPU_QUOTA`` (percent) / ``UNIT_NAME``
+    -> shared binding. A missing ``TRACE_ID`` gets a fresh UUID, as the original's. ``TS_ENQUEUE`` is read as is;
+    ``STAGE`` belongs to the node (the collector writes it to node.json)."""
+    import uuid
+
+    out = dict(env)
+    out.setdefault("TRACE_ID", str(uuid.uuid4()))
+    if env.get("CPUSET"):
+        out.update(TC_BINDING="exclusive", TC_CPUSET=env["CPUSET"])
+        ignored = [k for k in ("CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME") if env.get(k)]
+        if ignored:
+            print(f"adapter: note: {', '.join(ignored)} not applied: CPUSET pins the task (exclusive binding)",
+                  file=sys.stderr)
+    elif any(env.get(k) for k in ("CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME")):
+        out["TC_BINDING"] = "shared"
+        for old, new in (("CPU_WEIGHT", "TC_CPU_WEIGHT"), ("CPU_QUOTA", "TC_CPU_QUOTA_PCT"),
+                         ("UNIT_NAME", "TC_UNIT_NAME")):
+            if env.get(old):
+                out[new] = env[old]
+    inp, outp = legacy_io(args)
+    if inp and not out.get("TC_INPUT"):
+        out["TC_INPUT"] = inp
+    if outp and not out.get("TC_OUTPUT"):
+        out["TC_OUTPUT"] = outp
+    return ["ffmpeg", *args], out
+
+
 def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None, ts_forked: float | None = None,
                  parent_pid: int | None = None) -> int:
     """Entry of the wrapper scripts: ``args`` = ``[--] <command> [args]``; ``app_fixup`` adjusts the command."""
