@@ -85,6 +85,8 @@ def dispatcher(argv: list[str] | None = None) -> int:
     if legacy and args.mix is not None:
         raise UsageError("--scale/--preset/--crf set the per-input tasks made without --mix; with --mix each "
                          "profile sets them (add a profile in profiles.local.json)")
+    if args.mix is None and args.total is not None and (is_direct or legacy):
+        raise UsageError("--total needs --mix: without --mix there is one task per input file")
     if args.pulse_spacing < 0:
         raise UsageError("--pulse-spacing must be >= 0")
     for name in ("pending_max", "pulse_size", "batch_size", "backlog_limit"):
