@@ -88,16 +88,18 @@ clean-run: $(READY) ## delete RUN_ID's Redis keys (queues, capacity, registry) f
 stop-node: $(READY) ## stop this node's worker and collector for RUN_ID
 	$(PY) tools/scheduler/admin.py stop-node
 
+# logs/RUN_ID as the toolkit resolves it ($TRACEKIT_LOGS); a bad or empty RUN_ID prints nothing (and an error).
+RUN_DIR_OF = $(PY) -c 'import sys; from tracekit.core import paths; print(paths.run_dir(paths.check_id("RUN_ID", sys.argv[1])))'
 # The original Tracekit's targets (docs/migrating.md, "Make targets"). `clean` finds the processes by their
 # pidfiles (stop-node), never by name, and refuses to run without a RUN_ID (it would delete logs/).
 export-opendc: $(READY) ## the original's target: CTS of RUN_ID -> opendc_traces/ (OUT=dir to change; see `export`)
-	$(PY) tools/export_opendc.py --input "logs/$(RUN_ID)" --output "$(or $(OUT),opendc_traces)"
+	$(PY) tools/export_opendc.py --input "$$($(RUN_DIR_OF) "$(RUN_ID)")" --output "$(or $(OUT),opendc_traces)"
 	@echo "OpenDC traces exported to $(or $(OUT),opendc_traces)/"
 
 clean: $(READY) ## the original's target: stop-node, then delete logs/RUN_ID (Redis keys: make clean-run)
 	@test -n "$(RUN_ID)" || { echo "make clean: no RUN_ID (RUN_ID=... or run_id.env): nothing deleted"; exit 2; }
 	$(PY) tools/scheduler/admin.py stop-node
-	rm -rf -- "$$($(PY) -c 'import sys; from tracekit.core import paths; print(paths.run_dir(paths.check_id("RUN_ID", sys.argv[1])))' "$(RUN_ID)")"
+	rm -rf -- "$$($(RUN_DIR_OF) "$(RUN_ID)")"
 
 stop: stop-node ## the original's target (container + collector): now stop-node
 

@@ -99,6 +99,8 @@ def dispatcher(argv: list[str] | None = None) -> int:
     dispatch.parse_mix(args.mix or dispatch.DEFAULT_MIX)  # a bad --mix fails before Redis is touched
     nodes = direct.parse_nodes(args.nodes or direct.DEFAULT_NODES) if is_direct else []
     client, keys = connect_from_args(args)
+    if is_direct:
+        direct.check_nodes(client, keys, nodes)  # before any trace id is handed out
     alloc = lambda n: client.incrby(keys.seq, max(n, 1)) - max(n, 1) + 1  # noqa: E731
     if per_file:
         the_plan = dispatch.per_file_plan(run_id, args.inputs, args.outputs, legacy, args.seed, alloc=alloc)
@@ -158,7 +160,7 @@ def worker(argv: list[str] | None = None) -> int:
         raise UsageError("--parallel and --capacity-units must be >= 0, --cpuweight-per-vcpu >= 1")
     if args.heartbeat_ttl < 1.5:
         raise UsageError("--heartbeat-ttl must be >= 1.5 s (it is refreshed every second)")
-    if args.slots_key not in (None, Keys(args.key_prefix).slots):
+    if args.slots_key not in (None, Keys().slots, Keys(args.key_prefix).slots):  # the default list, maybe prefixed
         raise UsageError(f"--slots-key {args.slots_key!r}: only {Keys(args.key_prefix).slots!r} is supported; "
                          "use --key-prefix to separate runs")
     client, keys = connect_from_args(args)
@@ -220,8 +222,9 @@ def scheduler_central(argv: list[str] | None = None) -> int:
         raise UsageError(f"--scan-pending {args.scan_pending}: placement is strict FIFO on the head of q:pending "
                          "(--scan-pending 1): drop the flag")
     named = Keys(args.key_prefix)
+    # the original's default names mean the default lists (under --key-prefix, when one is given)
     for flag, given, key in (("--pending", args.pending, named.pending), ("--slots", args.slots, named.slots)):
-        if given not in (None, key):
+        if given not in (None, key, Keys().pending if flag == "--pending" else Keys().slots):
             raise UsageError(f"{flag} {given!r}: only {key!r} is supported; use --key-prefix to separate runs")
     client, keys = connect_from_args(args)
     cfg = central.SchedulerConfig(run_id=paths.run_id(args.run_id), weigher=args.weigher, order=args.weigher_order,
