@@ -827,7 +827,8 @@ def test_every_row_has_a_check():
     assert "## Data, files and export" in DOC.read_text().split(SECTIONS[-1], 1)[1]  # the data section comes last
 
 
-@pytest.mark.parametrize("row", list(CHECKS))
+@pytest.mark.parametrize("row", [pytest.param(r, marks=[pytest.mark.system]) if r in NEEDS_REDIS or r in NEEDS_FFMPEG
+                                 else r for r in CHECKS])
 def test_row(row, request):
     if row in NEEDS_FFMPEG and FFMPEG is None:
         pytest.skip("ffmpeg/ffprobe not installed (apt-get install -y ffmpeg)")

@@ -61,9 +61,14 @@ def read_run_id_file(path: Path = RUN_ID_FILE) -> str | None:
     return None
 
 
+def run_id_file() -> Path:
+    """The shared ``run_id.env``: ``$TRACEKIT_RUN_ID_FILE`` (as ``make demo`` writes it) or the repo root's."""
+    return Path(os.environ.get("TRACEKIT_RUN_ID_FILE") or RUN_ID_FILE)
+
+
 def run_id(explicit: str | None = None) -> str:
     """The run id: explicit value, else ``$RUN_ID``, else ``run_id.env``; a clear error otherwise."""
-    value = explicit or os.environ.get("RUN_ID") or read_run_id_file()
+    value = explicit or os.environ.get("RUN_ID") or read_run_id_file(run_id_file())
     if not value:
         raise UsageError("no RUN_ID: pass it (RUN_ID=... or --run-id) or write it to run_id.env")
     return check_id("RUN_ID", value)
