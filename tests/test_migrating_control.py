@@ -244,7 +244,7 @@ def dispatcher(env: dict, *args: str, timeout: float = 60):
 def one_line_naming(p, exit_code: int, *words: str) -> None:
     """The process failed with exactly one line on stderr that contains ``words``."""
     assert p.returncode == exit_code, (p.returncode, p.stdout, p.stderr)
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip() and not ln.startswith("make: ***")]
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", ln)]
     assert len(lines) == 1, p.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
