@@ -18,6 +18,7 @@ named nodes must run first: :func:`check_nodes` refuses a node without a live wo
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -211,8 +212,6 @@ def run(client: redis.Redis, keys: Keys, run_id: str, the_plan: Plan, nodes: lis
         progress: bool = True) -> int:
     """The dispatcher's direct mode: push the plan by ``policy``, optionally wait for every task (as
     :func:`tracekit.control.dispatch.dispatch`); prints a summary."""
-    import sys
-
     tasks = the_plan.tasks
     print(f"dispatcher: run {run_id}, {len(tasks)} task(s), seed {the_plan.seed}, direct mode, policy {policy}, "
           f"nodes {','.join(nodes)}", file=sys.stderr)
@@ -220,7 +219,7 @@ def run(client: redis.Redis, keys: Keys, run_id: str, the_plan: Plan, nodes: lis
                     backlog_limit=backlog_limit, interval=interval, drip=drip)
     if not wait:
         return 0
-    from tqdm import tqdm
+    from tqdm import tqdm  # as dispatch.dispatch: only when waiting
 
     bar = tqdm(total=len(tasks), desc="finished", unit="task", disable=not progress, file=sys.stderr)
     try:
