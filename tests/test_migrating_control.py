@@ -925,3 +925,37 @@ def test_direct_mode_runs_on_a_real_worker(env, daemons):
            if e.get("kind") == "exec"]
     assert len(evs) == 2 and all("scale=32:24" in e["argv"] and "-c:a" in e["argv"] for e in evs)
     assert r.get(K.cap("dn1")) == r.get(K.cap_total("dn1"))  # direct tasks reserved no capacity, none came back
+
+
+class RecordingStop(threading.Event):
+    """A stop event whose waits return at once, recording each timeout: the feeding schedule without sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list = []
+
+    def wait(self, timeout=None) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_pulse_schedule_spaces_the_tasks_of_a_pulse():
+    from tracekit.control.dispatch import FeedConfig, batches
+
+    stop = RecordingStop()
+    got = list(batches(FeedConfig(mode="pulse", pulse_size=3, pulse_interval=100.0), None, K, 7, stop))
+    assert got == [1] * 7 and stop.waits == [1.0, 1.0, 100.0, 1.0, 1.0, 100.0]  # the original's 1 s default
+    stop = RecordingStop()
+    got = list(batches(FeedConfig(mode="pulse", pulse_size=3, pulse_interval=5.0, pulse_spacing=0), None, K, 7, stop))
+    assert got == [3, 3, 1] and stop.waits == [5.0, 5.0]
+
+
+def test_legacy_params():
+    from tracekit.control.dispatch import legacy_params
+    from tracekit.core.errors import UsageError
+
+    assert legacy_params(None, None, None) == {}
+    assert legacy_params("1280:720", "veryfast", 28) == {"scale": "1280x720", "preset": "veryfast", "crf": 28}
+    for bad in (("12:", None, None), (None, "warp", None), (None, None, 99)):
+        with pytest.raises(UsageError):
+            legacy_params(*bad)
