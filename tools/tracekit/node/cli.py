@@ -107,6 +107,8 @@ FFMPEG_WRAPPER_DOC = """Run one ffmpeg execution and measure it exactly (PID sen
 
 Usage: RUN_ID=... TRACE_ID=... ffmpeg_wrapper.py -- ffmpeg [args]
 Adds -nostdin when missing so ffmpeg never waits for a key; see docs/node-side.md for the environment.
+The original toolkit's call `ffmpeg_wrapper.py <ffmpeg args>` (with CPUSET, CPU_QUOTA, CPU_WEIGHT, UNIT_NAME,
+TS_ENQUEUE, STAGE) works too (docs/migrating.md).
 """
 
 CMD_WRAPPER_DOC = """Run any allowed command once and measure it exactly (PID sentinel, binding, exec event).
