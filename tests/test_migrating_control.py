@@ -959,3 +959,36 @@ def test_legacy_params():
     for bad in (("12:", None, None), (None, "warp", None), (None, None, 99)):
         with pytest.raises(UsageError):
             legacy_params(*bad)
+
+
+def test_direct_drip_waits_for_its_node_and_drops_nothing(run_env, redis_client):
+    """Offline placement fed with --drip: a task waits until its own node's queue is below the limit (the original
+    skipped it and lost it); every task arrives on the node its policy chose."""
+    from tracekit.control import direct
+
+    for n in ("n1", "n2"):
+        redis_client.set(K.heartbeat(n), "x", px=60_000)
+    tasks = [{"seq": i, "trace_id": f"d{i}", "profile": "nap", "cpu_units": 1, "attempt": 1, "output": f"d{i}.txt"}
+             for i in range(5)]
+    stop, seen, got = threading.Event(), [], {"n1": [], "n2": []}
+
+    def consume():
+        while not stop.is_set():
+            for n in ("n1", "n2"):
+                seen.append(redis_client.llen(K.queue(n)))
+                raw = redis_client.lpop(K.queue(n))
+                if raw:
+                    got[n].append(json.loads(raw)["trace_id"])
+            time.sleep(0.03)
+    th = threading.Thread(target=consume, daemon=True)
+    th.start()
+    try:
+        counts = direct.dispatch_direct(redis_client, K, run_env["RUN_ID"], tasks, ["n1", "n2"], "rr3",
+                                        lambda t: 0.0, batch_size=2, backlog_limit=1, interval=0.02, drip=True,
+                                        say=lambda s: None)
+        wait_for(lambda: sum(map(len, got.values())) == 5, 10)
+    finally:
+        stop.set()
+        th.join()
+    assert counts == {"n1": 3, "n2": 2} and max(seen) <= 1
+    assert sorted(got["n1"]) == ["d0", "d2", "d4"] and sorted(got["n2"]) == ["d1", "d3"]
