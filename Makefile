@@ -13,7 +13,8 @@ export RUN_ID
 TEST_ARGS ?=
 
 .PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto compare \
-        demo chaos bench clean-run stop-node loadgen stop-service
+        demo chaos bench clean-run stop-node export-opendc clean stop build run load baseline \
+        real-all real-json real-gzip real-hash real-kvset real-kvget loadgen stop-service
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -97,3 +98,30 @@ clean-run: $(READY) ## delete RUN_ID's Redis keys (queues, capacity, registry) f
 
 stop-node: $(READY) ## stop this node's worker and collector for RUN_ID
 	$(PY) tools/scheduler/admin.py stop-node
+
+# logs/RUN_ID as the toolkit resolves it ($TRACEKIT_LOGS); a bad or empty RUN_ID prints nothing (and an error).
+RUN_DIR_OF = $(PY) -c 'import sys; from tracekit.core import paths; print(paths.run_dir(paths.check_id("RUN_ID", sys.argv[1])))'
+# The original Tracekit's targets (docs/migrating.md, "Make targets"). `clean` finds the processes by their
+# pidfiles (stop-node), never by name, and refuses to run without a RUN_ID (it would delete logs/).
+export-opendc: $(READY) ## the original's target: CTS of RUN_ID -> opendc_traces/ (OUT=dir to change; see `export`)
+	$(PY) tools/export_opendc.py --input "$$($(RUN_DIR_OF) "$(RUN_ID)")" --output "$(or $(OUT),opendc_traces)"
+	@echo "OpenDC traces exported to $(or $(OUT),opendc_traces)/"
+
+clean: $(READY) ## the original's target: stop-node, then delete logs/RUN_ID (Redis keys: make clean-run)
+	@test -n "$(RUN_ID)" || { echo "make clean: no RUN_ID (RUN_ID=... or run_id.env): nothing deleted"; exit 2; }
+	$(PY) tools/scheduler/admin.py stop-node
+	rm -rf -- "$$($(RUN_DIR_OF) "$(RUN_ID)")"
+
+stop: stop-node ## the original's target (container + collector): now stop-node
+
+# Targets of the original that have no counterpart: one line naming what to use.
+build:
+	@echo "make build: removed (the original built no app either): use make setup" >&2; exit 2
+run:
+	@echo "make run: removed (the original's docker example service): use make demo" >&2; exit 2
+load:
+	@echo "make load: removed (deprecated in the original): enqueue tasks with tools/scheduler/dispatcher.py" >&2; exit 2
+baseline:
+	@echo "make baseline: removed: use make demo (setup, workers, collectors, dispatch, parse, export)" >&2; exit 2
+real-all real-json real-gzip real-hash real-kvset real-kvget:
+	@echo "make $@: removed (deprecated in the original): use make demo" >&2; exit 2

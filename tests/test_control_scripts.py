@@ -142,7 +142,8 @@ def test_same_seed_same_sequence(env):
 
 
 def test_pulse_mode(env, redis_client):
-    p = dispatch(env, "--mix", "nap=1", "--total", "7", "--pending", "--pulse-size", "3", "--pulse-interval", "0.3")
+    p = dispatch(env, "--mix", "nap=1", "--total", "7", "--pending", "--pulse-size", "3", "--pulse-interval", "0.3",
+                 "--pulse-spacing", "0")
     assert p.returncode == 0, p.stderr
     groups = {}
     for d in lines(dispatch_path(env["RUN_ID"])):

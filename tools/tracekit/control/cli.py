@@ -10,12 +10,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from tracekit.control import admin, central, dispatch, placement, status
+from tracekit.control import admin, central, direct, dispatch, placement, status
 from tracekit.control.service import request_stop
 from tracekit.control.worker import Worker, WorkerConfig
 from tracekit.core import paths
 from tracekit.core.cli import command
 from tracekit.core.errors import UsageError
+from tracekit.core.keys import Keys
 from tracekit.core.redis_conn import add_redis_args, connect_from_args
 
 DISPATCHER_DOC = """Dispatcher: build a task mix (reproducible with --seed) and enqueue it on q:pending for the central
@@ -23,6 +24,11 @@ scheduler.
 
 Modes: default = everything at once; --pending with --pending-mode pulse|fifo; --drip. --wait follows the run to
 its end and prints done / failed / makespan (exit 1 when a task failed).
+
+Direct mode (--policy and/or --nodes; the original Tracekit's default): no central scheduler, the dispatcher pushes
+each task straight to q:<node> by a placement policy: rr3 (round-robin), duration-greedy / lpt-duration (longest
+ffprobe duration first to the least-loaded node), duration-online (per push, shortest queue below --backlog-limit).
+The workers of --nodes must be running. Without --mix: one legacy720p task per input (--scale/--preset/--crf).
 """
 
 
@@ -36,8 +42,9 @@ def dispatcher(argv: list[str] | None = None) -> int:
     ap.add_argument("--outputs", type=Path, default=None,
                     help="output folder inside the outputs root (default: the root, $TRACEKIT_OUTPUTS or outputs/); "
                          "files go to <outputs>/<RUN_ID>/<trace_id>_<profile>.mp4")
-    ap.add_argument("--mix", default=dispatch.DEFAULT_MIX,
-                    help=f'profile weights "p=w,..." (default "{dispatch.DEFAULT_MIX}"); counts proportional, '
+    ap.add_argument("--mix", default=None,
+                    help=f'profile weights "p=w,..." (default "{dispatch.DEFAULT_MIX}"; in direct mode or with '
+                         "--scale/--preset/--crf: one legacy720p task per input); counts proportional, "
                          "largest-remainder rounding")
     ap.add_argument("--total", type=int, default=None,
                     help="number of tasks (default: number of input files, or 10 for synthetic profiles)")
@@ -48,32 +55,67 @@ def dispatcher(argv: list[str] | None = None) -> int:
     ap.add_argument("--pending-max", type=int, default=6, help="fifo: max length of q:pending (default 6)")
     ap.add_argument("--pulse-size", type=int, default=10, help="pulse: tasks per pulse (default 10)")
     ap.add_argument("--pulse-interval", type=float, default=300.0, help="pulse: seconds between pulses (default 300)")
+    ap.add_argument("--pulse-spacing", type=float, default=1.0,
+                    help="pulse: seconds between the tasks of one pulse (default 1, the original's; 0 = the whole "
+                         "pulse in one push with one ts_enqueue)")
     ap.add_argument("--drip", action="store_true",
                     help="push --batch-size tasks every --dribble-interval s while the backlog < --backlog-limit")
     ap.add_argument("--batch-size", type=int, default=1, help="fifo/drip: tasks per push (default 1)")
     ap.add_argument("--dribble-interval", type=float, default=1.0, help="fifo/drip: seconds between pushes (default 1)")
     ap.add_argument("--backlog-limit", type=int, default=1,
                     help="drip: push only while q:pending + q:<node> hold fewer tasks than this (default 1)")
+    ap.add_argument("--scale", default=None, help="W:H of the per-input tasks made without --mix (default 1280:720)")
+    ap.add_argument("--preset", default=None, help="x264 preset of the per-input tasks (default veryfast)")
+    ap.add_argument("--crf", type=int, default=None, help="CRF of the per-input tasks (default 28)")
+    ap.add_argument("--nodes", default=None,
+                    help="direct mode: comma-separated nodes to push to (default with --policy: cloud0,cloud1,cloud2)")
+    ap.add_argument("--policy", default=None, choices=direct.POLICIES,
+                    help="direct mode placement: rr3 (default with --nodes), duration-greedy | lpt-duration, "
+                         "duration-online | online-duration")
     ap.add_argument("--wait", action="store_true", help="wait until every task finished, then print a summary")
     ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.pending and args.drip:
         raise UsageError("--pending and --drip are exclusive")
+    is_direct = args.policy is not None or args.nodes is not None
+    if is_direct and args.pending:
+        raise UsageError("--pending feeds the central scheduler; --policy/--nodes push straight to q:<node>: "
+                         "use one or the other")
+    legacy = dispatch.legacy_params(args.scale, args.preset, args.crf)
+    if legacy and args.mix is not None:
+        raise UsageError("--scale/--preset/--crf set the per-input tasks made without --mix; with --mix each "
+                         "profile sets them (add a profile in profiles.local.json)")
+    if args.mix is None and args.total is not None and (is_direct or legacy):
+        raise UsageError("--total needs --mix: without --mix there is one task per input file")
+    if args.pulse_spacing < 0:
+        raise UsageError("--pulse-spacing must be >= 0")
     for name in ("pending_max", "pulse_size", "batch_size", "backlog_limit"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.pulse_interval < 0 or args.dribble_interval < 0:
         raise UsageError("intervals must be >= 0")
     run_id = paths.run_id(args.run_id)
+    per_file = args.mix is None and (is_direct or bool(legacy))
     dispatch.parse_mix(args.mix or dispatch.DEFAULT_MIX)  # a bad --mix fails before Redis is touched
+    nodes = direct.parse_nodes(args.nodes or direct.DEFAULT_NODES) if is_direct else []
     client, keys = connect_from_args(args)
-    the_plan = dispatch.plan(run_id, args.mix, args.total, args.seed, args.inputs, args.outputs,
-                             alloc=lambda n: client.incrby(keys.seq, max(n, 1)) - max(n, 1) + 1)
+    if is_direct:
+        direct.check_nodes(client, keys, nodes)  # before any trace id is handed out
+    alloc = lambda n: client.incrby(keys.seq, max(n, 1)) - max(n, 1) + 1  # noqa: E731
+    if per_file:
+        the_plan = dispatch.per_file_plan(run_id, args.inputs, args.outputs, legacy, args.seed, alloc=alloc)
+    else:
+        the_plan = dispatch.plan(run_id, args.mix, args.total, args.seed, args.inputs, args.outputs, alloc=alloc)
+    if is_direct:
+        return direct.run(client, keys, run_id, the_plan, nodes, args.policy or "rr3", batch_size=args.batch_size,
+                          backlog_limit=args.backlog_limit, interval=args.dribble_interval, drip=args.drip,
+                          wait=args.wait, progress=not args.no_progress)
     mode = "drip" if args.drip else (args.pending_mode if args.pending else "all")
     cfg = dispatch.FeedConfig(mode=mode, pulse_size=args.pulse_size, pulse_interval=args.pulse_interval,
-                              pending_max=args.pending_max, batch_size=args.batch_size,
-                              dribble_interval=args.dribble_interval, backlog_limit=args.backlog_limit)
+                              pulse_spacing=args.pulse_spacing, pending_max=args.pending_max,
+                              batch_size=args.batch_size, dribble_interval=args.dribble_interval,
+                              backlog_limit=args.backlog_limit)
     return dispatch.dispatch(client, keys, run_id, the_plan, cfg, args.wait, progress=not args.no_progress)
 
 
@@ -119,10 +161,10 @@ def worker(argv: list[str] | None = None) -> int:
         raise UsageError("--parallel and --capacity-units must be >= 0, --cpuweight-per-vcpu >= 1")
     if args.heartbeat_ttl < 1.5:
         raise UsageError("--heartbeat-ttl must be >= 1.5 s (it is refreshed every second)")
-    client, keys = connect_from_args(args)
-    if args.slots_key not in (None, keys.slots):
-        raise UsageError(f"--slots-key {args.slots_key!r}: only {keys.slots!r} is supported; "
+    if args.slots_key not in (None, Keys().slots, Keys(args.key_prefix).slots):  # the default list, maybe prefixed
+        raise UsageError(f"--slots-key {args.slots_key!r}: only {Keys(args.key_prefix).slots!r} is supported; "
                          "use --key-prefix to separate runs")
+    client, keys = connect_from_args(args)
     outputs = (args.outputs or paths.outputs_root()).resolve()
     cfg = WorkerConfig(run_id=paths.run_id(args.run_id), node=paths.node_id(args.node_id), outputs=outputs,
                        parallel=args.parallel, allocation_ratio=args.allocation_ratio,
@@ -164,8 +206,27 @@ def scheduler_central(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-id", default=None, help="run id (default: $RUN_ID or run_id.env)")
     ap.add_argument("--exit-when-idle", action="store_true",
                     help="exit once q:pending is empty (for scripted runs and benchmarks)")
+    ap.add_argument("--pending", default=None, help="pending list (original flag; only q:pending under --key-prefix)")
+    ap.add_argument("--slots", default=None,
+                    help="slot token list (original flag; only slots:available under --key-prefix)")
+    ap.add_argument("--scan-slots", type=int, default=0,
+                    help="original flag: 0 = consider every node with a free slot (the only behaviour: the "
+                         "placement index sees every feasible node)")
+    ap.add_argument("--scan-pending", type=int, default=1,
+                    help="original flag: 1 = strict FIFO on the head of q:pending (the only behaviour)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler_central %(levelname)s %(message)s")
+    if args.scan_slots != 0:
+        raise UsageError(f"--scan-slots {args.scan_slots}: the scheduler always considers every feasible node "
+                         "(placement index, no scan to limit): drop the flag")
+    if args.scan_pending != 1:
+        raise UsageError(f"--scan-pending {args.scan_pending}: placement is strict FIFO on the head of q:pending "
+                         "(--scan-pending 1): drop the flag")
+    named = Keys(args.key_prefix)
+    # the original's default names mean the default lists (under --key-prefix, when one is given)
+    for flag, given, key in (("--pending", args.pending, named.pending), ("--slots", args.slots, named.slots)):
+        if given not in (None, key, Keys().pending if flag == "--pending" else Keys().slots):
+            raise UsageError(f"{flag} {given!r}: only {key!r} is supported; use --key-prefix to separate runs")
     client, keys = connect_from_args(args)
     cfg = central.SchedulerConfig(run_id=paths.run_id(args.run_id), weigher=args.weigher, order=args.weigher_order,
                                   max_attempts=args.max_attempts, batch=max(1, args.batch),

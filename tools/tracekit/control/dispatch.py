@@ -8,7 +8,9 @@ remainders (ties: the order written in ``--mix``). The sequence is those tasks s
 
 Feeding modes (:func:`feed`):
     default            everything at once
-    --pending pulse    ``--pulse-size`` tasks every ``--pulse-interval`` s (first pulse at once)
+    --pending pulse    ``--pulse-size`` tasks every ``--pulse-interval`` s (the first pulse at once); within a pulse
+                       the tasks are ``--pulse-spacing`` s apart (default 1 s, as the original Tracekit; 0 = the
+                       whole pulse in one push, one ``ts_enqueue``)
     --pending fifo     keep q:pending at most ``--pending-max`` long: every ``--dribble-interval`` s push up
                        to ``--batch-size`` tasks while it is shorter
     --drip             every ``--dribble-interval`` s push ``--batch-size`` tasks when the backlog (tasks in
@@ -154,6 +156,43 @@ def plan(run_id: str, mix_text: str, total: int | None, seed: int | None, inputs
     return Plan(tasks, seed)
 
 
+LEGACY_PROFILE = "legacy720p"  # the original's task without --mix: scale/preset/crf only, no thread flags
+
+
+def legacy_params(scale: str | None, preset: str | None, crf: int | None) -> dict:
+    """The original dispatcher's ``--scale W:H --preset P --crf N`` as task params (checked, one-line errors)."""
+    from tracekit.control.profiles import PRESETS
+    from tracekit.control.task import SCALE_RE
+
+    out: dict = {}
+    if scale is not None:
+        norm = scale.replace(":", "x")
+        if not SCALE_RE.match(norm):
+            raise UsageError(f"--scale must look like 1280:720, got {scale!r}")
+        out["scale"] = norm
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        out["preset"] = preset
+    if crf is not None:
+        if not 0 <= crf <= 51:
+            raise UsageError(f"--crf must be in 0..51, got {crf}")
+        out["crf"] = crf
+    return out
+
+
+def per_file_plan(run_id: str, inputs: Path, outputs: Path | None, params: dict, seed: int | None,
+                  alloc: Callable[[int], int] = lambda n: 1) -> Plan:
+    """The original dispatcher without ``--mix``: one ``legacy720p`` task per input file, in file-name order,
+    with ``params`` (from ``--scale/--preset/--crf``) on every task."""
+    p = plan(run_id, f"{LEGACY_PROFILE}=1", None, seed, inputs, outputs, alloc)
+    for t, name in zip(p.tasks, sorted(t["input"] for t in p.tasks)):
+        t["input"] = name
+        if params:
+            t["params"] = dict(params)
+    return p
+
+
 @dataclass
 class FeedConfig:
     """How to feed q:pending (see the module docstring)."""
@@ -161,6 +200,7 @@ class FeedConfig:
     mode: str = "all"  # all | pulse | fifo | drip
     pulse_size: int = 10
     pulse_interval: float = 300.0
+    pulse_spacing: float = 1.0  # seconds between the tasks of one pulse (the original's); 0 = one push per pulse
     pending_max: int = 6
     batch_size: int = 1
     dribble_interval: float = 1.0
@@ -179,7 +219,7 @@ def push(client: redis.Redis, keys: Keys, run_id: str, batch: list[dict], first_
     for d in batch:
         d["ts_enqueue"] = now
         raws.append(Task(**{k: d.get(k) for k in ("trace_id", "profile", "cpu_units", "ts_enqueue", "attempt",
-                                                     "input", "output")}).to_json())
+                                                     "input", "output")}, params=d.get("params") or {}).to_json())
     check_batch(client, keys, raws)
     pipe = client.pipeline(transaction=True)
     pipe.rpush(keys.pending, *raws)
@@ -228,9 +268,18 @@ def backlog(client: redis.Redis, keys: Keys) -> int:
 def batches(cfg: FeedConfig, client: redis.Redis, keys: Keys, n_left: int, stop: threading.Event) -> Iterator[int]:
     """Yield how many tasks to push next, sleeping as the mode says."""
     first = True
+    in_pulse = 0  # tasks pushed in the current pulse (spaced pulses push one at a time)
     while n_left > 0 and not stop.is_set():
         if cfg.mode == "all":
             k = n_left
+        elif cfg.mode == "pulse" and cfg.pulse_spacing > 0:
+            if not first:
+                wait = cfg.pulse_interval if in_pulse >= cfg.pulse_size else cfg.pulse_spacing
+                in_pulse = 0 if in_pulse >= cfg.pulse_size else in_pulse
+                if stop.wait(wait):
+                    return
+            k = 1
+            in_pulse += 1
         elif cfg.mode == "pulse":
             if not first and stop.wait(cfg.pulse_interval):
                 return

@@ -70,6 +70,7 @@ GATE = r"""
 local G_MAX_BYTES, G_MAX_DEPTH, G_MAX_ID, G_MAX_PATH = @MAX_BYTES@, @MAX_DEPTH@, @MAX_ID@, @MAX_PATH@
 local G_UNITS_LO, G_UNITS_HI, G_ATTEMPT_LO, G_ATTEMPT_HI = @UNITS_LO@, @UNITS_HI@, @ATTEMPT_LO@, @ATTEMPT_HI@
 local G_TS_LO, G_TS_HI = @TS_LO@, @TS_HI@
+local G_CPUSET_MAX, G_QUOTA_HI, G_WEIGHT_LO, G_WEIGHT_HI = @CPUSET_MAX@, @QUOTA_HI@, @WEIGHT_LO@, @WEIGHT_HI@
 local function safe_id(s)
   return type(s) == 'string' and #s <= G_MAX_ID and string.find(s, '^[%w][%w_%.%-]*$') ~= nil
 end
@@ -117,6 +118,32 @@ end
 local function is_int(v, lo, hi) return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= hi end
 local function is_num(v, lo, hi) return type(v) == 'number' and v >= lo and v <= hi end
 local function absent(v) return v == nil or v == cjson.null end
+local function cpuset_ok(v)
+  if type(v) ~= 'string' or #v == 0 or #v > G_CPUSET_MAX then return false end
+  for part in string.gmatch(v .. ',', '([^,]*),') do
+    local a, b = string.match(part, '^(%d%d?%d?%d?)%-(%d%d?%d?%d?)$')
+    if a then
+      if tonumber(b) < tonumber(a) then return false end
+    elseif not string.find(part, '^%d%d?%d?%d?$') then
+      return false
+    end
+  end
+  return true
+end
+local function binding_problem(t)
+  if not absent(t.cpuset) and not cpuset_ok(t.cpuset) then return 'cpuset must be a CPU list such as 0-1 or 2,3' end
+  if not absent(t.cpu_quota) and not is_int(t.cpu_quota, 1, G_QUOTA_HI) then
+    return 'cpu_quota must be an integer percent in 1..' .. G_QUOTA_HI
+  end
+  if not absent(t.cpu_weight) and not is_int(t.cpu_weight, G_WEIGHT_LO, G_WEIGHT_HI) then
+    return 'cpu_weight must be an integer in ' .. G_WEIGHT_LO .. '..' .. G_WEIGHT_HI
+  end
+  local u = t.unit_name
+  if not absent(u) and not (type(u) == 'string' and #u <= G_MAX_ID and string.find(u, '^[%w][%w:_%.%-]*$')) then
+    return 'unit_name must be a systemd unit name'
+  end
+  return nil
+end
 local function path_ok(v) return type(v) == 'string' and #v > 0 and #v <= G_MAX_PATH and not string.find(v, '%z') end
 local function gate(raw)
   if #raw > G_MAX_BYTES then
@@ -180,6 +207,8 @@ local function gate(raw)
   if not absent(p) and not (type(p) == 'table' and (next(p) == nil or type(next(p)) == 'string')) then
     return nil, 'params', 'params must be an object', tid
   end
+  local why = binding_problem(t)
+  if why then return nil, 'binding', why, tid end
   return t
 end
 local function sha12(raw) return string.sub(redis.sha1hex(raw or ''), 1, 12) end

@@ -17,8 +17,13 @@ Rules, in the order they are checked (the first that fails names the ``rule``):
               surrogate escape; nothing after the value
     object    the top level is a JSON object
     number    every number anywhere is finite as an IEEE double: no NaN, Infinity, 1e400, 400-digit integers
-    trace_id, profile, cpu_units, attempt, ts_enqueue, ts_dispatch, node, input, output, params
-              the fields' types and ranges (``_fields``). ``cpu_units`` may be absent: the profile's, known only
+    trace_id, profile, cpu_units, attempt, ts_enqueue, ts_dispatch, node, input, output, params, binding
+              the fields' types and ranges (``_fields``). ``binding`` covers the original Tracekit's per-task CPU
+              controls, each optional: ``cpuset`` a CPU list string ("0-1", "2,3"; ranges ascending),
+              ``cpu_quota`` an integer percent of one CPU in 1..CPU_QUOTA_MAX, ``cpu_weight`` an integer in
+              1..10000 (systemd CPUWeight), ``unit_name`` a systemd unit name (letters, digits, ':', '_', '.', '-').
+              Whether a cpuset fits the node (its cores, the running tasks' cpusets) only the worker knows.
+              ``cpu_units`` may be absent: the profile's, known only
               to workers (the scheduler fails such a payload instead of placing it). An integer is any number
               with an integral value (``2`` and ``2.0`` alike: Lua cannot tell them apart). Absent and ``null``
               optional fields are the same. ``params`` is an object (an empty array counts as an empty object:
@@ -51,7 +56,12 @@ ATTEMPTS = (1, 10_000)
 # epoch ms; at most 14 digits because cjson re-encodes numbers with 14 significant digits
 TS_MS = (0, 10**14 - 1)
 RULES = ("size", "utf8", "control", "depth", "json", "object", "number", "trace_id", "profile", "cpu_units",
-         "attempt", "ts_enqueue", "ts_dispatch", "node", "input", "output", "params")
+         "attempt", "ts_enqueue", "ts_dispatch", "node", "input", "output", "params", "binding")
+CPUSET_MAX_CHARS = 256
+CPU_QUOTA_MAX = 102_400  # % of one CPU: 1024 CPUs
+CPU_WEIGHT = (1, 10_000)  # systemd CPUWeight range
+_CPUSET_PART = re.compile(r"([0-9]{1,4})(?:-([0-9]{1,4}))?\Z")
+_UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_.-]*\Z")
 
 _ID_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -193,6 +203,34 @@ def _fields(d: dict) -> tuple[str, str] | None:
     p = d.get("params")
     if not _absent(d, "params") and not (isinstance(p, dict) or p == []):
         return "params", "params must be an object"
+    why = binding_problem(d)
+    if why:
+        return "binding", why
+    return None
+
+
+def cpuset_ok(v: object) -> bool:
+    """``v`` is a CPU list string: comma-separated numbers or ascending ranges (``0-1``, ``2,5-7``)."""
+    if not isinstance(v, str) or not 0 < len(v) <= CPUSET_MAX_CHARS:
+        return False
+    for part in v.split(","):
+        m = _CPUSET_PART.match(part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            return False
+    return True
+
+
+def binding_problem(d: dict) -> str | None:
+    """Why the payload's own CPU controls (cpuset, cpu_quota, cpu_weight, unit_name) are malformed, or None."""
+    if not _absent(d, "cpuset") and not cpuset_ok(d["cpuset"]):
+        return f"cpuset must be a CPU list such as \"0-1\" or \"2,3\" (ranges ascending), got {d['cpuset']!r}"
+    if not _absent(d, "cpu_quota") and not _is_int(d["cpu_quota"], 1, CPU_QUOTA_MAX):
+        return f"cpu_quota must be an integer percent in 1..{CPU_QUOTA_MAX}, got {d['cpu_quota']!r}"
+    if not _absent(d, "cpu_weight") and not _is_int(d["cpu_weight"], *CPU_WEIGHT):
+        return f"cpu_weight must be an integer in {CPU_WEIGHT[0]}..{CPU_WEIGHT[1]}, got {d['cpu_weight']!r}"
+    u = d.get("unit_name")
+    if not _absent(d, "unit_name") and not (isinstance(u, str) and len(u) <= MAX_ID_LEN and _UNIT.match(u)):
+        return f"unit_name must be a systemd unit name (letters, digits, ':', '_', '.', '-'), got {u!r}"
     return None
 
 
@@ -249,4 +287,5 @@ def lua_constants() -> dict[str, int]:
     """The limits the Lua gate is rendered with (``lua.GATE``): the same numbers as the Python rules."""
     return {"MAX_BYTES": MAX_PAYLOAD_BYTES, "MAX_DEPTH": MAX_DEPTH, "MAX_ID": MAX_ID_LEN, "MAX_PATH": MAX_PATH_BYTES,
             "UNITS_LO": CPU_UNITS[0], "UNITS_HI": CPU_UNITS[1], "ATTEMPT_LO": ATTEMPTS[0],
-            "ATTEMPT_HI": ATTEMPTS[1], "TS_LO": TS_MS[0], "TS_HI": TS_MS[1]}
+            "ATTEMPT_HI": ATTEMPTS[1], "TS_LO": TS_MS[0], "TS_HI": TS_MS[1], "CPUSET_MAX": CPUSET_MAX_CHARS,
+            "QUOTA_HI": CPU_QUOTA_MAX, "WEIGHT_LO": CPU_WEIGHT[0], "WEIGHT_HI": CPU_WEIGHT[1]}

@@ -5,6 +5,9 @@ A profile says what a task runs and what it asks for:
                    source for ``seconds``; needs no input file) or ``command`` (run ``argv``)
     ``cpu_units``  capacity units the scheduler reserves
     ``threads``, ``scale`` (WxH), ``codec``, ``preset``, ``crf``  ffmpeg parameters (defaults for tasks)
+    ``args``       ffmpeg argument style: ``original`` (the original Tracekit's list:
+                   ``-threads:v N -filter_threads N``, ``-c:a copy``; ``threads`` 0 = no thread flags) or
+                   ``tracekit`` (default: ``-threads N``, x265 ``pools=N``, ``-an``). docs/migrating.md lists both.
     ``argv``       for ``command``: a list; ``{input}``, ``{output}``, ``{threads}`` and ``{seconds}`` are
                    the only placeholders, filled with validated values (no shell is involved)
 A ``service`` profile (docs/services.md) runs ``argv`` until it is stopped; besides the placeholders above its
@@ -44,6 +47,7 @@ PRESETS = (
 PLACEHOLDERS = ("input", "output", "threads", "seconds")
 SERVICE_PLACEHOLDERS = ("port", "python", "inputs")
 SERVICE_DEFAULT_SECONDS = 3600.0  # a service nobody stops ends after this (payload ``params.seconds`` overrides)
+ARG_STYLES = ("tracekit", "original")
 
 
 def _read(path: Path) -> dict:
@@ -70,6 +74,12 @@ def check_profile(name: str, profile: dict) -> dict:
     if not isinstance(units, int) or isinstance(units, bool) or not 1 <= units <= 1024:
         raise BadInput(f"{where}: cpu_units must be an integer 1..1024")
     out = {"app": app, "cpu_units": units, "threads": int(profile.get("threads", units))}
+    style = profile.get("args", "tracekit")
+    if style not in ARG_STYLES or (style == "original" and app != "ffmpeg"):
+        raise BadInput(f"{where}: args must be one of {', '.join(ARG_STYLES)} ('original' only for app ffmpeg)")
+    if not 0 <= out["threads"] <= 256 or (out["threads"] == 0 and style != "original"):
+        raise BadInput(f"{where}: threads must be 1..256 (0 = no thread flags, only with args 'original')")
+    out["args"] = style
     if app in ("ffmpeg", "ffmpeg-synth"):
         out.update(
             scale=profile.get("scale", "1920x1080"),

@@ -87,7 +87,8 @@ def _effective_params(prof: dict, given: dict) -> dict:
         raise InvalidTask(f"unknown params: {', '.join(sorted(unknown))}")
     p = {k: prof[k] for k in ("threads", "scale", "codec", "preset", "crf", "seconds") if k in prof}
     p.update(given)
-    p["threads"] = _int(p, "threads", 1, 256)
+    # threads 0 = "no thread flags" exists only for the original's argument style (its direct-mode tasks)
+    p["threads"] = _int(p, "threads", 0 if prof.get("args") == "original" else 1, 256)
     if "scale" in p and not (isinstance(p["scale"], str) and SCALE_RE.match(p["scale"])):
         raise InvalidTask(f"scale must look like 1920x1080, got {p['scale']!r}")
     if "codec" in p and p["codec"] not in CODECS:
@@ -171,6 +172,19 @@ def tmp_output_for(output: Path, trace_id: str, attempt: int) -> Path:
     return output.with_name(f".{output.stem}.{trace_id}.a{attempt}.part{output.suffix}")
 
 
+GLOBAL_OPTIONS = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")  # no key wait, quiet, overwrite the tmp
+
+
+def original_args(input_path: str, scale: str, codec: str, preset: str, crf: int, threads: int, output: str) -> list:
+    """The encode arguments exactly as the original Tracekit's worker built them (docs/migrating.md, "Workload and
+    profiles"): ``-i IN -vf scale=W:H -c:v CODEC -preset P -crf N [-threads:v T -filter_threads T] -c:a copy OUT``;
+    the thread flags only when ``threads`` > 0."""
+    args = ["-i", input_path, "-vf", f"scale={scale}", "-c:v", codec, "-preset", preset, "-crf", str(crf)]
+    if threads > 0:
+        args += ["-threads:v", str(threads), "-filter_threads", str(threads)]
+    return args + ["-c:a", "copy", output]
+
+
 def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
     """The exact argv for ``task``; paths confined to their roots. Raises :class:`InvalidTask`."""
     prof = load_profiles()[task.profile]
@@ -191,7 +205,10 @@ def build_command(task: Task, inputs_root: Path, outputs_root: Path) -> Command:
         return service_command(prof, p, in_path, out_path, tmp, inputs_root)
     ffmpeg = os.environ.get(FFMPEG_BIN_ENV, "ffmpeg")
     w, h = SCALE_RE.match(p["scale"]).groups()
-    argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    argv = [ffmpeg, *GLOBAL_OPTIONS]
+    if prof.get("args") == "original":
+        argv += original_args(str(in_path), f"{w}:{h}", p["codec"], p["preset"], p["crf"], p["threads"], str(tmp))
+        return Command(argv, in_path, out_path, tmp)
     if app == "ffmpeg":
         argv += ["-i", str(in_path), "-vf", f"scale={w}:{h}"]
     else:

@@ -50,8 +50,8 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
-from tracekit.node.cpuset import allocate
-from tracekit.node.procfs import format_cpu_list
+from tracekit.node.cpuset import allocate, check_requested
+from tracekit.node.procfs import format_cpu_list, parse_cpu_list
 
 log = logging.getLogger("worker")
 ADAPTERS = paths.REPO_ROOT / "tools" / "adapters"
@@ -483,15 +483,38 @@ class Worker:
         return out
 
     def _binding_env(self, task: Task) -> tuple[dict, list[int]]:
+        """The binding of a task: its own ``cpuset`` (exclusive), ``cpu_weight`` / ``cpu_quota`` / ``unit_name``
+        (shared) when the payload names them (the original Tracekit's task fields, docs/migrating.md), else the
+        worker's choice. A cpuset outside this node's cores or overlapping a running task's raises InvalidTask."""
         env = {"TC_BINDING": self.cfg.cpu_binding}
         cpus: list[int] = []
+        own = task.extra
         if self.cfg.cpu_binding == "exclusive":
             with self.lock:
                 held = {k: r.cpus for k, r in self.running.items()}
-                cpus = allocate(self.cores, held, task.cpu_units)
+                if own.get("cpuset") is not None:
+                    cpus = parse_cpu_list(own["cpuset"])
+                    why = check_requested(cpus, self.cores, held)
+                    if why:
+                        raise InvalidTask(f"refused the task's own {why}", trace_id=task.trace_id)
+                else:
+                    cpus = allocate(self.cores, held, task.cpu_units)
             env["TC_CPUSET"] = format_cpu_list(cpus)
+            ignored = [k for k in ("cpu_quota", "cpu_weight", "unit_name") if own.get(k) is not None]
+            if ignored:
+                log.warning("%s: %s apply in shared binding only; exclusive binding caps it by its cpuset",
+                            task.trace_id, ", ".join(ignored))
         else:
-            env["TC_CPU_WEIGHT"] = str(self.cfg.cpuweight_per_vcpu * task.cpu_units)
+            weight = own.get("cpu_weight")
+            env["TC_CPU_WEIGHT"] = str(int(weight) if weight is not None else
+                                       self.cfg.cpuweight_per_vcpu * task.cpu_units)
+            if own.get("cpu_quota") is not None:
+                env["TC_CPU_QUOTA_PCT"] = str(int(own["cpu_quota"]))
+            if own.get("unit_name") is not None:
+                env["TC_UNIT_NAME"] = str(own["unit_name"])
+            if own.get("cpuset") is not None:
+                log.warning("%s: its cpuset %s is not applied in shared binding (no core pinning)", task.trace_id,
+                            own["cpuset"])
         return env, cpus
 
     def _rebalance(self) -> None:
@@ -503,7 +526,9 @@ class Worker:
             log.info("tracekit.node.binding.rebalance_shared not available: shared quotas not rebalanced")
             return
         with self.lock:
-            running = {k: r.task.cpu_units for k, r in self.running.items()}
+            # a task with its own cpu_quota or unit_name keeps what it asked for: left out of the max-min sharing
+            running = {k: r.task.cpu_units for k, r in self.running.items()
+                       if r.task.extra.get("cpu_quota") is None and r.task.extra.get("unit_name") is None}
         try:
             rebalance_shared(self.cfg.run_id, self.cfg.node, running, len(self.cores))
         except Exception as exc:  # binding trouble must never stop the worker
@@ -563,7 +588,11 @@ class Worker:
             self._reject(raw, exc, tid, 1, None)
             return
         ts_checked = wall_ms()
-        bind_env, cpus = self._binding_env(task)
+        try:
+            bind_env, cpus = self._binding_env(task)
+        except InvalidTask as exc:  # the payload's own cpuset does not fit this node now: refused with the reason
+            self._reject(raw, exc, task.trace_id, task.attempt, task.profile)
+            return
         app = load_profiles()[task.profile]["app"]
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
         env = task_env()  # tasks never talk to Redis: keep the password (maybe in the URL) away from them

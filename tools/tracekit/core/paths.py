@@ -47,11 +47,6 @@ def logs_root() -> Path:
     return Path(os.environ.get("TRACEKIT_LOGS", REPO_ROOT / "logs"))
 
 
-def run_id_file() -> Path:
-    """``$TRACEKIT_RUN_ID_FILE`` or ``run_id.env`` at the repo root."""
-    return Path(os.environ.get("TRACEKIT_RUN_ID_FILE") or RUN_ID_FILE)
-
-
 def read_run_id_file(path: Path | None = None) -> str | None:
     """The ``RUN_ID=...`` value of a ``run_id.env`` file (default: :func:`run_id_file`), if any."""
     path = path or run_id_file()
@@ -65,6 +60,11 @@ def read_run_id_file(path: Path | None = None) -> str | None:
     except OSError:
         return None
     return None
+
+
+def run_id_file() -> Path:
+    """The shared ``run_id.env``: ``$TRACEKIT_RUN_ID_FILE`` (as ``make demo`` writes it) or the repo root's."""
+    return Path(os.environ.get("TRACEKIT_RUN_ID_FILE") or RUN_ID_FILE)
 
 
 def run_id(explicit: str | None = None) -> str:

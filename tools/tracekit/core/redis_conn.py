@@ -139,6 +139,44 @@ def redact(url: str) -> str:
         return "<Redis URL>"
 
 
+MIN_SERVER_VERSION = (6, 2, 0)  # BLMOVE (the worker's atomic take) exists since Redis 6.2
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> (7, 0, 15); the leading numeric parts only (``"6.2.0-rc1"`` -> (6, 2, 0))."""
+    parts = []
+    for piece in str(text).strip().split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def check_server_version(version: str | None, where: str = "Redis") -> None:
+    """Refuse a server older than :data:`MIN_SERVER_VERSION` with one line (:class:`RedisUnavailable`).
+
+    ``version`` None (INFO disabled or renamed on the server) is let through: the first BLMOVE would then say it.
+    """
+    if version is None:
+        return
+    have = parse_version(version)
+    if not have or have < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION[:2]))
+        raise RedisUnavailable(f"{where} runs Redis {version}; Tracekit needs Redis >= {need} (BLMOVE): "
+                               "upgrade redis-server (docs/migrating.md)")
+
+
+def server_version(client: redis.Redis) -> str | None:
+    """The server's ``redis_version`` from INFO server, or None when INFO is not allowed."""
+    try:
+        info = client.info("server")
+    except redis.ResponseError:
+        return None
+    v = info.get("redis_version")
+    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
+
+
 def connect(
     url: str | None = None,
     password_file: str | None = None,
@@ -161,6 +199,7 @@ def connect(
             health_check_interval=15,
         )
         client.ping()
+        check_server_version(server_version(client), f"the server at {redact(url)}")
     except redis.AuthenticationError:
         raise RedisUnavailable(f"Redis at {redact(url)} rejected the password") from None
     except redis.ResponseError as exc:

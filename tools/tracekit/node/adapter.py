@@ -70,6 +70,7 @@ class AdapterConfig:
     cpuset: str | None = None
     cpu_weight: int | None = None
     cpu_quota_pct: float | None = None
+    unit_name: str | None = None  # shared + systemd-run: the task's own scope name (TC_UNIT_NAME)
     input: str | None = None
     output: str | None = None
     output_tmp: str | None = None
@@ -130,6 +131,7 @@ class AdapterConfig:
             cpuset=env.get("TC_CPUSET") or None,
             cpu_weight=weight if weight is not None else (100 * units if units else None),
             cpu_quota_pct=num("TC_CPU_QUOTA_PCT", float, 0),
+            unit_name=env.get("TC_UNIT_NAME") or None,
             input=env.get("TC_INPUT") or None,
             output=env.get("TC_OUTPUT") or None,
             output_tmp=env.get("TC_OUTPUT_TMP") or None,
@@ -307,7 +309,7 @@ def run(cfg: AdapterConfig) -> int:
             ev.update(binding_mechanism="affinity", cpuset=procfs.format_cpu_list(cpus))
         elif cfg.binding == "shared":
             shared = bind.prepare_shared(cfg.run_id, cfg.node_id, cfg.trace_id, cfg.attempt, cfg.cpu_weight,
-                                         cfg.cpu_quota_pct)
+                                         cfg.cpu_quota_pct, unit=cfg.unit_name)
             ev.update(binding_mechanism=shared.mechanism, cpu_weight=shared.weight, cpu_quota_pct=shared.quota_pct)
             exec_argv = shared.argv_prefix + exec_argv
             if shared.note:
@@ -474,6 +476,7 @@ ENV_HELP = """environment (docs/internals.md):
   TC_BINDING        exclusive | shared | none [none]
   TC_CPUSET         exclusive: CPUs such as 0,1 or 0-3
   TC_CPU_WEIGHT     shared: CPUWeight [100 x CPU_UNITS]; TC_CPU_QUOTA_PCT shared: % of one CPU [unlimited]
+  TC_UNIT_NAME      shared with systemd-run: the scope's unit name [tracekit-<run>.<node>.<trace>.a<n>.scope]
   TC_INPUT, TC_OUTPUT, TC_OUTPUT_TMP   files for bytes_in / bytes_out (TC_OUTPUT_TMP is deleted on failure)
   TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
   TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
@@ -487,6 +490,56 @@ def ffmpeg_fixup(argv: list) -> list:
     if argv and os.path.basename(argv[0]).startswith("ffmpeg") and "-nostdin" not in argv:
         return [argv[0], "-nostdin", *argv[1:]]
     return argv
+
+
+LEGACY_ENV = ("CPUSET", "CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME", "TS_ENQUEUE", "STAGE")
+
+
+def legacy_io(args: list) -> tuple[str | None, str | None]:
+    """The input (after ``-i``) and output (the last non-option argument) of ffmpeg arguments, as the original
+    adapter read them for bytes_in / bytes_out."""
+    inp = out = None
+    i = 0
+    while i < len(args):
+        if args[i] == "-i" and i + 1 < len(args):
+            inp = args[i + 1]
+            i += 1
+        elif not args[i].startswith("-"):
+            out = args[i]
+        i += 1
+    return inp, out
+
+
+def legacy_call(args: list, env: dict) -> tuple[list, dict]:
+    """The original adapter's call ``ffmpeg_wrapper.py <ffmpeg args>`` (no ``--``, no command name), with its
+    environment (``CPUSET``, ``CPU_QUOTA``, ``CPU_WEIGHT``, ``UNIT_NAME``, ``TS_ENQUEUE``, ``STAGE``), turned into
+    this adapter's: the argv ``ffmpeg <args>`` and the ``TC_*`` variables (docs/migrating.md).
+
+    ``CPUSET`` -> exclusive binding (``TC_CPUSET``); else ``CPU_WEIGHT`` / ``CPU_QUOTA`` (percent) / ``UNIT_NAME``
+    -> shared binding. A missing ``TRACE_ID`` gets a fresh UUID, as the original's. ``TS_ENQUEUE`` is read as is;
+    ``STAGE`` belongs to the node (the collector writes it to node.json)."""
+    import uuid
+
+    out = dict(env)
+    out.setdefault("TRACE_ID", str(uuid.uuid4()))
+    if env.get("CPUSET"):
+        out.update(TC_BINDING="exclusive", TC_CPUSET=env["CPUSET"])
+        ignored = [k for k in ("CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME") if env.get(k)]
+        if ignored:
+            print(f"adapter: note: {', '.join(ignored)} not applied: CPUSET pins the task (exclusive binding)",
+                  file=sys.stderr)
+    elif any(env.get(k) for k in ("CPU_QUOTA", "CPU_WEIGHT", "UNIT_NAME")):
+        out["TC_BINDING"] = "shared"
+        for old, new in (("CPU_WEIGHT", "TC_CPU_WEIGHT"), ("CPU_QUOTA", "TC_CPU_QUOTA_PCT"),
+                         ("UNIT_NAME", "TC_UNIT_NAME")):
+            if env.get(old):
+                out[new] = env[old]
+    inp, outp = legacy_io(args)
+    if inp and not out.get("TC_INPUT"):
+        out["TC_INPUT"] = inp
+    if outp and not out.get("TC_OUTPUT"):
+        out["TC_OUTPUT"] = outp
+    return ["ffmpeg", *args], out
 
 
 def wrapper_main(args: list, prog: str, doc: str | None, app_fixup=None, ts_forked: float | None = None,

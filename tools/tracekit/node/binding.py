@@ -162,8 +162,9 @@ class SharedBinding:
 
 
 def prepare_shared(run_id: str, node_id: str, trace_id: str, attempt: int, weight: int | None,
-                   quota_pct: float | None, mechanism: str | None = None) -> SharedBinding:
-    """Create the task's cgroup (or the systemd-run prefix); falls back to ``none`` if creation fails."""
+                   quota_pct: float | None, mechanism: str | None = None, unit: str | None = None) -> SharedBinding:
+    """Create the task's cgroup (or the systemd-run prefix); falls back to ``none`` if creation fails.
+    ``unit``: the scope unit name a task asked for (systemd-run only; default :func:`scope_unit_name`)."""
     mech = mechanism or detect_shared_mechanism()
     name = task_cgroup_name(run_id, node_id, trace_id, attempt)
     if quota_pct is None:
@@ -173,7 +174,8 @@ def prepare_shared(run_id: str, node_id: str, trace_id: str, attempt: int, weigh
     q = quota_us(quota_pct)
     try:
         if mech == "systemd-run":
-            b.argv_prefix = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={scope_unit_name(name)}",
+            b.argv_prefix = ["systemd-run", "--scope", "--quiet", "--collect",
+                             f"--unit={unit or scope_unit_name(name)}",
                              "-p", f"CPUWeight={v2_weight(w)}"]
             if quota_pct:
                 b.argv_prefix += ["-p", f"CPUQuota={quota_pct:.0f}%"]

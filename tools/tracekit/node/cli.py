@@ -13,7 +13,8 @@ from pathlib import Path
 from tracekit.core import paths
 from tracekit.core.cli import command
 from tracekit.node import collector
-from tracekit.node.adapter import ffmpeg_fixup, wrapper_main
+from tracekit.node.adapter import AdapterConfig, ffmpeg_fixup, legacy_call, wrapper_main
+from tracekit.node.adapter import run as run_adapter
 from tracekit.node.videos import generate
 
 COLLECT_SYS_DOC = """Per-node /proc collector: `start` (daemon), `stop`, `run` (foreground). Settings come from the
@@ -111,6 +112,8 @@ FFMPEG_WRAPPER_DOC = """Run one ffmpeg execution and measure it exactly (PID sen
 
 Usage: RUN_ID=... TRACE_ID=... ffmpeg_wrapper.py -- ffmpeg [args]
 Adds -nostdin when missing so ffmpeg never waits for a key; see docs/node-side.md for the environment.
+The original toolkit's call `ffmpeg_wrapper.py <ffmpeg args>` (with CPUSET, CPU_QUOTA, CPU_WEIGHT, UNIT_NAME,
+TS_ENQUEUE, STAGE) works too (docs/migrating.md).
 """
 
 CMD_WRAPPER_DOC = """Run any allowed command once and measure it exactly (PID sentinel, binding, exec event).
@@ -122,8 +125,15 @@ The worker passes the task through the environment (docs/internals.md); see docs
 
 @command("ffmpeg_wrapper.py")
 def ffmpeg_wrapper(argv: list[str] | None = None) -> int:
-    """`tracekit-ffmpeg-wrapper` / `tools/adapters/ffmpeg_wrapper.py`: one measured ffmpeg execution."""
-    return wrapper_main(sys.argv[1:] if argv is None else argv, "ffmpeg_wrapper.py", FFMPEG_WRAPPER_DOC, ffmpeg_fixup)
+    """`tracekit-ffmpeg-wrapper` / `tools/adapters/ffmpeg_wrapper.py`: one measured ffmpeg execution.
+
+    The original adapter's call (ffmpeg options straight after the script name, its CPUSET / CPU_QUOTA / ... in
+    the environment) still works: :func:`tracekit.node.adapter.legacy_call` translates it."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] not in ("--", "-h", "--help") and args[0].startswith("-"):
+        legacy_argv, env = legacy_call(args, dict(os.environ))
+        return run_adapter(AdapterConfig.from_env(ffmpeg_fixup(legacy_argv), env))
+    return wrapper_main(args, "ffmpeg_wrapper.py", FFMPEG_WRAPPER_DOC, ffmpeg_fixup)
 
 
 @command("cmd_wrapper.py")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tracekit.node.procfs import format_cpu_list
+
 
 def allocate(cores: list[int], held: dict[object, list[int]], units: int) -> list[int]:
     """Cores for a new task of ``units`` CPU units, given the cores ``held`` by running tasks."""
@@ -22,3 +24,20 @@ def allocate(cores: list[int], held: dict[object, list[int]], units: int) -> lis
         return free[:units]
     busy = sorted((c for c in cores if use[c] > 0), key=lambda c: (use[c], c))
     return sorted(free + busy[: units - len(free)])
+
+
+def check_requested(cpus: list[int], cores: list[int], held: dict[object, list[int]]) -> str | None:
+    """Why a task's own cpuset ``cpus`` cannot run here, or None: every CPU must be one of this node's ``cores``
+    and none may be held by a running task (``held``: task -> its cores), so a payload's cpuset never silently
+    shares cores with another exclusive task."""
+    if not cpus:
+        return "cpuset is empty"
+    outside = sorted(set(cpus) - set(cores))
+    if outside:
+        return f"cpuset names CPU(s) {format_cpu_list(outside)} outside this node's cores {format_cpu_list(cores)}"
+    for key, cs in held.items():
+        both = sorted(set(cpus) & set(cs))
+        if both:
+            who = key[0] if isinstance(key, tuple) else key
+            return f"cpuset overlaps CPU(s) {format_cpu_list(both)} of running task {who}"
+    return None
