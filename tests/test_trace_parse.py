@@ -106,7 +106,8 @@ def test_rerun_is_byte_identical(synth):
     first = files()
     audit.parse_and_audit(truth.run_dir)
     assert files() == first
-    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
+    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "processes.jsonl", "audit_report.md",
+                          "gantt.png",
                           "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
     from tracekit.trace import rowcache
 

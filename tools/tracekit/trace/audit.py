@@ -193,7 +193,8 @@ def check_xref(result: ParseResult) -> Check:
                        f"(adapter killed / node died; their CPU is not in CTS): {sorted(killed)[:10]}")
     if r.untracked_samples:
         details.append(f"{r.untracked_samples} sample(s) of untraced processes (no trace_id: matched by name, "
-                       "PROC_MATCH); ignored — set PROC_PID_DIR to sample traced tasks only")
+                       f"PROC_MATCH): {len(r.matched)} matched process(es) kept in processes.jsonl, not counted "
+                       "as tasks (docs/containers.md)")
     if r.trace_mismatch:
         details.append(f"{r.trace_mismatch} sample(s) whose trace_id differs from their process's exec event")
     ran = len(r.executed())
