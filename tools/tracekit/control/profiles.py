@@ -7,6 +7,8 @@ A profile says what a task runs and what it asks for:
     ``threads``, ``scale`` (WxH), ``codec``, ``preset``, ``crf``  ffmpeg parameters (defaults for tasks)
     ``argv``       for ``command``: a list; ``{input}``, ``{output}``, ``{threads}`` and ``{seconds}`` are
                    the only placeholders, filled with validated values (no shell is involved)
+    ``container``  optional, any app: ``{"runtime": "podman"|"docker", "image": ..., "memory": "512m"}`` runs the
+                   command in a container of that image (docs/containers.md)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from tracekit.core.errors import BadInput, UsageError
 from tracekit.core.paths import REPO_ROOT
+from tracekit.node.container import check_spec
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.json")
 LOCAL_FILE = REPO_ROOT / "profiles.local.json"
@@ -82,6 +85,12 @@ def check_profile(name: str, profile: dict) -> dict:
         out["needs_input"] = bool(profile.get("needs_input", "{input}" in argv))
         out["seconds"] = float(profile.get("seconds", 0))
     out["needs_input"] = app == "ffmpeg" or out.get("needs_input", False)
+    if profile.get("container") is not None:
+        try:
+            spec = check_spec(profile["container"], where=f"{where}: container")
+        except UsageError as exc:
+            raise BadInput(str(exc)) from None
+        out["container"] = {"runtime": spec.runtime, "image": spec.image, "memory": spec.memory}
     return out
 
 

@@ -49,6 +49,7 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
+from tracekit.node.container import env_for_profile as container_env
 from tracekit.node.cpuset import allocate
 from tracekit.node.procfs import format_cpu_list
 
@@ -567,6 +568,7 @@ class Worker:
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
         env = task_env()  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
         env.update(bind_env)
+        env.update(container_env(load_profiles()[task.profile]))  # TC_CONTAINER_* (docs/containers.md)
         env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
                     "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
                     "TS_ENQUEUE": str(task.ts_enqueue), "TS_DISPATCH": str(task.ts_dispatch or ""),

@@ -69,7 +69,7 @@ EXEC_FIELDS = (
     "cg_cpu_us",  # task cgroup CPU total at exit (µs) or null
     "cg_peak_kb",  # task cgroup peak memory at exit or null
     "binding",  # "exclusive" | "shared" | "none"
-    "binding_mechanism",  # "affinity" | "systemd-run" | "cgroup-v2" | "cgroup-v1" | "none"
+    "binding_mechanism",  # "affinity" | "systemd-run" | "cgroup-v2" | "cgroup-v1" | "none" | "podman" | "docker"
     "cpuset",  # e.g. "0-1" or null
     "cpu_weight",
     "cpu_quota_pct",

@@ -37,6 +37,7 @@ from tracekit.core.jsonl import append_line
 from tracekit.core.schema import EXEC_FIELDS
 from tracekit.node import binding as bind
 from tracekit.node import cgroupfs, procfs, sentinel
+from tracekit.node import container as ctr
 
 EXIT_PRE_EXEC = 125
 _FORWARDED = {signal.SIGINT, signal.SIGTERM}
@@ -81,6 +82,7 @@ class AdapterConfig:
     ts_bound: float | None = None
     ts_forked: float | None = None
     parent_pid: int | None = None  # set by the launcher: when this parent dies, a forwarded signal escalates
+    container: ctr.ContainerSpec | None = None  # run in this container (TC_CONTAINER_*; docs/containers.md)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -137,6 +139,7 @@ class AdapterConfig:
             ts_taken=num("TC_TS_TAKEN"),
             ts_checked=num("TC_TS_CHECKED"),
             ts_bound=num("TC_TS_BOUND"),
+            container=ctr.spec_from_env(env),
         )
 
 
@@ -293,10 +296,18 @@ def run(cfg: AdapterConfig) -> int:
     """Run the application once, write the ``exec`` event, return the exit code (see module doc)."""
     ev = _base_event(cfg)
     cpus: list | None = None
-    shared: bind.SharedBinding | None = None
+    shared: bind.SharedBinding | ctr.ContainerRun | None = None
     exec_argv = list(cfg.argv)
     try:
-        if cfg.binding == "exclusive":
+        if cfg.container is not None:  # the runtime's own flags bind it; measured from its parent cgroup
+            shared = ctr.prepare(cfg.container, cfg.run_id, cfg.node_id, cfg.trace_id, cfg.attempt, cfg.binding,
+                                 cfg.cpuset, cfg.cpu_weight, cfg.cpu_quota_pct, cfg.input, cfg.output_tmp)
+            ev.update(binding_mechanism=shared.mechanism, cpuset=cfg.cpuset if cfg.binding == "exclusive" else None,
+                      cpu_weight=shared.weight, cpu_quota_pct=shared.quota_pct, container_image=cfg.container.image)
+            exec_argv = shared.argv_prefix + exec_argv
+            if shared.note:
+                print(f"adapter: warning: {shared.note}", file=sys.stderr)
+        elif cfg.binding == "exclusive":
             if not cfg.cpuset:
                 raise UsageError("TC_BINDING=exclusive needs TC_CPUSET (e.g. 0,1)")
             cpus = bind.parse_cpuset(cfg.cpuset)
@@ -349,6 +360,7 @@ def run(cfg: AdapterConfig) -> int:
     tee.start()
     try:
         data = _read_all(ts_r)
+        container_id = procfs.container_id(pid)  # after exec (or exit): the container it runs in, if any
         exec_error = None
         if data[:1] == b"T" and len(data) >= 1 + _TS.size:
             ts_sentinel, ts_start, mono_start = _TS.unpack(data[1 : 1 + _TS.size])
@@ -372,6 +384,9 @@ def run(cfg: AdapterConfig) -> int:
     tee.join(timeout=2.0)
     if st is not None:
         sentinel.remove_sentinel(cfg.pid_dir, pid, st)
+    if isinstance(shared, ctr.ContainerRun):
+        container_id = shared.container_id()
+    ev["container_id"] = container_id
     if shared is not None and shared.cgroup:
         ev["cg_cpu_us"] = cgroupfs.cpu_usage_us(shared.cgroup)
         ev["cg_peak_kb"] = cgroupfs.memory_peak_kb(shared.cgroup)
