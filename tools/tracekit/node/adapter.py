@@ -394,6 +394,8 @@ def run(cfg: AdapterConfig) -> int:
         if busy:
             print(f"adapter: warning: task cgroup still has processes, left in place: {', '.join(busy)}",
                   file=sys.stderr)
+    elif shared is not None:  # a systemd-run scope: stopped (binding.SharedBinding.release)
+        shared.release()
     utime_ms, stime_ms = ru.ru_utime * 1000, ru.ru_stime * 1000
     ev.update(pid=pid, starttime=st, utime_ms=round(utime_ms, 3), stime_ms=round(stime_ms, 3),
               cpu_ms=round(utime_ms + stime_ms, 3), max_rss_kb=ru.ru_maxrss)
