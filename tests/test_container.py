@@ -132,3 +132,32 @@ def test_ffmpeg_task_in_a_real_container_is_measured_from_its_cgroup(run_env, ff
     assert subprocess.run(["podman", *ctr.PODMAN_GLOBAL, "container", "exists", ev["container_id"]]).returncode == 1
     name = f"{env['RUN_ID']}.n1.box1.a1"
     assert not any(p.is_dir() for p in ctr.cgroupfs.CGROUP_ROOT.glob(f"*/tracekit/{name}"))
+
+
+def test_worker_runs_a_container_profile_through_the_runtime(run_env, ffmpeg_image, tmp_path, monkeypatch,
+                                                             redis_client):
+    """A profile with a ``container``: the worker hands it to the adapter (TC_CONTAINER_*), the task runs in the
+    image, its output is renamed into place after the accepted completion, the invocation names the container."""
+    from conftest import Daemons, push, task_payload, wait_for, with_profiles
+    from tracekit.core import paths
+
+    env = with_profiles(run_env, tmp_path, monkeypatch, {
+        "boxsynth": {"app": "ffmpeg-synth", "cpu_units": 1, "threads": 1, "scale": "320x240", "codec": "libx264",
+                     "preset": "veryfast", "crf": 30, "seconds": 1.0,
+                     "container": {"runtime": "podman", "image": ffmpeg_image, "memory": "256m"}}})
+    d = Daemons(env, tmp_path)
+    try:
+        d.worker("cw1", "--cpu-binding", "exclusive", "--exit-when-idle")
+        d.scheduler()
+        push(redis_client, task_payload("bx1", "boxsynth", output="bx1.mp4"))
+        wait_for(lambda: redis_client.hlen("done") + redis_client.hlen("failed") == 1, timeout=90)
+        assert redis_client.hexists("done", "bx1"), redis_client.hgetall("failed")
+        out = paths.outputs_root() / "bx1.mp4"
+        assert wait_for(out.exists, timeout=10), "renamed by the worker once the completion was accepted"
+    finally:
+        d.close()
+    ev = event_of(node_env(env, "cw1"), "bx1")
+    assert ev["status"] == "ok" and HEX64.match(ev["container_id"] or "") and ev["container_image"] == ffmpeg_image
+    assert ev["binding_mechanism"] == "podman" and ev["cpuset"] and ev["cg_cpu_us"] > 0
+    assert ev["argv"][0] == "ffmpeg", "the task's argv is recorded, not the runtime's"
+    assert out.stat().st_size > 0
