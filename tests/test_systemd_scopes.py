@@ -166,7 +166,5 @@ def test_shared_binding_through_systemd_run_scopes(systemd_box, run_env, tmp_pat
         assert (e["binding"], e["binding_mechanism"], e["status"]) == ("shared", "systemd-run", "ok")
         assert e["cpu_weight"] == WEIGHT_PER_VCPU
         assert e["container_id"] == box_id, "the collector's parser finds the node's own container"
-    # S3's quota at start: the one the worker's rebalance left for it, or none when its adapter read the pending
-    # quotas before the worker wrote them (the worker launches, then rebalances; the scope gets it from the
-    # rebalance's set-property then, as checked above in systemd's view)
-    assert ex["S3"]["cpu_quota_pct"] is None or ex["S3"]["cpu_quota_pct"] == pytest.approx(200 / 3, abs=0.01)
+    # each task starts with the max-min quota the worker computed with it running (TC_CPU_QUOTA_PCT)
+    assert [ex[t]["cpu_quota_pct"] for t in ("L1", "L2", "S3")] == pytest.approx([100, 100, 200 / 3], abs=0.01)

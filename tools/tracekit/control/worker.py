@@ -49,6 +49,7 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
+from tracekit.node.binding import fair_quotas
 from tracekit.node.container import env_for_profile as container_env
 from tracekit.node.cpuset import allocate
 from tracekit.node.procfs import format_cpu_list
@@ -492,6 +493,15 @@ class Worker:
             env["TC_CPUSET"] = format_cpu_list(cpus)
         else:
             env["TC_CPU_WEIGHT"] = str(self.cfg.cpuweight_per_vcpu * task.cpu_units)
+            if self.cfg.cpu_binding == "shared":
+                # its max-min quota with it running, so its cgroup / systemd scope starts with it (the rebalance
+                # right after the launch gives the others theirs; without this the adapter could read the
+                # pending quotas before that rebalance wrote them and start unlimited: docs/containers.md)
+                key = (task.trace_id, task.attempt)
+                with self.lock:
+                    demands = {k: 100.0 * r.task.cpu_units for k, r in self.running.items()}
+                demands[key] = 100.0 * task.cpu_units
+                env["TC_CPU_QUOTA_PCT"] = f"{fair_quotas(demands, 100.0 * len(self.cores))[key]:.3f}"
         return env, cpus
 
     def _rebalance(self) -> None:
