@@ -34,7 +34,7 @@ def test_runtime_argv_carries_the_binding_as_the_runtimes_own_flags():
                             argv=["ffmpeg", "-i", "/in/a.mp4"])
     assert argv[:7] == ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
     joined = " ".join(argv)
-    for flag in ("run --rm", "--cidfile /tmp/c/cid", "--cgroup-parent /tracekit/x", "--network none",
+    for flag in ("run --rm --pull never", "--cidfile /tmp/c/cid", "--cgroup-parent /tracekit/x", "--network none",
                  "--cpuset-cpus 0-1", "--cpu-shares 2048", "--cpu-period 100000 --cpu-quota 150000",
                  "--memory 256m", "--volume /in:/in:ro", "--volume /out:/out:rw",
                  "--ulimit nofile=1024:1024"):
@@ -161,3 +161,15 @@ def test_worker_runs_a_container_profile_through_the_runtime(run_env, ffmpeg_ima
     assert ev["binding_mechanism"] == "podman" and ev["cpuset"] and ev["cg_cpu_us"] > 0
     assert ev["argv"][0] == "ffmpeg", "the task's argv is recorded, not the runtime's"
     assert out.stat().st_size > 0
+
+
+def test_missing_image_fails_the_task_with_the_runtimes_message(run_env, ffmpeg_image):
+    """An image that is not on the node: the runtime refuses at once (no registry wait), the task fails with its
+    message, nothing is left behind."""
+    env = node_env(run_env)
+    r = run_adapter(env, ["true"], TRACE_ID="nobox", TC_CONTAINER_IMAGE="localhost/tracekit-no-such-image:x",
+                    timeout=120)
+    assert r.returncode == 125, r.stderr
+    ev = event_of(env, "nobox")
+    assert ev["status"] == "failed" and "no-such-image" in ev["error"] and ev["container_id"] is None
+    assert not any(p.is_dir() for p in ctr.cgroupfs.CGROUP_ROOT.glob(f"*/tracekit/{env['RUN_ID']}.n1.nobox.a1"))

@@ -107,7 +107,8 @@ def runtime_argv(spec: ContainerSpec, *, name: str, cidfile: str, cgroup_parent:
     cmd = [spec.runtime]
     if spec.runtime == "podman":
         cmd += PODMAN_GLOBAL
-    cmd += ["run", "--rm", "--name", name, "--cidfile", cidfile, "--cgroup-parent", cgroup_parent,
+    # --pull never: a missing image fails at once with the runtime's message instead of waiting on a registry
+    cmd += ["run", "--rm", "--pull", "never", "--name", name, "--cidfile", cidfile, "--cgroup-parent", cgroup_parent,
             "--network", "none"]
     if spec.runtime == "podman":
         cmd += PODMAN_RUN
