@@ -20,7 +20,7 @@ from tracekit.node import container as ctr
 from tracekit.node import procfs
 from tracekit.trace import audit, cts
 
-IMAGE = "localhost/tracekit-ffmpeg:bookworm"
+IMAGE = ctr.FFMPEG_IMAGE
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -83,6 +83,7 @@ def build_image(kind: str) -> str:
 @pytest.fixture(scope="module")
 def ffmpeg_image():
     image = build_image("ffmpeg")
+    assert image == ctr.FFMPEG_IMAGE, "tools/build_container_image.sh and container.FFMPEG_IMAGE agree"
     why = ctr.unavailable_reason("podman", image)
     if why:
         pytest.skip(why)

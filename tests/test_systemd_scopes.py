@@ -44,6 +44,7 @@ def _exec(box: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProce
 def systemd_box(tmp_path_factory):
     """A running container whose PID 1 is systemd (state running or degraded), or skip with the reason."""
     image = build_image("systemd")
+    assert image == ctr.SYSTEMD_IMAGE, "tools/build_container_image.sh and container.SYSTEMD_IMAGE agree"
     why = ctr.unavailable_reason("podman", image)
     if why:
         pytest.skip(why)

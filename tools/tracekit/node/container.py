@@ -34,6 +34,9 @@ from tracekit.node import binding as bind
 from tracekit.node import cgroupfs
 
 RUNTIMES = ("podman", "docker")
+# the images tools/build_container_image.sh builds (localhost/tracekit-<kind>:<Debian suite>)
+FFMPEG_IMAGE = "localhost/tracekit-ffmpeg:bookworm"
+SYSTEMD_IMAGE = "localhost/tracekit-systemd:bookworm"
 # the adapter's environment (docs/internals.md, "Worker -> adapter"): set by the worker from the profile
 ENV_RUNTIME, ENV_IMAGE, ENV_MEMORY = "TC_CONTAINER_RUNTIME", "TC_CONTAINER_IMAGE", "TC_CONTAINER_MEMORY"
 # an image reference: registry/name:tag or @digest, no option-like or shell-like text
@@ -149,7 +152,7 @@ def unavailable_reason(runtime: str = "podman", image: str | None = None) -> str
         if r.returncode != 0:
             return f"image {image} missing (tools/build_container_image.sh builds it)"
     probe = [runtime, *(PODMAN_GLOBAL if runtime == "podman" else ()), "run", "--rm", "--network", "none",
-             *(PODMAN_RUN if runtime == "podman" else ()), image or "localhost/tracekit-ffmpeg:bookworm", "true"]
+             *(PODMAN_RUN if runtime == "podman" else ()), image or FFMPEG_IMAGE, "true"]
     try:
         r = subprocess.run(probe, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
