@@ -473,6 +473,8 @@ ENV_HELP = """environment (docs/internals.md):
   TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
   TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
   TRACEKIT_SHARED_MECHANISM  auto | systemd-run | cgroup-v2 | cgroup-v1 | none [auto]
+  TC_CONTAINER_IMAGE, TC_CONTAINER_RUNTIME [podman], TC_CONTAINER_MEMORY   run the command in a container of
+                    that image (podman or docker), bound by the runtime's flags (docs/containers.md)
 exit code: the application's; 128+N if killed by signal N; 125 if the adapter failed before exec;
 2 for a usage error (nothing ran, no event)."""
 
