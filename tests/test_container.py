@@ -34,7 +34,8 @@ def test_runtime_argv_carries_the_binding_as_the_runtimes_own_flags():
                             argv=["ffmpeg", "-i", "/in/a.mp4"])
     assert argv[:7] == ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
     joined = " ".join(argv)
-    for flag in ("run --rm --pull never", "--cidfile /tmp/c/cid", "--cgroup-parent /tracekit/x", "--network none",
+    for flag in ("run --rm --pull never --init",
+                 "--cidfile /tmp/c/cid", "--cgroup-parent /tracekit/x", "--network none",
                  "--cpuset-cpus 0-1", "--cpu-shares 2048", "--cpu-period 100000 --cpu-quota 150000",
                  "--memory 256m", "--volume /in:/in:ro", "--volume /out:/out:rw",
                  "--ulimit nofile=1024:1024"):
@@ -174,3 +175,26 @@ def test_missing_image_fails_the_task_with_the_runtimes_message(run_env, ffmpeg_
     ev = event_of(env, "nobox")
     assert ev["status"] == "failed" and "no-such-image" in ev["error"] and ev["container_id"] is None
     assert not any(p.is_dir() for p in ctr.cgroupfs.CGROUP_ROOT.glob(f"*/tracekit/{env['RUN_ID']}.n1.nobox.a1"))
+
+
+def test_container_stops_with_a_killed_adapter(run_env, ffmpeg_image):
+    """kill -9 of the adapter: its runtime client gets SIGTERM (PR_SET_PDEATHSIG) and forwards it, so the container
+    (a child of the runtime's monitor, not of the adapter) stops too: no unmeasured orphan."""
+    from test_node_helpers import sentinels, start_adapter, wait_for
+
+    env = node_env(run_env)
+    p = start_adapter(env, ["sleep", "60"], TRACE_ID="boxorph", TC_CONTAINER_IMAGE=ffmpeg_image)
+    name = f"tk-{env['RUN_ID']}.n1.boxorph.a1"
+
+    def running() -> bool:
+        r = subprocess.run(["podman", *ctr.PODMAN_GLOBAL, "ps", "--filter", f"name={name}", "--format", "{{.Names}}"],
+                           capture_output=True, text=True, timeout=60)
+        return name in r.stdout
+
+    try:
+        assert wait_for(lambda: sentinels(env).get("boxorph")) and wait_for(running, timeout=60)
+    finally:
+        p.kill()
+        p.communicate(timeout=30)
+    assert wait_for(lambda: not running(), timeout=30), "the container must not outlive its adapter"
+    assert ctr.remove_parent(name[3:]) == [], "the killed adapter's parent cgroup is empty (removed here)"

@@ -226,7 +226,9 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
         os.close(err_w)
         pid = os.getpid()
         if _LIBC is not None:  # the application dies with the adapter: never an unmeasured orphan
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            # a container runtime's client gets SIGTERM instead: it forwards it to the container (a child of the
+            # runtime's monitor, which SIGKILL of the client would leave running) and exits with it
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM if isinstance(shared, ctr.ContainerRun) else signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(EXIT_PRE_EXEC)  # the adapter died before prctl took effect
         if cpus is not None:

@@ -111,8 +111,9 @@ def runtime_argv(spec: ContainerSpec, *, name: str, cidfile: str, cgroup_parent:
     if spec.runtime == "podman":
         cmd += PODMAN_GLOBAL
     # --pull never: a missing image fails at once with the runtime's message instead of waiting on a registry
-    cmd += ["run", "--rm", "--pull", "never", "--name", name, "--cidfile", cidfile, "--cgroup-parent", cgroup_parent,
-            "--network", "none"]
+    # --init: a small init as PID 1 passes signals on (a command as PID 1 ignores SIGTERM without a handler)
+    cmd += ["run", "--rm", "--pull", "never", "--init", "--name", name, "--cidfile", cidfile,
+            "--cgroup-parent", cgroup_parent, "--network", "none"]
     if spec.runtime == "podman":
         cmd += PODMAN_RUN
     if cpuset:
