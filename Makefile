@@ -14,7 +14,7 @@ TEST_ARGS ?=
 
 .PHONY: help setup deps test test-fast lint status start-collect stop-collect parse export replay perfetto compare \
         demo chaos bench clean-run stop-node export-opendc clean stop build run load baseline \
-        real-all real-json real-gzip real-hash real-kvset real-kvget loadgen stop-service
+        real-all real-json real-gzip real-hash real-kvset real-kvget loadgen stop-service container-images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -34,6 +34,10 @@ setup: deps ## .venv with the tracekit package (editable) and its dependencies (
 
 $(READY): pyproject.toml requirements.txt requirements-dev.txt
 	@$(MAKE) --no-print-directory setup
+
+container-images: ## podman images from Debian's archive for the container tests (cached; needs podman, debootstrap)
+	bash tools/build_container_image.sh ffmpeg
+	bash tools/build_container_image.sh systemd
 
 test: $(READY) ## the whole test suite (real redis-server, ffmpeg, /proc); sets itself up on a fresh machine
 	$(PY) -m pytest -q $(TEST_ARGS)

@@ -106,7 +106,8 @@ def test_rerun_is_byte_identical(synth):
     first = files()
     audit.parse_and_audit(truth.run_dir)
     assert files() == first
-    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "audit_report.md", "gantt.png",
+    assert set(first) == {"invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "processes.jsonl", "audit_report.md",
+                          "gantt.png",
                           "cpu_utilisation.png", "queue_wait.png"}, "no scratch or temporary file is left behind"
     from tracekit.trace import rowcache
 
@@ -267,13 +268,17 @@ def test_two_independent_engines_write_identical_files(tmp_path, spec):
     with open(truth.run_dir / "node01" / "samples.jsonl", "a") as fh:  # a clock step back and an orphan
         fh.write(json.dumps({"ts": 1.0e12, "mono": 1.0, "procs": [[4, 4, "x", 1, 1, None, None]]}) + "\n")
         fh.write(json.dumps({"ts": 1.9e12, "mono": 2.0, "procs": [[5, 5, "ghost", 1, 1, None, None], [1, 2]]}) + "\n")
+        for k in range(3):  # a process matched by name (no trace_id, no exec event): processes.jsonl
+            fh.write(json.dumps({"ts": 1.9e12 + 100 * (k + 1), "mono": 3.0 + k, "procs": [
+                [77, 770, None, 10 + 7 * k, 5 + k, None, None, "nginx", "ab" * 32]]}) + "\n")
     reports = {}
     for engine, parse_run in (("python", cts.parse_run), ("duckdb", sql_engine.parse_run)):
         r = parse_run(truth.run_dir, tmp_path / engine)
         reports[engine] = audit.render(r, audit.run_checks(r))
         check_cts_invariants(tmp_path / engine)
-    for name in ("invocations.jsonl", "proc_metrics.jsonl", "nodes.json"):
+    for name in ("invocations.jsonl", "proc_metrics.jsonl", "nodes.json", "processes.jsonl"):
         assert (tmp_path / "python" / name).read_bytes() == (tmp_path / "duckdb" / name).read_bytes(), name
+    assert '"comm":"nginx"' in (tmp_path / "python" / "processes.jsonl").read_text()
     assert reports["python"].replace(str(tmp_path / "python"), "X") == \
         reports["duckdb"].replace(str(tmp_path / "duckdb"), "X")
     assert "ghost" in reports["python"] and "sample entry is not a list" in reports["python"]

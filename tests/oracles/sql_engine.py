@@ -30,7 +30,7 @@ from tracekit.core import schema
 from tracekit.trace import cts, duck
 from tracekit.trace.events import load_controller, load_events
 from tracekit.trace.intervals import TaskStats
-from tracekit.trace.model import NodeInfo, ParseResult, Task
+from tracekit.trace.model import MatchedProcess, NodeInfo, ParseResult, Task
 from tracekit.trace.rowcache import drop_rows_cache
 from tracekit.trace.streaming import read_ticks
 from tracekit.trace.vocabulary import (
@@ -216,7 +216,11 @@ def cut_all(result: ParseResult, tasks: dict[str, list[Task]], scratch_dir: Path
                    {_number("pid")} AS pid, {_number("starttime")} AS st,
                    json_type(u.p, {_at("trace_id")}) AS tid_type, json_extract_string(u.p, {_at("trace_id")}) AS tid,
                    {_number("cpu_ticks")} AS ticks, {_number("rss_pages")} AS rss_pages,
-                   {_number("cg_cpu_us")} AS cg_us, {_number("cg_mem_kb")} AS cg_kb
+                   {_number("cg_cpu_us")} AS cg_us, {_number("cg_mem_kb")} AS cg_kb,
+                   CASE WHEN json_type(u.p, {_at("comm")}) = 'VARCHAR'
+                        THEN json_extract_string(u.p, {_at("comm")}) END AS comm,
+                   CASE WHEN json_type(u.p, {_at("container_id")}) = 'VARCHAR'
+                        THEN json_extract_string(u.p, {_at("container_id")}) END AS cid
             FROM (SELECT node_id, rn, unnest(procs) AS p, generate_subscripts(procs, 1) AS pos
                   FROM ({reads("'procs': 'JSON[]'", "[]::JSON[] AS procs")})) u
             JOIN ticks k USING (node_id, rn)
@@ -248,6 +252,21 @@ def cut_all(result: ParseResult, tasks: dict[str, list[Task]], scratch_dir: Path
         r.untracked_samples += con.execute("""
             SELECT count(*) FROM smp s ANTI JOIN m USING (node_id, rn, pos)
             WHERE s.tid_type = 'NULL' OR s.tid_type IS NULL""").fetchall()[0][0]
+        # matched processes: untracked samples summed per (node, pid, starttime), in sample order
+        for nid, pid, st, t0, t1, n, c0, c1, rss, comm, cid in con.execute("""
+                SELECT s.node_id, s.pid, s.st, min(s.t), max(s.t), count(*),
+                       arg_min(trunc(s.ticks * n.us_per_tick)::BIGINT, s.rn * 100000 + s.pos)
+                           FILTER (WHERE s.ticks IS NOT NULL),
+                       arg_max(trunc(s.ticks * n.us_per_tick)::BIGINT, s.rn * 100000 + s.pos)
+                           FILTER (WHERE s.ticks IS NOT NULL),
+                       max(trunc(s.rss_pages * n.kb_per_page)::BIGINT),
+                       arg_max(s.comm, s.rn * 100000 + s.pos) FILTER (WHERE s.comm IS NOT NULL),
+                       arg_max(s.cid, s.rn * 100000 + s.pos) FILTER (WHERE s.cid IS NOT NULL)
+                FROM smp s ANTI JOIN m USING (node_id, rn, pos) JOIN nodes_t n USING (node_id)
+                WHERE s.tid_type = 'NULL' OR s.tid_type IS NULL
+                GROUP BY s.node_id, s.pid, s.st""").fetchall():
+            st = None if st is None else int(st)
+            r.matched[(nid, int(pid), st)] = MatchedProcess(nid, int(pid), st, t0, t1, c0, c1, n, rss, comm, cid)
         orphans = con.execute("""
             SELECT s.node_id, s.rn, s.pid, s.st, s.tid FROM smp s ANTI JOIN m USING (node_id, rn, pos)
             WHERE s.tid_type IS DISTINCT FROM 'NULL' AND s.tid_type IS NOT NULL

@@ -10,6 +10,8 @@ A profile says what a task runs and what it asks for:
                    ``tracekit`` (default: ``-threads N``, x265 ``pools=N``, ``-an``). docs/migrating.md lists both.
     ``argv``       for ``command``: a list; ``{input}``, ``{output}``, ``{threads}`` and ``{seconds}`` are
                    the only placeholders, filled with validated values (no shell is involved)
+    ``container``  optional, any app: ``{"runtime": "podman"|"docker", "image": ..., "memory": "512m"}`` runs the
+                   command in a container of that image (docs/containers.md)
 A ``service`` profile (docs/services.md) runs ``argv`` until it is stopped; besides the placeholders above its
 argv may use ``{port}`` (the port the worker chose), ``{python}`` (the worker's interpreter) and ``{inputs}``
 (the inputs root). Its fields (:func:`check_service`): ``port`` (0 = the worker picks a free one), ``ready``
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from tracekit.core.errors import BadInput, UsageError
 from tracekit.core.paths import REPO_ROOT
+from tracekit.node.container import check_spec
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.json")
 LOCAL_FILE = REPO_ROOT / "profiles.local.json"
@@ -101,6 +104,12 @@ def check_profile(name: str, profile: dict) -> dict:
     if app == "service":
         out.update(check_service(where, profile))
     out["needs_input"] = app == "ffmpeg" or out.get("needs_input", False)
+    if profile.get("container") is not None:
+        try:
+            spec = check_spec(profile["container"], where=f"{where}: container")
+        except UsageError as exc:
+            raise BadInput(str(exc)) from None
+        out["container"] = {"runtime": spec.runtime, "image": spec.image, "memory": spec.memory}
     return out
 
 

@@ -50,6 +50,8 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
+from tracekit.node.binding import fair_quotas
+from tracekit.node.container import env_for_profile as container_env
 from tracekit.node.cpuset import allocate, check_requested
 from tracekit.node.procfs import format_cpu_list, parse_cpu_list
 
@@ -510,6 +512,15 @@ class Worker:
                                        self.cfg.cpuweight_per_vcpu * task.cpu_units)
             if own.get("cpu_quota") is not None:
                 env["TC_CPU_QUOTA_PCT"] = str(int(own["cpu_quota"]))
+            elif self.cfg.cpu_binding == "shared":
+                # its max-min quota with it running, so its cgroup / systemd scope starts with it (the rebalance
+                # right after the launch gives the others theirs; without this the adapter could read the
+                # pending quotas before that rebalance wrote them and start unlimited: docs/containers.md)
+                key = (task.trace_id, task.attempt)
+                with self.lock:
+                    demands = {k: 100.0 * r.task.cpu_units for k, r in self.running.items()}
+                demands[key] = 100.0 * task.cpu_units
+                env["TC_CPU_QUOTA_PCT"] = f"{fair_quotas(demands, 100.0 * len(self.cores))[key]:.3f}"
             if own.get("unit_name") is not None:
                 env["TC_UNIT_NAME"] = str(own["unit_name"])
             if own.get("cpuset") is not None:
@@ -597,6 +608,7 @@ class Worker:
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
         env = task_env()  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
         env.update(bind_env)
+        env.update(container_env(load_profiles()[task.profile]))  # TC_CONTAINER_* (docs/containers.md)
         env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
                     "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
                     "TS_ENQUEUE": str(task.ts_enqueue), "TS_DISPATCH": str(task.ts_dispatch or ""),

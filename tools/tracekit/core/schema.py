@@ -69,7 +69,7 @@ EXEC_FIELDS = (
     "cg_cpu_us",  # task cgroup CPU total at exit (µs) or null
     "cg_peak_kb",  # task cgroup peak memory at exit or null
     "binding",  # "exclusive" | "shared" | "none"
-    "binding_mechanism",  # "affinity" | "systemd-run" | "cgroup-v2" | "cgroup-v1" | "none"
+    "binding_mechanism",  # "affinity" | "systemd-run" | "cgroup-v2" | "cgroup-v1" | "none" | "podman" | "docker"
     "cpuset",  # e.g. "0-1" or null
     "cpu_weight",
     "cpu_quota_pct",
@@ -86,6 +86,10 @@ EXEC_FIELDS = (
     "ts_bound",  # binding ready (cpuset allocated / weight chosen), launch requested
     "ts_forked",  # the adapter core runs in its own process (launcher: right after fork; subprocess: after imports)
     "ts_sentinel",  # the PID sentinel is written (the child, just before ts_start = exec)
+    # containers (docs/containers.md): the container the application ran in (procfs.container_id of its process;
+    # the runtime's id for a profile with a container) and its image (null without a container profile)
+    "container_id",
+    "container_image",
 )
 
 # the launch of one task, in order (node wall ms in the exec event; ts_dispatch is controller ms): dispatch ->
@@ -124,6 +128,11 @@ SAMPLE_COLUMNS = (
     SampleColumn("rss_pages", "resident set of the process plus its live descendants, in pages (node.json page_size)"),
     SampleColumn("cg_cpu_us", "the task cgroup's cumulative CPU in µs when the task runs in its own cgroup, else null"),
     SampleColumn("cg_mem_kb", "the task cgroup's current memory in KB when the task runs in its own cgroup, else null"),
+    SampleColumn("comm", "the command name (/proc/<pid>/stat field 2) of a process matched by name (PROC_MATCH); "
+                         "null for a traced task (its exec event has the argv)", required=False),
+    SampleColumn("container_id", "the id of the container the process runs in, from /proc/<pid>/cgroup (docker, "
+                                 "podman, containerd, CRI-O, Kubernetes paths; procfs.container_id); null when none",
+                 required=False),
 )
 SAMPLE_PROC_FIELDS = tuple(c.name for c in SAMPLE_COLUMNS)
 SAMPLE_INDEX = {c.name: k for k, c in enumerate(SAMPLE_COLUMNS)}  # column name -> position in an entry
@@ -131,10 +140,11 @@ SAMPLE_MIN_VALUES = sum(c.required for c in SAMPLE_COLUMNS)  # an entry holds at
 SAMPLE_MAX_VALUES = len(SAMPLE_COLUMNS)
 
 
-def sample_row(*, pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb) -> list:
+def sample_row(*, pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb, comm=None,
+               container_id=None) -> list:
     """One ``procs`` entry of ``samples.jsonl``, its values in ``SAMPLE_COLUMNS`` order (every writer of samples
     builds entries here; the parameters are checked against ``SAMPLE_COLUMNS`` when this module loads)."""
-    return [pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb]
+    return [pid, starttime, trace_id, cpu_ticks, rss_pages, cg_cpu_us, cg_mem_kb, comm, container_id]
 
 
 def _check_sample_columns() -> None:
@@ -205,9 +215,28 @@ INVOCATION_FIELDS = (
     "error",
     "ts_release",  # controller ms: the attempt's capacity went back to its node (release or requeue record)
     "ts_requeue",  # controller ms: when this attempt (n > 1) was re-queued (the requeue record that created it)
+    "container_id",  # the container the application ran in, null when none (docs/containers.md)
+    "container_image",  # the image of a container profile's container, else null
 )
 
-PROC_METRIC_FIELDS = ("ts_ms", "pid", "dt_ms", "cpu_ms", "rss_kb", "node_id", "trace_id", "attempt", "starttime")
+# ---- matched processes (docs/internals.md, CTS): processes sampled by name (PROC_MATCH) that no adapter launched ----
+# one line per process of processes.jsonl, keyed by (node_id, pid, starttime); times controller ms like every CTS ts
+MATCHED_PROCESS_FIELDS = (
+    "node_id",
+    "pid",
+    "starttime",
+    "comm",  # command name at its last sample
+    "container_id",  # container it ran in (last sample), null when none
+    "ts_first",  # first and last sample (controller ms)
+    "ts_last",
+    "samples",
+    "cpu_ms",  # CPU used between its first and last sample (cumulative counter difference), ms
+    "cpu_ms_total",  # CPU since the process started, at its last sample (the counter itself), ms
+    "max_rss_kb",  # largest RSS sampled, KB (null when never known)
+)
+
+PROC_METRIC_FIELDS = ("ts_ms", "pid", "dt_ms", "cpu_ms", "rss_kb", "node_id", "trace_id", "attempt", "starttime",
+                      "container_id")  # container_id: the task's (its invocation's), null when none
 
 NODE_FIELDS = (
     "node_id",

@@ -37,6 +37,7 @@ from tracekit.core.jsonl import append_line
 from tracekit.core.schema import EXEC_FIELDS
 from tracekit.node import binding as bind
 from tracekit.node import cgroupfs, procfs, sentinel
+from tracekit.node import container as ctr
 
 EXIT_PRE_EXEC = 125
 _FORWARDED = {signal.SIGINT, signal.SIGTERM}
@@ -84,6 +85,7 @@ class AdapterConfig:
     parent_pid: int | None = None  # set by the launcher: when this parent dies, a forwarded signal escalates
     service: bool = False  # TC_SERVICE=1: a service, stopped by SIGTERM (docs/services.md)
     stop_grace_s: float = 5.0  # TC_STOP_GRACE_S: a service still running this long after SIGTERM gets SIGKILL
+    container: ctr.ContainerSpec | None = None  # run in this container (TC_CONTAINER_*; docs/containers.md)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -143,6 +145,7 @@ class AdapterConfig:
             ts_bound=num("TC_TS_BOUND"),
             service=env.get("TC_SERVICE") == "1",
             stop_grace_s=(lambda g: 5.0 if g is None else g)(num("TC_STOP_GRACE_S", float, 0)),
+            container=ctr.spec_from_env(env),
         )
 
 
@@ -229,7 +232,9 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
         os.close(err_w)
         pid = os.getpid()
         if _LIBC is not None:  # the application dies with the adapter: never an unmeasured orphan
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            # a container runtime's client gets SIGTERM instead: it forwards it to the container (a child of the
+            # runtime's monitor, which SIGKILL of the client would leave running) and exits with it
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM if isinstance(shared, ctr.ContainerRun) else signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(EXIT_PRE_EXEC)  # the adapter died before prctl took effect
         if cpus is not None:
@@ -299,10 +304,18 @@ def run(cfg: AdapterConfig) -> int:
     """Run the application once, write the ``exec`` event, return the exit code (see module doc)."""
     ev = _base_event(cfg)
     cpus: list | None = None
-    shared: bind.SharedBinding | None = None
+    shared: bind.SharedBinding | ctr.ContainerRun | None = None
     exec_argv = list(cfg.argv)
     try:
-        if cfg.binding == "exclusive":
+        if cfg.container is not None:  # the runtime's own flags bind it; measured from its parent cgroup
+            shared = ctr.prepare(cfg.container, cfg.run_id, cfg.node_id, cfg.trace_id, cfg.attempt, cfg.binding,
+                                 cfg.cpuset, cfg.cpu_weight, cfg.cpu_quota_pct, cfg.input, cfg.output_tmp)
+            ev.update(binding_mechanism=shared.mechanism, cpuset=cfg.cpuset if cfg.binding == "exclusive" else None,
+                      cpu_weight=shared.weight, cpu_quota_pct=shared.quota_pct, container_image=cfg.container.image)
+            exec_argv = shared.argv_prefix + exec_argv
+            if shared.note:
+                print(f"adapter: warning: {shared.note}", file=sys.stderr)
+        elif cfg.binding == "exclusive":
             if not cfg.cpuset:
                 raise UsageError("TC_BINDING=exclusive needs TC_CPUSET (e.g. 0,1)")
             cpus = bind.parse_cpuset(cfg.cpuset)
@@ -363,6 +376,7 @@ def run(cfg: AdapterConfig) -> int:
     tee.start()
     try:
         data = _read_all(ts_r)
+        container_id = procfs.container_id(pid)  # after exec (or exit): the container it runs in, if any
         exec_error = None
         if data[:1] == b"T" and len(data) >= 1 + _TS.size:
             ts_sentinel, ts_start, mono_start = _TS.unpack(data[1 : 1 + _TS.size])
@@ -386,6 +400,9 @@ def run(cfg: AdapterConfig) -> int:
     tee.join(timeout=2.0)
     if st is not None:
         sentinel.remove_sentinel(cfg.pid_dir, pid, st)
+    if isinstance(shared, ctr.ContainerRun):
+        container_id = shared.container_id()
+    ev["container_id"] = container_id
     if shared is not None and shared.cgroup:
         ev["cg_cpu_us"] = cgroupfs.cpu_usage_us(shared.cgroup)
         ev["cg_peak_kb"] = cgroupfs.memory_peak_kb(shared.cgroup)
@@ -393,6 +410,8 @@ def run(cfg: AdapterConfig) -> int:
         if busy:
             print(f"adapter: warning: task cgroup still has processes, left in place: {', '.join(busy)}",
                   file=sys.stderr)
+    elif shared is not None:  # a systemd-run scope: stopped (binding.SharedBinding.release)
+        shared.release()
     utime_ms, stime_ms = ru.ru_utime * 1000, ru.ru_stime * 1000
     ev.update(pid=pid, starttime=st, utime_ms=round(utime_ms, 3), stime_ms=round(stime_ms, 3),
               cpu_ms=round(utime_ms + stime_ms, 3), max_rss_kb=ru.ru_maxrss)
@@ -481,6 +500,8 @@ ENV_HELP = """environment (docs/internals.md):
   TC_ACK_WAIT       0 = never hold a short task's zombie for the collector [1]
   TC_FINAL_SAMPLE   1 = hold every task's zombie until the collector sampled it after exit [0]
   TRACEKIT_SHARED_MECHANISM  auto | systemd-run | cgroup-v2 | cgroup-v1 | none [auto]
+  TC_CONTAINER_IMAGE, TC_CONTAINER_RUNTIME [podman], TC_CONTAINER_MEMORY   run the command in a container of
+                    that image (podman or docker), bound by the runtime's flags (docs/containers.md)
 exit code: the application's; 128+N if killed by signal N; 125 if the adapter failed before exec;
 2 for a usage error (nothing ran, no event)."""
 

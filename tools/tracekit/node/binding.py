@@ -11,6 +11,7 @@ otherwise a cgroup the adapter creates (v2 ``cpu.weight``/``cpu.max``, v1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -157,7 +158,14 @@ class SharedBinding:
             cgroupfs.attach(self.cgroup, pid)
 
     def release(self) -> list:
-        """After the task: remove the cgroup (best effort); returns the dirs still busy (a leftover process)."""
+        """After the task: remove the cgroup (best effort); returns the dirs still busy (a leftover process).
+
+        A systemd-run scope is stopped: where systemd gets no "cgroup empty" notice (a container on a hybrid
+        cgroup host) an empty scope would otherwise stay active, with its quota, for the life of systemd."""
+        if self.mechanism == "systemd-run" and self.argv_prefix:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["systemctl", "stop", "--no-block", scope_unit_name(self.name)],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
         return cgroupfs.remove(self.cgroup) if self.cgroup else []
 
 

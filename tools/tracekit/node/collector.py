@@ -201,7 +201,7 @@ class Tracked:
 
     __slots__ = ("pid", "starttime", "trace_id", "cgroup", "inode", "stat_path", "starttime_b", "kid_phase",
                  "acked", "final_acked", "has_kids", "fd", "kids_fd", "gone", "last_b", "last_row", "single",
-                 "sched_fd", "last_sched", "idle", "refresh_phase")
+                 "sched_fd", "last_sched", "idle", "refresh_phase", "container_id")
 
     def __init__(self, pid: int, starttime: int, trace_id: str | None, cgroup: dict | None, inode: int,
                  kid_phase: int = 0) -> None:
@@ -225,6 +225,7 @@ class Tracked:
         self.last_sched = b""
         self.idle = False  # unchanged at the last look: check schedstat first
         self.refresh_phase = 0  # its stat line is re-read on ticks where tick % full_every == refresh_phase
+        self.container_id = procfs.container_id(pid)  # read once: a process does not change containers
 
 
 @dataclass
@@ -253,6 +254,7 @@ class Sampler:
     _dir_scanned_ns: int = 0
     _live: list = field(default_factory=list)  # the tracked processes of this node
     _m_info: dict = field(default_factory=dict)  # match mode: pid -> (matches, ppid, next tick to look again)
+    _m_cid: dict = field(default_factory=dict)  # match mode: (pid, starttime) -> container id (read once)
 
     def _dir_unchanged(self) -> bool:
         """True when the folder cannot have changed since the last listing (saves listing 512 entries)."""
@@ -318,8 +320,12 @@ class Sampler:
         ticks = st.cpu_ticks + sum(d.cpu_ticks for d in desc)
         rss = st.rss_pages + sum(d.rss_pages for d in desc)
         cg_cpu_us, cg_mem_kb = self._cg(cg)
+        key = (st.pid, st.starttime)
+        cid = self._m_cid.get(key, False)
+        if cid is False:
+            cid = self._m_cid[key] = procfs.container_id(st.pid)
         return sample_row(pid=st.pid, starttime=st.starttime, trace_id=trace_id, cpu_ticks=ticks, rss_pages=rss,
-                          cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb)
+                          cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb, comm=st.comm, container_id=cid)
 
     def tick(self) -> list:
         """Sample every tracked process now."""
@@ -395,7 +401,7 @@ class Sampler:
                     covered.add(d.pid)
             cg_cpu_us, cg_mem_kb = self._cg(t.cgroup) if t.cgroup else (None, None)
             row = sample_row(pid=t.pid, starttime=t.starttime, trace_id=t.trace_id, cpu_ticks=ticks, rss_pages=rss,
-                             cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb)
+                             cg_cpu_us=cg_cpu_us, cg_mem_kb=cg_mem_kb, container_id=t.container_id)
             rows.append(row)
             t.last_b, t.last_row = b, row
             if follow:
@@ -424,6 +430,8 @@ class Sampler:
             live = set(pids)
             for pid in [p for p in info if p not in live]:
                 del info[pid]
+            for key in [k for k in self._m_cid if k[0] not in live]:
+                del self._m_cid[key]
         matched: list = []
         for pid in pids:
             i = info.get(pid)

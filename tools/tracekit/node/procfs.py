@@ -192,3 +192,45 @@ def format_cpu_list(cpus: list[int]) -> str:
         out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
         i = j + 1
     return ",".join(out)
+
+
+# ---- container id (docs/containers.md, "The container_id field") ----
+# The id is the 64-hex container id in the cgroup path the runtime gives the container's processes:
+#   docker (cgroupfs driver)    /docker/<id>                      systemd driver: /system.slice/docker-<id>.scope
+#   podman                      /libpod_parent/libpod-<id>        systemd:        /machine.slice/libpod-<id>.scope
+#   containerd (CRI)            .../cri-containerd-<id>.scope     or a bare /<id> under the pod's cgroup
+#   CRI-O                       .../crio-<id>.scope
+#   Kubernetes pods             /kubepods/<qos>/pod<uid>/<id>     /kubepods.slice/.../kubepods-...-pod<uid>.slice/...
+# podman's monitor (``libpod-conmon-<id>``) and CRI-O's (``crio-conmon-<id>``) are no container process.
+_CONTAINER_PART = re.compile(r"^(?:(?:docker|libpod|cri-containerd|crio|containerd)-)?([0-9a-f]{64})(?:\.scope)?$")
+
+
+def container_id_from_cgroup(text: str) -> str | None:
+    """The container id named by the text of ``/proc/<pid>/cgroup`` (v1 and v2 lines), or None.
+
+    The innermost (last) id of a path wins, so a container nested in another names its own id; lines are read
+    in order and the first one naming a container decides (every hierarchy of one process names the same one).
+    """
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        found = None
+        for part in path.split("/"):
+            if "conmon" in part:
+                found = None
+                break
+            m = _CONTAINER_PART.match(part)
+            if m:
+                found = m.group(1)
+        if found:
+            return found
+    return None
+
+
+def container_id(pid: int | str) -> str | None:
+    """The container id of a live process (``container_id_from_cgroup`` of its ``/proc/<pid>/cgroup``), or None
+    (no container, or the process is gone)."""
+    try:
+        with open(f"{PROC}/{pid}/cgroup") as fh:
+            return container_id_from_cgroup(fh.read())
+    except OSError:
+        return None

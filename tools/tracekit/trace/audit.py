@@ -195,12 +195,17 @@ def check_xref(result: ParseResult) -> Check:
                        f"(adapter killed / node died; their CPU is not in CTS): {sorted(killed)[:10]}")
     if r.untracked_samples:
         details.append(f"{r.untracked_samples} sample(s) of untraced processes (no trace_id: matched by name, "
-                       "PROC_MATCH); ignored — set PROC_PID_DIR to sample traced tasks only")
+                       f"PROC_MATCH): {len(r.matched)} matched process(es) kept in processes.jsonl, not counted "
+                       "as tasks (docs/containers.md)")
+        top = sorted(r.matched.values(), key=lambda m: -((m.cum_last_us or 0) - (m.cum_first_us or 0)))[:10]
+        details += [f"  {m.node_id} pid {m.pid} {m.comm or '?'}"
+                    f"{f' container {m.container_id[:12]}' if m.container_id else ''}: {m.samples} sample(s), "
+                    f"{m.row()['cpu_ms'] or 0:.0f} ms CPU" for m in top]
     if r.trace_mismatch:
         details.append(f"{r.trace_mismatch} sample(s) whose trace_id differs from their process's exec event")
     ran = len(r.executed())
     verdict = (FAIL if (without_long or unknown or r.trace_mismatch)
-               else WARN if (without_short or r.untracked_samples or killed) else PASS)
+               else WARN if (without_short or killed) else PASS)  # matched processes are kept: no warning
     if at_exit_only:
         details.append(f"{at_exit_only} task(s) shorter than the first sampling tick were sampled only at exit "
                        "(held for the collector; rows from the exact totals)")

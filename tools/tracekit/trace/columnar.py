@@ -202,6 +202,15 @@ class _Samples:
         self.rss_v, self.has_rss = _numbers(field("rss_pages"), "rss_pages")
         self.cgu_v, self.has_cgu = _numbers(field("cg_cpu_us"), "cg_cpu_us")
         self.cgk_v, self.has_cgk = _numbers(field("cg_mem_kb"), "cg_mem_kb")
+        self._field = field
+        self._names: tuple | None = None  # comm and container_id, read only when a sample needs the reference
+
+    def names(self) -> tuple:
+        """The string columns only matched processes use (``comm``, ``container_id``), read once when first needed."""
+        if self._names is None:
+            self._names = (_strings(self._field("comm"), "comm"),
+                           _strings(self._field("container_id"), "container_id"))
+        return self._names
 
     def cpu_and_rss(self, m: np.ndarray, use_cg: np.ndarray, us_per_tick: float,
                     kb_per_page: float) -> tuple[np.ndarray, ...]:
@@ -225,10 +234,12 @@ class _Samples:
         def num(v: np.ndarray, has: np.ndarray) -> float | None:
             return float(v[i]) if has[i] else None
 
+        comm, cid = self.names()
         return schema.sample_row(pid=int(self.pid[i]), starttime=int(self.st[i]) if self.has_st[i] else None,
                                  trace_id=self.tid[i].as_py(), cpu_ticks=num(self.ticks_v, self.has_ticks),
                                  rss_pages=num(self.rss_v, self.has_rss), cg_cpu_us=num(self.cgu_v, self.has_cgu),
-                                 cg_mem_kb=num(self.cgk_v, self.has_cgk))
+                                 cg_mem_kb=num(self.cgk_v, self.has_cgk), comm=comm[i].as_py(),
+                                 container_id=cid[i].as_py())
 
 
 class _FastTasks:

@@ -26,12 +26,13 @@ from tracekit.core.errors import BadRunFolder, Unsupported
 from tracekit.core.jsonl import dumps
 from tracekit.trace import columnar, rowcache
 from tracekit.trace.events import load_controller, load_events
-from tracekit.trace.model import Block, NodeInfo, ParseResult, Task, discover_nodes, load_node
+from tracekit.trace.model import Block, NodeInfo, ParseResult, Task, discover_nodes, load_node, matched_order_key
 from tracekit.trace.streaming import NodeCut
 from tracekit.trace.vocabulary import (
     INVOCATIONS,
     NODES,
     PROC_METRICS,
+    PROCESSES,
     invocation_order_key,
     no_cyclic_gc,
     task_key,
@@ -95,6 +96,9 @@ def write_small_files(result: ParseResult, out_dir: Path) -> None:
     """invocations.jsonl and nodes.json (final once the invocations are merged and sorted)."""
     _atomic_write(out_dir / INVOCATIONS, "".join(dumps(inv) + "\n" for inv in result.invocations))
     _atomic_write(out_dir / NODES, json.dumps([n.row() for n in result.nodes], indent=1, ensure_ascii=False) + "\n")
+    # matched processes: always written (empty without any), so a CTS folder has the same files every run
+    _atomic_write(out_dir / PROCESSES, "".join(dumps(m.row()) + "\n"
+                                               for m in sorted(result.matched.values(), key=matched_order_key)))
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:

@@ -158,6 +158,54 @@ class Block(NamedTuple):
     rows: int = -1
 
 
+@dataclass
+class MatchedProcess:
+    """A process sampled by name (``PROC_MATCH``) that no adapter launched, summed over its samples: one line of
+    ``processes.jsonl`` (``schema.MATCHED_PROCESS_FIELDS``)."""
+
+    node_id: str
+    pid: int
+    starttime: int | None
+    t_first: float  # controller ms
+    t_last: float
+    cum_first_us: int | None  # its cumulative CPU counter at the first / last sample that had one
+    cum_last_us: int | None
+    samples: int = 0
+    max_rss_kb: int | None = None
+    comm: str | None = None
+    container_id: str | None = None
+
+    def add(self, t: float, cum_us: int | None, rss_kb: int | None, comm, container_id) -> None:
+        """One more sample (samples arrive in time order)."""
+        self.samples += 1
+        self.t_last = t
+        if cum_us is not None:
+            if self.cum_first_us is None:
+                self.cum_first_us = cum_us
+            self.cum_last_us = cum_us
+        if rss_kb is not None and (self.max_rss_kb is None or rss_kb > self.max_rss_kb):
+            self.max_rss_kb = rss_kb
+        if comm is not None:
+            self.comm = comm
+        if container_id is not None:
+            self.container_id = container_id
+
+    def row(self) -> dict:
+        """The ``processes.jsonl`` line (times rounded to ms, CPU as exact µs in ms)."""
+        cpu = None if self.cum_first_us is None else (self.cum_last_us - self.cum_first_us) / 1000
+        total = None if self.cum_last_us is None else self.cum_last_us / 1000
+        vals = {"node_id": self.node_id, "pid": self.pid, "starttime": self.starttime, "comm": self.comm,
+                "container_id": self.container_id, "ts_first": int(self.t_first + 0.5),
+                "ts_last": int(self.t_last + 0.5), "samples": self.samples, "cpu_ms": cpu, "cpu_ms_total": total,
+                "max_rss_kb": self.max_rss_kb}
+        return {k: vals[k] for k in schema.MATCHED_PROCESS_FIELDS}
+
+
+def matched_order_key(m: MatchedProcess) -> tuple:
+    """processes.jsonl order: node, first sample, pid, starttime (deterministic for either reader)."""
+    return (m.node_id, m.t_first, m.pid, m.starttime if m.starttime is not None else -1)
+
+
 # ---- the result ----
 
 
@@ -196,6 +244,8 @@ class ParseResult:
     util: dict[str, list[float]] = field(default_factory=dict)  # node -> CPU ms per bin
     # one entry per exec event: node_id, launch_path and the launch stages (schema.LAUNCH_STAGES), controller ms
     launches: list[dict] = field(default_factory=list)
+    # matched processes (sampled by name, no exec event): (node_id, pid, starttime) -> MatchedProcess
+    matched: dict[tuple, MatchedProcess] = field(default_factory=dict)
 
     _executed: list[dict] | None = field(default=None, repr=False, compare=False)
 
@@ -224,7 +274,7 @@ class ParseResult:
                      "rows_written"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         for name in ("stats", "task_samples", "rows_per_task", "cpu_rows_us", "exact_us", "cpu_source",
-                     "non_monotonic_ticks", "util"):
+                     "non_monotonic_ticks", "util", "matched"):
             getattr(self, name).update(getattr(part, name))
         self.missing_samples_file += part.missing_samples_file
         self.reader_notes += part.reader_notes

@@ -17,11 +17,13 @@ from typing import BinaryIO
 
 from tracekit.core.jsonl import BadLines
 from tracekit.trace.intervals import cut_rows
-from tracekit.trace.model import Block, NodeInfo, ParseResult, Task
+from tracekit.trace.model import Block, MatchedProcess, NodeInfo, ParseResult, Task
 from tracekit.trace.vocabulary import (
     BAD_ENTRY,
     CG_CPU_US,
     CG_MEM_KB,
+    COMM,
+    CONTAINER_ID,
     CPU_SLOT,
     CPU_TICKS,
     MAX_VALUES,
@@ -194,7 +196,8 @@ class NodeCut:
                      if c.window.b_start - WINDOW_SLACK_MS <= t_ctrl <= c.window.b_end + WINDOW_SLACK_MS]
         if not cands:
             if tid is None:
-                r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: not ours
+                r.untracked_samples += 1  # matched by name (PROC_MATCH), not a traced task: a matched process
+                self.add_matched(entry, t_ctrl)
                 return
             r.orphan_samples += 1
             r.orphan_by_trace[tid] = r.orphan_by_trace.get(tid, 0) + 1
@@ -209,6 +212,19 @@ class NodeCut:
             task.late += 1
         else:
             task.raw.append((t_ctrl, entry))
+
+    def add_matched(self, entry: list, t_ctrl: float) -> None:
+        """A sample of a process matched by name that no adapter launched: into its ``processes.jsonl`` summary."""
+        pid, st = entry[PID], entry[STARTTIME]
+        key = (self.node.node_id, pid, st)
+        m = self.result.matched.get(key)
+        if m is None:
+            m = self.result.matched[key] = MatchedProcess(self.node.node_id, pid, st, t_ctrl, t_ctrl, None, None)
+        ticks, pages = entry[CPU_TICKS], entry[RSS_PAGES]
+        comm, cid = entry[COMM], entry[CONTAINER_ID]
+        m.add(t_ctrl, int(ticks * self.node.us_per_tick) if type(ticks) in NUMBER_TYPES else None,
+              int(pages * self.node.kb_per_page) if type(pages) in NUMBER_TYPES else None,
+              comm if type(comm) is str else None, cid if type(cid) is str else None)
 
     def flush(self, task: Task, scratch: BinaryIO) -> None:
         """The task ended: cut its buffered raw samples into rows (``intervals.cut_rows``) and write its text

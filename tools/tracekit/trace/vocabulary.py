@@ -19,6 +19,7 @@ from tracekit.core.jsonl import fast_loads
 INVOCATIONS = "invocations.jsonl"
 PROC_METRICS = "proc_metrics.jsonl"
 NODES = "nodes.json"
+PROCESSES = "processes.jsonl"  # matched processes: sampled by name, no adapter (schema.MATCHED_PROCESS_FIELDS)
 NOT_NODE_DIRS = {"CTS", "opendc", "pids", paths.CONTROLLER_DIR}  # sub-folders of a run folder that are no node
 RAW_NODE_FILES = ("events.jsonl", "samples.jsonl", "node.json", "worker.json")
 WINDOW_SLACK_MS = 1000  # a sample belongs to a task by pid alone only within its run window +- this
@@ -146,6 +147,8 @@ CPU_TICKS = schema.SAMPLE_INDEX["cpu_ticks"]
 RSS_PAGES = schema.SAMPLE_INDEX["rss_pages"]
 CG_CPU_US = schema.SAMPLE_INDEX["cg_cpu_us"]
 CG_MEM_KB = schema.SAMPLE_INDEX["cg_mem_kb"]
+COMM = schema.SAMPLE_INDEX["comm"]
+CONTAINER_ID = schema.SAMPLE_INDEX["container_id"]
 MIN_VALUES, MAX_VALUES = schema.SAMPLE_MIN_VALUES, schema.SAMPLE_MAX_VALUES
 BAD_ENTRY = (f"sample entry is not a list of {MAX_VALUES} values" if MIN_VALUES == MAX_VALUES
              else f"sample entry is not a list of {MIN_VALUES} to {MAX_VALUES} values")
