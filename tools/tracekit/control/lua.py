@@ -23,6 +23,7 @@ the ``controller:log`` stream in the same atomic step; the scheduler drains that
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import redis
@@ -809,10 +810,56 @@ class Scripts:
             setattr(self, name, client.register_script(body))
 
 
+_CHUNK_START = re.compile(r"^(?:local\s|K\.)")
+_DEFINES = re.compile(r"^(?:local\s+function\s+(\w+)|local\s+([\w\s,]+?)\s*=|(K\.\w+)\s*=)")
+_COMMENT = re.compile(r"--[^\n]*")
+_IDENT = re.compile(r"\b(?:K\.\w+|[A-Za-z_]\w*)")
+
+
+def _chunks(prelude: str) -> list[tuple[set[str], str]]:
+    """The prelude's top-level definitions, in order: (names it defines, its text). A definition starts at a line
+    beginning with ``local`` or ``K.`` in column 0 and runs to the next one."""
+    out: list[tuple[set[str], list[str]]] = []
+    for line in prelude.splitlines(keepends=True):
+        if _CHUNK_START.match(line) or not out:
+            m = _DEFINES.match(line)
+            names = set()
+            if m:
+                names = {m.group(1)} if m.group(1) else {m.group(3)} if m.group(3) else {
+                    n.strip() for n in m.group(2).split(",")}
+            out.append((names, [line]))
+        else:
+            out[-1][1].append(line)
+    return [(names, "".join(lines)) for names, lines in out]
+
+
+def _refs(text: str) -> set[str]:
+    """The identifiers a Lua text names (``K.x`` as one name, and ``K`` with it), comments left out."""
+    found = set(_IDENT.findall(_COMMENT.sub("", text)))
+    return found | {"K"} if any(n.startswith("K.") for n in found) else found
+
+
+def script_body(prelude: str, body: str) -> str:
+    """``body`` preceded by only the prelude definitions it uses, directly or through another definition.
+
+    Every EVALSHA runs its whole script text, definitions included (a script keeps nothing between calls): the
+    full prelude cost ~5 µs of Redis CPU per call, more than most steps themselves."""
+    chunks = _chunks(prelude)
+    need, todo = set(), _refs(body)
+    while todo:
+        name = todo.pop()
+        if name in need:
+            continue
+        need.add(name)
+        for names, text in chunks:
+            if name in names:
+                todo |= _refs(text) - need
+    return "".join(text for names, text in chunks if names & need) + body
+
+
 @lru_cache(maxsize=16)
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     pre = _prelude(Keys(prefix), metrics)
-    return {"place": pre + PLACE, "reindex": pre + REINDEX, "register": pre + REGISTER, "beat": pre + BEAT,
-            "complete": pre + COMPLETE,
-            "reap": pre + REAP, "leave": pre + LEAVE, "drain": pre + DRAIN, "own": OWN,
-            "gate": pre + GATE_CHECK}
+    steps = {"place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT, "complete": COMPLETE,
+             "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
+    return {"own": OWN, **{name: script_body(pre, body) for name, body in steps.items()}}
