@@ -82,9 +82,14 @@ class LogDrain:
         self.files = {"p": paths.placements_path(run_id), "c": paths.controller_dir(run_id) / "events.jsonl"}
         self.last = {f: last_sid(p) for f, p in self.files.items()}
         self.written = 0
+        self.lock = threading.Lock()  # the drain thread and the scheduler loop (after a reap) may both drain
 
     def drain(self) -> int:
         """Write every pending entry; returns the number of lines written."""
+        with self.lock:
+            return self._drain()
+
+    def _drain(self) -> int:
         n = 0
         while True:
             entries = read_log_entries(self.client, self.keys.controller_log, 2000)
@@ -103,7 +108,10 @@ class LogDrain:
                 if chunk:  # a failed write raises before its position moves and before anything is deleted
                     _append_all(self.files[f], b"".join(chunk))
                 self.last[f] = pos[f]
-            self.client.xdel(self.keys.controller_log, *[sid for sid, _ in entries])
+            # the entries read are the stream's first ones (ids only grow: every XADD uses '*'), so trimming
+            # below the next id deletes exactly them, without sending every id back (XDEL)
+            ms, seq = _sid(entries[-1][0])
+            self.client.xtrim(self.keys.controller_log, minid=f"{ms}-{seq + 1}", approximate=False)
             self.written += n
 
 
@@ -197,6 +205,24 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     # the placement index, rebuilt from the node keys
     indexed = retry(lambda: scripts.reindex(args=[cfg.weigher, cfg.order]), "reindex")
     drain = LogDrain(client, keys, cfg.run_id)
+    # the log drain runs beside placement (its own thread): a placement round is then one PLACE call, and Redis
+    # places the next batch while the last one's lines are written
+    drain_wake, drain_stop = threading.Event(), threading.Event()
+
+    def drain_loop() -> None:
+        while not drain_stop.is_set():
+            drain_wake.wait(0.2)
+            drain_wake.clear()
+            try:
+                drain.drain()
+            except OSError as exc:  # the records stay in the stream and are written once the disk is back
+                log.error("cannot write the controller logs (%s); will retry", exc)
+                drain_stop.wait(0.5)
+            except redis.RedisError:  # the placement loop reports and rides out a Redis outage
+                drain_stop.wait(0.1)
+
+    drainer = threading.Thread(target=drain_loop, name="log-drain", daemon=True)
+    drainer.start()
     log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s, %s node(s) with free capacity)",
              cfg.weigher, cfg.order, cfg.max_attempts, cfg.run_id, indexed)
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
@@ -207,10 +233,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
         client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
         placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0"])
-        try:
-            drain.drain()
-        except OSError as exc:  # the records stay in the stream and are written once the disk is back
-            log.error("cannot write the controller logs (%s); will retry", exc)
+        drain_wake.set()
         return int(placed), status
 
     try:
@@ -231,7 +254,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                 dead, back, failed = retry(reap, "reap")
                 if dead:
                     log.warning("recovered %d dead node(s): %d task(s) requeued, %d failed", dead, back, failed)
-                    retry(drain.drain, "drain")
+                    drain_wake.set()
                 next_reap = now + cfg.reap_interval
             if now - last_report >= 10 and total_placed:
                 log.info("placed %d task(s) so far", total_placed)
@@ -248,6 +271,12 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                     break
                 raise
     finally:
+        drain_stop.set()
+        drainer.join()
+        try:
+            drain.drain()  # what the last rounds logged
+        except (OSError, redis.RedisError) as exc:
+            log.error("controller log records left in Redis (%s); the next scheduler writes them", exc)
         try:
             if client.get(keys.scheduler_lock) == me:
                 client.delete(keys.scheduler_lock)
