@@ -40,7 +40,9 @@ def _lua_str(s: str) -> str:
     return '"' + "".join(chr(b) if chr(b).isalnum() or chr(b) in ":_-.@" else f"\\{b}" for b in s.encode()) + '"'
 
 
-def _prelude(keys: Keys, metrics: str = "") -> str:
+def prelude(keys: Keys, metrics: str = "") -> str:
+    """Every definition the steps may use (key names, payload gate, weigher metrics, index and record helpers);
+    each script takes only the ones it needs (:func:`script_body`)."""
     fixed = {name: getattr(keys, name) for name in ("pending", "slots", "nodes", "wake", "done", "failed", "events",
                                                    "controller_log", "config", "trace_ids")}
     per_node = ("queue", "running", "cap", "cap_total", "run_count", "node_info", "heartbeat")
@@ -820,11 +822,11 @@ _COMMENT = re.compile(r"--[^\n]*")
 _IDENT = re.compile(r"\b(?:K\.\w+|[A-Za-z_]\w*)")
 
 
-def _chunks(prelude: str) -> list[tuple[set[str], str]]:
-    """The prelude's top-level definitions, in order: (names it defines, its text). A definition starts at a line
+def chunks(text: str) -> list[tuple[set[str], str]]:
+    """The top-level definitions of a Lua text, in order: (names it defines, its text). A definition starts at a line
     beginning with ``local`` or ``K.`` in column 0 and runs to the next one."""
     out: list[tuple[set[str], list[str]]] = []
-    for line in prelude.splitlines(keepends=True):
+    for line in text.splitlines(keepends=True):
         if _CHUNK_START.match(line) or not out:
             m = _DEFINES.match(line)
             names = set()
@@ -837,33 +839,33 @@ def _chunks(prelude: str) -> list[tuple[set[str], str]]:
     return [(names, "".join(lines)) for names, lines in out]
 
 
-def _refs(text: str) -> set[str]:
+def refs(text: str) -> set[str]:
     """The identifiers a Lua text names (``K.x`` as one name, and ``K`` with it), comments left out."""
     found = set(_IDENT.findall(_COMMENT.sub("", text)))
     return found | {"K"} if any(n.startswith("K.") for n in found) else found
 
 
-def script_body(prelude: str, body: str) -> str:
+def script_body(pre: str, body: str) -> str:
     """``body`` preceded by only the prelude definitions it uses, directly or through another definition.
 
     Every EVALSHA runs its whole script text, definitions included (a script keeps nothing between calls): the
     full prelude cost ~5 µs of Redis CPU per call, more than most steps themselves."""
-    chunks = _chunks(prelude)
-    need, todo = set(), _refs(body)
+    parts = chunks(pre)
+    need, todo = set(), refs(body)
     while todo:
         name = todo.pop()
         if name in need:
             continue
         need.add(name)
-        for names, text in chunks:
+        for names, text in parts:
             if name in names:
-                todo |= _refs(text) - need
-    return "".join(text for names, text in chunks if names & need) + body
+                todo |= refs(text) - need
+    return "".join(text for names, text in parts if names & need) + body
 
 
 @lru_cache(maxsize=16)
 def _bodies(prefix: str, metrics: str) -> dict[str, str]:
-    pre = _prelude(Keys(prefix), metrics)
+    pre = prelude(Keys(prefix), metrics)
     steps = {"place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT, "complete": COMPLETE,
              "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
     return {"own": OWN, **{name: script_body(pre, body) for name, body in steps.items()}}
