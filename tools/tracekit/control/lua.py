@@ -254,16 +254,16 @@ local function w_score(s, a)
   if a[2] == 'max' then v = -v end
   return v, m
 end
-local function idx_drop(node)
+local function idx_drop(node, small)
   redis.call('ZREM', K.idx_free, node)
   redis.call('ZREM', K.idx_cap, node)
   for _, a in ipairs(active()) do redis.call('ZREM', K.idx_w(a[1], a[2]), node) end
-  redis.call('SREM', K.idx_big, node)
+  if not small then redis.call('SREM', K.idx_big, node) end
 end
 -- put a node in (or out of) the index from its state; hint.listed: it is in idx:free already, hint.small: idx:big
 -- is known not to hold it
 local function idx_put(s, hint)
-  if not eligible(s) then idx_drop(s.node); return false end
+  if not eligible(s) then idx_drop(s.node, hint and hint.small); return false end
   if not (hint and hint.listed) then redis.call('ZADD', K.idx_free, 0, s.node) end
   redis.call('ZADD', K.idx_cap, s.cap, s.node)
   local big = s.total > IDX_BIG
@@ -298,9 +298,9 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- the wake list holds at most one element: push only onto an empty one (a busy scheduler has not taken it yet)
 local function wake()
-  redis.call('LPUSH', K.wake, '1')
-  redis.call('LTRIM', K.wake, 0, 0)
+  if redis.call('LLEN', K.wake) == 0 then redis.call('LPUSH', K.wake, '1') end
 end
 local function decode(raw)
   local ok, t = pcall(cjson.decode, raw)
@@ -570,8 +570,7 @@ while placed < limit do
     redis.call('RPUSH', K.queue(nd), enc)
     best.cap = best.cap - units
     best.rc = best.rc + 1
-    redis.call('SET', K.cap(nd), best.cap)
-    redis.call('SET', K.run_count(nd), best.rc)
+    redis.call('MSET', K.cap(nd), best.cap, K.run_count(nd), best.rc)
     if best.par > 0 then
       redis.call('LREM', K.slots, 1, nd)
       best.slots = best.slots - 1
