@@ -83,6 +83,9 @@ class LogDrain:
         self.last = {f: last_sid(p) for f, p in self.files.items()}
         self.written = 0
         self.lock = threading.Lock()  # the drain thread and the scheduler loop (after a reap) may both drain
+        # the same connections, without redis-py's XRANGE reply parsing (the drain reads the bare reply faster)
+        self.raw = redis.Redis(connection_pool=client.connection_pool)
+        self.raw.response_callbacks.pop("XRANGE", None)
 
     def drain(self) -> int:
         """Write every pending entry; returns the number of lines written."""
@@ -92,17 +95,18 @@ class LogDrain:
     def _drain(self) -> int:
         n = 0
         while True:
-            entries = read_log_entries(self.client, self.keys.controller_log, 2000)
+            entries = read_log_entries(self.raw, self.keys.controller_log, 2000)
             if not entries:
                 return n
             out: dict[str, list[bytes]] = {f: [] for f in self.files}
             pos = dict(self.last)  # committed only once the lines are written
             for sid, fields in entries:
                 f, rec = fields.get("f"), fields.get("r") or ""
-                if f not in self.files or _sid(sid) <= pos[f]:
+                at = _sid(sid)
+                if f not in self.files or at <= pos[f]:
                     continue  # written before a crash, not yet deleted
                 out[f].append(log_line(rec, sid))
-                pos[f] = _sid(sid)
+                pos[f] = at
                 n += 1
             for f, chunk in out.items():
                 if chunk:  # a failed write raises before its position moves and before anything is deleted
@@ -117,7 +121,8 @@ class LogDrain:
 
 def read_log_entries(client: redis.Redis, key: str, count: int) -> list[tuple[str, dict]]:
     """The first ``count`` entries of a log stream, read as bytes (never decoded by the client: one entry that is
-    not UTF-8 must not stop the drain), with the ids and field names as text and the values as bytes."""
+    not UTF-8 must not stop the drain), with the ids and field names as text and the values as bytes (the ``f``
+    field as text). Takes the reply parsed by redis-py or bare (a client without the XRANGE callback)."""
     from redis.client import NEVER_DECODE
 
     raw = client.execute_command("XRANGE", key, "-", "+", "COUNT", count, **{NEVER_DECODE: True}) or []
@@ -126,7 +131,12 @@ def read_log_entries(client: redis.Redis, key: str, count: int) -> list[tuple[st
         sid = sid.decode("ascii", "replace") if isinstance(sid, bytes) else str(sid)
         if isinstance(fields, dict):
             fields = [x for kv in fields.items() for x in kv]
-        it = iter(fields or [])
+        fields = fields or []
+        if len(fields) == 4 and fields[0] == b"f" and fields[2] == b"r":  # what every step writes: f, then r
+            f = fields[1]
+            out.append((sid, {"f": f.decode("utf-8", "replace") if isinstance(f, bytes) else f, "r": fields[3]}))
+            continue
+        it = iter(fields)
         out.append((sid, {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k):
                           (v.decode("utf-8", "replace") if k in (b"f", "f") and isinstance(v, bytes) else v)
                           for k, v in zip(it, it)}))
@@ -139,14 +149,14 @@ def log_line(rec: bytes | str, sid: str) -> bytes:
     if isinstance(rec, str):
         rec = rec.encode("utf-8", "surrogateescape")
     try:
-        text = rec.decode("utf-8")
+        rec.decode("utf-8")
+        whole = rec[:1] == b"{" and rec[-1:] == b"}"
     except UnicodeDecodeError:
-        text = None
-    if text is None or not (text.startswith("{") and text.endswith("}")):
-        text = json.dumps({"raw": rec.decode("utf-8", "backslashreplace")})
+        whole = False
+    if not whole:
+        rec = json.dumps({"raw": rec.decode("utf-8", "backslashreplace")}).encode()
     # the record is a JSON object from cjson: splice the stream id in without re-encoding
-    sep = "," if len(text) > 2 else ""
-    return f'{text[:-1]}{sep}"sid":"{sid}"}}\n'.encode()
+    return b"%s%s\"sid\":\"%s\"}\n" % (rec[:-1], b"," if len(rec) > 2 else b"", sid.encode())
 
 
 def _append_all(path: Path, data: bytes) -> None:
