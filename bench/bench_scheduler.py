@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -138,13 +137,21 @@ def _completer(host: str, port: int, password: str, path: str, expected: int, do
             seen += len(recs)
 
 
+def _run_scheduler(srv: RedisServer, keys: Keys, cfg: central.SchedulerConfig, stop, cpu) -> None:
+    central.run(srv.client(), keys, cfg, stop)
+    cpu.value = time.process_time()  # the scheduler process's CPU: its loop and its log-drain thread
+
+
 def _scheduler(srv: RedisServer, keys: Keys, run_id: str, weigher: str, order: str, idle_exit: bool):
-    stop = threading.Event()
+    """The real scheduler loop in a process of its own, as it runs in a cluster (no thread of the bench's shares
+    its interpreter lock)."""
+    ctx = mp.get_context("fork")
+    stop, cpu = ctx.Event(), ctx.Value("d", 0.0)
     cfg = central.SchedulerConfig(run_id=run_id, weigher=weigher, order=order, exit_when_idle=idle_exit,
                                   reap_interval=1.0)
-    th = threading.Thread(target=central.run, args=(srv.client(), keys, cfg, stop), daemon=True)
-    th.start()
-    return th, stop
+    proc = ctx.Process(target=_run_scheduler, args=(srv, keys, cfg, stop, cpu), daemon=True)
+    proc.start()
+    return proc, stop, cpu
 
 
 def _redis_cpu(client) -> float:
@@ -183,9 +190,9 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     comp.start()
     client.config_resetstat()
     cpu0 = _redis_cpu(client)
-    own0, kids0 = time.process_time(), os.times()
+    kids0 = os.times()
     wall0 = time.perf_counter()
-    th, stop = _scheduler(srv, keys, run_id, weigher, order, idle_exit=not rate)
+    sched, stop, sched_cpu = _scheduler(srv, keys, run_id, weigher, order, idle_exit=not rate)
     if rate:
         deadline = time.monotonic() + 10
         while not client.exists(keys.scheduler_lock) and time.monotonic() < deadline:
@@ -208,13 +215,12 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     comp.join(120)
     wall = time.perf_counter() - wall0
     cpu = _redis_cpu(client) - cpu0
-    kids = os.times()
-    # the Python side: this process (scheduler loop, log drain, producer) and the completer (fake workers)
-    own = time.process_time() - own0
-    comp_cpu = kids.children_user + kids.children_system - kids0.children_user - kids0.children_system
     done.set()
     stop.set()
-    th.join(30)
+    sched.join(30)
+    # the Python side: the scheduler process (loop and log drain) and the completer (fake workers)
+    kids = os.times()
+    comp_cpu = kids.children_user + kids.children_system - kids0.children_user - kids0.children_system - sched_cpu.value
     stats = client.info("commandstats")
     if os.environ.get("TK_BENCH_STATS"):
         print({k: (v["calls"], v["usec"] // m) for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]})
@@ -223,7 +229,7 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     # where Redis's time goes: its main thread's CPU over the run, and the scripts' share (PLACE, COMPLETE, REAP)
     out = {"bytes_per_placement": size / m, "placed": m, "redis_us_per_task": cpu * 1e6 / m,
            "script_us_per_task": stats.get("cmdstat_evalsha", {}).get("usec", 0) / m, "redis_busy": cpu / wall,
-           "scheduler_us_per_task": own * 1e6 / m, "completer_us_per_task": comp_cpu * 1e6 / m}
+           "scheduler_us_per_task": sched_cpu.value * 1e6 / m, "completer_us_per_task": comp_cpu * 1e6 / m}
     if rate:
         lat = [p["ts"] - enq[p["trace_id"]] for p in recs]
         q = statistics.quantiles(lat, n=100)
