@@ -108,6 +108,7 @@ local function number_token(tok)
   end
   return rest == '' or string.find(rest, '^[eE][%+%-]?%d+$') ~= nil
 end
+local G_OPENERS = {'{', '['}
 local G_LITERAL = {['true'] = true, ['false'] = true, ['null'] = true, NaN = true, Infinity = true,
                    ['-Infinity'] = true}
 local function finite(v)
@@ -116,6 +117,18 @@ local function finite(v)
     for _, x in pairs(v) do if not finite(x) then return false end end
   end
   return true
+end
+local function opens_over(raw, limit)
+  local n = 0
+  for _, b in ipairs(G_OPENERS) do
+    local i = string.find(raw, b, 1, true)
+    while i do
+      n = n + 1
+      if n > limit then return true end
+      i = string.find(raw, b, i + 1, true)
+    end
+  end
+  return false
 end
 local function is_int(v, lo, hi) return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= hi end
 local function is_num(v, lo, hi) return type(v) == 'number' and v >= lo and v <= hi end
@@ -136,14 +149,18 @@ local function gate(raw)
   if string.find(s, '\\', 1, true) then s = string.gsub(s, '\\.', '') end
   s = string.gsub(s, '"[^"]*"', '0')
   local d = 0
-  for c in string.gmatch(s, '[%[%]{}]') do
-    if c == '[' or c == '{' then
-      d = d + 1
-      if d > G_MAX_DEPTH then
-        return nil, 'depth', 'payload nests deeper than ' .. G_MAX_DEPTH .. ' levels', trace_hint(raw)
+  -- nesting deeper than G_MAX_DEPTH needs more opening brackets than that in the whole text (strings included):
+  -- counted with plain finds, the bracket scan runs only past that many
+  if opens_over(raw, G_MAX_DEPTH) then
+    for c in string.gmatch(s, '[%[%]{}]') do
+      if c == '[' or c == '{' then
+        d = d + 1
+        if d > G_MAX_DEPTH then
+          return nil, 'depth', 'payload nests deeper than ' .. G_MAX_DEPTH .. ' levels', trace_hint(raw)
+        end
+      else
+        d = d - 1
       end
-    else
-      d = d - 1
     end
   end
   for tok in string.gmatch(s, '[^ \t\n\r%[%]{}:,]+') do
@@ -159,7 +176,9 @@ local function gate(raw)
   end
   local tid = nil
   if safe_id(t.trace_id) then tid = t.trace_id end
-  if not finite(t) then
+  -- a number decodes to NaN or infinity only from NaN/Infinity, an exponent, or more than 308 digits: without any
+  -- of them in the text (strings left out) the walk over the decoded table is skipped
+  if (#s > 308 or string.find(s, '[eEIN]')) and not finite(t) then
     return nil, 'number', 'payload holds a number that is not finite (NaN, Infinity or beyond a double: 1e400)',
       tid
   end
