@@ -82,7 +82,7 @@ class LogDrain:
         self.files = {"p": paths.placements_path(run_id), "c": paths.controller_dir(run_id) / "events.jsonl"}
         self.last = {f: last_sid(p) for f, p in self.files.items()}
         self.written = 0
-        self.lock = threading.Lock()  # the drain thread and the scheduler loop (after a reap) may both drain
+        self.lock = threading.Lock()  # one drain at a time, whichever thread calls it
         # the same connections, without redis-py's XRANGE reply parsing (the drain reads the bare reply faster)
         self.raw = redis.Redis(connection_pool=client.connection_pool)
         self.raw.response_callbacks.pop("XRANGE", None)
