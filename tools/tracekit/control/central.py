@@ -238,10 +238,10 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
 
     def round_once() -> tuple[int, str]:
-        holder = client.get(keys.scheduler_lock)
-        if holder not in (None, me):
+        # check and refresh the lock in one round trip (the OWN step: taken again if it expired, never from another)
+        held, holder = scripts.own(keys=[keys.scheduler_lock], args=[me, LOCK_TTL_MS, ""])
+        if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
-        client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
         placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0"])
         drain_wake.set()
         return int(placed), status
