@@ -6,13 +6,17 @@ first-fit and every weigher of ``placement.WEIGHER_TABLE`` in both orders:
 
 - steady state: M one-unit tasks are preloaded on q:pending; the nodes fill up, then a completer process (a fake
   worker for every node: it tails placements.jsonl, moves each placed task to the node's running list and completes
-  it with the real COMPLETE script, capacity back) frees capacity while placement goes on. Placements/s is counted
-  from the placement after the cluster first filled (N x capacity placements) to the last one, with the placement
-  timestamps (Redis TIME).
+  it with the real COMPLETE script, one call per task, capacity back) frees capacity while placement goes on. It
+  stands for workers on other machines, so it speaks the Redis protocol by hand to cost this machine little CPU.
+  Placements/s is counted from the placement after the cluster first filled (N x capacity placements) to the last
+  one, with the placement timestamps (Redis TIME).
 - enqueue -> placement latency at 1,000 nodes while a producer pushes tasks open-loop at half the steady-state rate
   just measured: placement ``ts`` (Redis TIME, ms resolution) minus the task's ``ts_enqueue`` (the producer's clock,
   µs; same host clock).
 - placements.jsonl bytes per placement (default log; must not grow with the node count).
+- where the time goes: Redis main-thread CPU per task at steady state, the Python processes' CPU per task (the
+  scheduler's process, the fake workers), and Redis's own time per script call (INFO commandstats while the nodes
+  fill: PLACE per placement, COMPLETE per call).
 - baseline: ``redis-benchmark -t lpush,lpop`` against the same private server (one client, no pipelining: the
   scheduler's own connection pattern; and 50 clients, redis-benchmark's default).
 
@@ -30,13 +34,13 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -73,13 +77,44 @@ def _setup(client, keys: Keys, nodes: int, caps: tuple = CAPS) -> int:
     return sum(caps[i % len(caps)] for i in range(nodes))
 
 
+_PLACED = re.compile(rb'"trace_id":"([^"]+)","attempt":(\d+),"node":"([^"]+)"')
+
+
+def _resp(*args: bytes) -> bytes:
+    """One command in the Redis protocol."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
 def _completer(host: str, port: int, password: str, path: str, expected: int, done: mp.Event) -> None:
-    """A fake worker for every node: each placement line -> LMOVE q:<node> -> running:<node> -> COMPLETE."""
+    """A fake worker for every node: each placement line -> LMOVE q:<node> -> running:<node> -> COMPLETE (the real
+    script, one call per task as a worker makes it). It stands for workers on other machines, so it is written to
+    cost this machine little CPU: the Redis protocol by hand on one socket, hiredis replies, placement lines read
+    with one regex (the placement line starts with trace_id, attempt, node)."""
+    import socket
+
+    import hiredis
     import redis
 
-    client = redis.Redis(host=host, port=port, password=password, decode_responses=True)
     keys = Keys()
-    sc = Scripts(client, keys)
+    sha = redis.Redis(host=host, port=port, password=password).script_load(
+        Scripts(redis.Redis(), keys).complete.script).encode()
+    sock = socket.create_connection((host, port))
+    reader = hiredis.Reader()
+
+    def call(payload: bytes, n: int) -> list:
+        sock.sendall(payload)
+        out: list = []
+        while len(out) < n:
+            r = reader.gets()
+            while r is False:
+                reader.feed(sock.recv(1 << 20))
+                r = reader.gets()
+            if isinstance(r, hiredis.ReplyError):
+                raise RuntimeError(r)
+            out.append(r)
+        return out
+
+    call(_resp(b"AUTH", password.encode()), 1)
     seen, buf = 0, b""
     while not os.path.exists(path):
         time.sleep(0.001)
@@ -90,28 +125,33 @@ def _completer(host: str, port: int, password: str, path: str, expected: int, do
                 time.sleep(0.0005)
                 continue
             buf += chunk
-            *lines, buf = buf.split(b"\n")
-            recs = [json.loads(x) for x in lines if x]
+            cut = buf.rfind(b"\n") + 1
+            recs, buf = _PLACED.findall(buf, 0, cut), buf[cut:]
             for s in range(0, len(recs), 1000):
                 part = recs[s:s + 1000]
-                pipe = client.pipeline(transaction=False)
-                for p in part:
-                    pipe.lmove(keys.queue(p["node"]), keys.running(p["node"]), "LEFT", "RIGHT")
-                raws = pipe.execute()
-                pipe = client.pipeline(transaction=False)
-                for p, raw in zip(part, raws):
-                    sc.complete(args=[p["node"], raw, p["trace_id"], 1, "done", "{}"], client=pipe)
-                pipe.execute()
+                raws = call(b"".join(_resp(b"LMOVE", keys.queue(nd.decode()).encode(),
+                                           keys.running(nd.decode()).encode(), b"LEFT", b"RIGHT")
+                                     for _, _, nd in part), len(part))
+                call(b"".join(_resp(b"EVALSHA", sha, b"0", nd, raw, tid, att, b"done", b"{}")
+                              for (tid, att, nd), raw in zip(part, raws)), len(part))
             seen += len(recs)
 
 
+def _run_scheduler(srv: RedisServer, keys: Keys, cfg: central.SchedulerConfig, stop, cpu) -> None:
+    central.run(srv.client(), keys, cfg, stop)
+    cpu.value = time.process_time()  # the scheduler process's CPU: its loop and its log-drain thread
+
+
 def _scheduler(srv: RedisServer, keys: Keys, run_id: str, weigher: str, order: str, idle_exit: bool):
-    stop = threading.Event()
+    """The real scheduler loop in a process of its own, as it runs in a cluster (no thread of the bench's shares
+    its interpreter lock)."""
+    ctx = mp.get_context("fork")
+    stop, cpu = ctx.Event(), ctx.Value("d", 0.0)
     cfg = central.SchedulerConfig(run_id=run_id, weigher=weigher, order=order, exit_when_idle=idle_exit,
                                   reap_interval=1.0)
-    th = threading.Thread(target=central.run, args=(srv.client(), keys, cfg, stop), daemon=True)
-    th.start()
-    return th, stop
+    proc = ctx.Process(target=_run_scheduler, args=(srv, keys, cfg, stop, cpu), daemon=True)
+    proc.start()
+    return proc, stop, cpu
 
 
 def _redis_cpu(client) -> float:
@@ -150,8 +190,9 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     comp.start()
     client.config_resetstat()
     cpu0 = _redis_cpu(client)
+    kids0 = os.times()
     wall0 = time.perf_counter()
-    th, stop = _scheduler(srv, keys, run_id, weigher, order, idle_exit=not rate)
+    sched, stop, sched_cpu = _scheduler(srv, keys, run_id, weigher, order, idle_exit=not rate)
     if rate:
         deadline = time.monotonic() + 10
         while not client.exists(keys.scheduler_lock) and time.monotonic() < deadline:
@@ -176,7 +217,10 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     cpu = _redis_cpu(client) - cpu0
     done.set()
     stop.set()
-    th.join(30)
+    sched.join(30)
+    # the Python side: the scheduler process (loop and log drain) and the completer (fake workers)
+    kids = os.times()
+    comp_cpu = kids.children_user + kids.children_system - kids0.children_user - kids0.children_system - sched_cpu.value
     stats = client.info("commandstats")
     if os.environ.get("TK_BENCH_STATS"):
         print({k: (v["calls"], v["usec"] // m) for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]})
@@ -184,7 +228,8 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     assert len(recs) == m, f"placed {len(recs)} of {m}"
     # where Redis's time goes: its main thread's CPU over the run, and the scripts' share (PLACE, COMPLETE, REAP)
     out = {"bytes_per_placement": size / m, "placed": m, "redis_us_per_task": cpu * 1e6 / m,
-           "script_us_per_task": stats.get("cmdstat_evalsha", {}).get("usec", 0) / m, "redis_busy": cpu / wall}
+           "script_us_per_task": stats.get("cmdstat_evalsha", {}).get("usec", 0) / m, "redis_busy": cpu / wall,
+           "scheduler_us_per_task": sched_cpu.value * 1e6 / m, "completer_us_per_task": comp_cpu * 1e6 / m}
     if rate:
         lat = [p["ts"] - enq[p["trace_id"]] for p in recs]
         q = statistics.quantiles(lat, n=100)
@@ -197,12 +242,16 @@ def steady(srv: RedisServer, nodes: int, m: int, weigher: str, order: str, rate:
     return out
 
 
-def fill(srv: RedisServer, nodes: int, weigher: str, order: str) -> float:
+def fill(srv: RedisServer, nodes: int, weigher: str, order: str) -> dict:
     """Placements/s while empty nodes fill up and nothing completes (Redis does nothing but PLACE calls of 256, the
-    scheduler's batch): one task per free unit, repeated on a fresh cluster until 5,000 placements were timed."""
+    scheduler's batch): one task per free unit, repeated on a fresh cluster until 5,000 placements were timed.
+
+    Also Redis's own time per script call (INFO commandstats, the least of the repeats: a figure of Redis alone,
+    though the OS may still preempt it): PLACE per placement, and COMPLETE per call for every placed task (taken by
+    a pipelined LMOVE first, as a worker takes it)."""
     client, keys = srv.client(), Keys()
     sc = Scripts(client, keys)
-    placed, spent = 0, 0.0
+    placed, spent, place_us, complete_us = 0, 0.0, [], []
     while placed < 5000:
         total = _setup(client, keys, nodes)
         pipe = client.pipeline(transaction=False)
@@ -210,13 +259,26 @@ def fill(srv: RedisServer, nodes: int, weigher: str, order: str) -> float:
             pipe.rpush(keys.pending, _task(i))
         pipe.execute()
         sc.reindex(args=[weigher, order])
+        client.config_resetstat()
         t0 = time.perf_counter()
         n = 0
         while n < total:
             n += int(sc.place(args=[weigher, order, 256, "0"])[0])
         spent += time.perf_counter() - t0
         placed += total
-    return placed / spent
+        place_us.append(client.info("commandstats")["cmdstat_evalsha"]["usec"] / total)
+        recs = [json.loads(f["r"]) for _, f in client.xrange(keys.controller_log, "-", "+") if f["f"] == "p"]
+        pipe = client.pipeline(transaction=False)
+        for r in recs:
+            pipe.lmove(keys.queue(r["node"]), keys.running(r["node"]), "LEFT", "RIGHT")
+        raws = pipe.execute()
+        client.config_resetstat()
+        pipe = client.pipeline(transaction=False)
+        for r, raw in zip(recs, raws):
+            sc.complete(args=[r["node"], raw, r["trace_id"], 1, "done", "{}"], client=pipe)
+        assert all(v == "ok" for v in pipe.execute())
+        complete_us.append(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
+    return {"rate": placed / spent, "place_us": min(place_us), "complete_us": min(complete_us)}
 
 
 def redis_benchmark(srv: RedisServer, n: int) -> dict:
@@ -282,10 +344,17 @@ def run(quick: bool = True) -> list[dict]:
                                  "metric": f"redis CPU us/task (scripts' share), busy, {nodes} nodes, {label}",
                                  "ours": r["redis_us_per_task"], "baseline": r["script_us_per_task"],
                                  "ratio": r["redis_busy"], "target": "(where the time goes: ratio = busy share)"})
+                    rows.append({"bench": "scheduler",
+                                 "metric": f"python CPU us/task: scheduler process / fake workers, {nodes} nodes, "
+                                 f"{label}", "ours": r["scheduler_us_per_task"], "baseline": r["completer_us_per_task"],
+                                 "target": "(the same 2 cores as Redis)"})
                     f = fill(srv, nodes, w, o)
                     rows.append({"bench": "scheduler", "metric": f"fill placements/s (no completions), {nodes} "
-                                 f"nodes, {label}", "ours": f, "baseline": raw, "ratio": f / raw if raw else None,
-                                 "target": ""})
+                                 f"nodes, {label}", "ours": f["rate"], "baseline": raw,
+                                 "ratio": f["rate"] / raw if raw else None, "target": ""})
+                    rows.append({"bench": "scheduler", "metric": f"redis us per PLACE placement / per COMPLETE call, "
+                                 f"{nodes} nodes, {label}", "ours": f["place_us"], "baseline": f["complete_us"],
+                                 "target": "(commandstats, least of the repeats)"})
             for w, o in policies[:1] if quick else policies:
                 peak = res[(1000, w, o)]["rate"]
                 # nodes of 8, 16, 32 units: the fake workers' completion lag never makes a task wait for capacity,

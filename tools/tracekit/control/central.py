@@ -82,34 +82,47 @@ class LogDrain:
         self.files = {"p": paths.placements_path(run_id), "c": paths.controller_dir(run_id) / "events.jsonl"}
         self.last = {f: last_sid(p) for f, p in self.files.items()}
         self.written = 0
+        self.lock = threading.Lock()  # one drain at a time, whichever thread calls it
+        # the same connections, without redis-py's XRANGE reply parsing (the drain reads the bare reply faster)
+        self.raw = redis.Redis(connection_pool=client.connection_pool)
+        self.raw.response_callbacks.pop("XRANGE", None)
 
     def drain(self) -> int:
         """Write every pending entry; returns the number of lines written."""
+        with self.lock:
+            return self._drain()
+
+    def _drain(self) -> int:
         n = 0
         while True:
-            entries = read_log_entries(self.client, self.keys.controller_log, 2000)
+            entries = read_log_entries(self.raw, self.keys.controller_log, 2000)
             if not entries:
                 return n
             out: dict[str, list[bytes]] = {f: [] for f in self.files}
             pos = dict(self.last)  # committed only once the lines are written
             for sid, fields in entries:
                 f, rec = fields.get("f"), fields.get("r") or ""
-                if f not in self.files or _sid(sid) <= pos[f]:
+                at = _sid(sid)
+                if f not in self.files or at <= pos[f]:
                     continue  # written before a crash, not yet deleted
                 out[f].append(log_line(rec, sid))
-                pos[f] = _sid(sid)
+                pos[f] = at
                 n += 1
             for f, chunk in out.items():
                 if chunk:  # a failed write raises before its position moves and before anything is deleted
                     _append_all(self.files[f], b"".join(chunk))
                 self.last[f] = pos[f]
-            self.client.xdel(self.keys.controller_log, *[sid for sid, _ in entries])
+            # the entries read are the stream's first ones (ids only grow: every XADD uses '*'), so trimming
+            # below the next id deletes exactly them, without sending every id back (XDEL)
+            ms, seq = _sid(entries[-1][0])
+            self.client.xtrim(self.keys.controller_log, minid=f"{ms}-{seq + 1}", approximate=False)
             self.written += n
 
 
 def read_log_entries(client: redis.Redis, key: str, count: int) -> list[tuple[str, dict]]:
     """The first ``count`` entries of a log stream, read as bytes (never decoded by the client: one entry that is
-    not UTF-8 must not stop the drain), with the ids and field names as text and the values as bytes."""
+    not UTF-8 must not stop the drain), with the ids and field names as text and the values as bytes (the ``f``
+    field as text). Takes the reply parsed by redis-py or bare (a client without the XRANGE callback)."""
     from redis.client import NEVER_DECODE
 
     raw = client.execute_command("XRANGE", key, "-", "+", "COUNT", count, **{NEVER_DECODE: True}) or []
@@ -118,7 +131,12 @@ def read_log_entries(client: redis.Redis, key: str, count: int) -> list[tuple[st
         sid = sid.decode("ascii", "replace") if isinstance(sid, bytes) else str(sid)
         if isinstance(fields, dict):
             fields = [x for kv in fields.items() for x in kv]
-        it = iter(fields or [])
+        fields = fields or []
+        if len(fields) == 4 and fields[0] == b"f" and fields[2] == b"r":  # what every step writes: f, then r
+            f = fields[1]
+            out.append((sid, {"f": f.decode("utf-8", "replace") if isinstance(f, bytes) else f, "r": fields[3]}))
+            continue
+        it = iter(fields)
         out.append((sid, {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k):
                           (v.decode("utf-8", "replace") if k in (b"f", "f") and isinstance(v, bytes) else v)
                           for k, v in zip(it, it)}))
@@ -131,14 +149,14 @@ def log_line(rec: bytes | str, sid: str) -> bytes:
     if isinstance(rec, str):
         rec = rec.encode("utf-8", "surrogateescape")
     try:
-        text = rec.decode("utf-8")
+        rec.decode("utf-8")
+        whole = rec[:1] == b"{" and rec[-1:] == b"}"
     except UnicodeDecodeError:
-        text = None
-    if text is None or not (text.startswith("{") and text.endswith("}")):
-        text = json.dumps({"raw": rec.decode("utf-8", "backslashreplace")})
+        whole = False
+    if not whole:
+        rec = json.dumps({"raw": rec.decode("utf-8", "backslashreplace")}).encode()
     # the record is a JSON object from cjson: splice the stream id in without re-encoding
-    sep = "," if len(text) > 2 else ""
-    return f'{text[:-1]}{sep}"sid":"{sid}"}}\n'.encode()
+    return b"%s%s\"sid\":\"%s\"}\n" % (rec[:-1], b"," if len(rec) > 2 else b"", sid.encode())
 
 
 def _append_all(path: Path, data: bytes) -> None:
@@ -197,20 +215,35 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     # the placement index, rebuilt from the node keys
     indexed = retry(lambda: scripts.reindex(args=[cfg.weigher, cfg.order]), "reindex")
     drain = LogDrain(client, keys, cfg.run_id)
+    # the log drain runs beside placement (its own thread): a placement round is then one PLACE call, and Redis
+    # places the next batch while the last one's lines are written
+    drain_wake, drain_stop = threading.Event(), threading.Event()
+
+    def drain_loop() -> None:
+        while not drain_stop.is_set():
+            drain_wake.wait(0.2)
+            drain_wake.clear()
+            try:
+                drain.drain()
+            except OSError as exc:  # the records stay in the stream and are written once the disk is back
+                log.error("cannot write the controller logs (%s); will retry", exc)
+                drain_stop.wait(0.5)
+            except redis.RedisError:  # the placement loop reports and rides out a Redis outage
+                drain_stop.wait(0.1)
+
+    drainer = threading.Thread(target=drain_loop, name="log-drain", daemon=True)
+    drainer.start()
     log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s, %s node(s) with free capacity)",
              cfg.weigher, cfg.order, cfg.max_attempts, cfg.run_id, indexed)
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
 
     def round_once() -> tuple[int, str]:
-        holder = client.get(keys.scheduler_lock)
-        if holder not in (None, me):
+        # check and refresh the lock in one round trip (the OWN step: taken again if it expired, never from another)
+        held, holder = scripts.own(keys=[keys.scheduler_lock], args=[me, LOCK_TTL_MS, ""])
+        if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
-        client.set(keys.scheduler_lock, me, px=LOCK_TTL_MS)
         placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0"])
-        try:
-            drain.drain()
-        except OSError as exc:  # the records stay in the stream and are written once the disk is back
-            log.error("cannot write the controller logs (%s); will retry", exc)
+        drain_wake.set()
         return int(placed), status
 
     try:
@@ -231,7 +264,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                 dead, back, failed = retry(reap, "reap")
                 if dead:
                     log.warning("recovered %d dead node(s): %d task(s) requeued, %d failed", dead, back, failed)
-                    retry(drain.drain, "drain")
+                    drain_wake.set()
                 next_reap = now + cfg.reap_interval
             if now - last_report >= 10 and total_placed:
                 log.info("placed %d task(s) so far", total_placed)
@@ -248,6 +281,12 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                     break
                 raise
     finally:
+        drain_stop.set()
+        drainer.join()
+        try:
+            drain.drain()  # what the last rounds logged
+        except (OSError, redis.RedisError) as exc:
+            log.error("controller log records left in Redis (%s); the next scheduler writes them", exc)
         try:
             if client.get(keys.scheduler_lock) == me:
                 client.delete(keys.scheduler_lock)
