@@ -19,6 +19,16 @@ def test_fair_quotas_max_min():
     assert sum(q.values()) == pytest.approx(400)
 
 
+def test_tasks_with_their_own_quota_shrink_what_the_others_share():
+    # 2 cores, a task fixed itself at 150 %: two 1-unit tasks share the 50 % it leaves, not 200 %
+    cap = binding.shared_capacity(2, reserved_pct=150)
+    assert cap == pytest.approx(50)
+    assert binding.fair_quotas({"a": 100, "b": 100}, cap) == {"a": pytest.approx(25), "b": pytest.approx(25)}
+    # fixed quotas beyond the node: the sharing never gets 0 (a quota of 0 would mean unlimited)
+    assert binding.shared_capacity(2, reserved_pct=500) == 1.0
+    assert binding.shared_capacity(4) == 400.0
+
+
 def test_fair_quotas_enough_capacity_gives_demands():
     q = binding.fair_quotas({("t1", 1): 200, ("t2", 1): 100}, 800)
     assert q == {("t1", 1): 200, ("t2", 1): 100}

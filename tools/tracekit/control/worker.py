@@ -50,7 +50,7 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
-from tracekit.node.binding import fair_quotas
+from tracekit.node.binding import fair_quotas, shared_capacity
 from tracekit.node.container import env_for_profile as container_env
 from tracekit.node.cpuset import allocate, check_requested
 from tracekit.node.procfs import format_cpu_list, parse_cpu_list
@@ -517,16 +517,31 @@ class Worker:
                 # right after the launch gives the others theirs; without this the adapter could read the
                 # pending quotas before that rebalance wrote them and start unlimited: docs/containers.md)
                 key = (task.trace_id, task.attempt)
-                with self.lock:
-                    demands = {k: 100.0 * r.task.cpu_units for k, r in self.running.items()}
-                demands[key] = 100.0 * task.cpu_units
-                env["TC_CPU_QUOTA_PCT"] = f"{fair_quotas(demands, 100.0 * len(self.cores))[key]:.3f}"
+                shared, reserved = self._sharing()
+                demands = {k: 100.0 * units for k, units in {**shared, key: task.cpu_units}.items()}
+                quota = fair_quotas(demands, shared_capacity(len(self.cores), reserved))[key]
+                env["TC_CPU_QUOTA_PCT"] = f"{quota:.3f}"
             if own.get("unit_name") is not None:
                 env["TC_UNIT_NAME"] = str(own["unit_name"])
             if own.get("cpuset") is not None:
                 log.warning("%s: its cpuset %s is not applied in shared binding (no core pinning)", task.trace_id,
                             own["cpuset"])
         return env, cpus
+
+    def _sharing(self) -> tuple[dict, float]:
+        """The running tasks the max-min sharing divides the CPU among ((trace_id, attempt) -> cpu_units), and the
+        CPU % held by tasks with their own ``cpu_quota``: those keep what they asked for, the others share what
+        is left. A task naming its own ``unit_name`` keeps the scope it was started with (its quota is not
+        rebalanced: the scope's name is not the worker's)."""
+        shared: dict = {}
+        reserved = 0.0
+        with self.lock:
+            for key, r in self.running.items():
+                if r.task.extra.get("cpu_quota") is not None:
+                    reserved += float(r.task.extra["cpu_quota"])
+                elif r.task.extra.get("unit_name") is None:
+                    shared[key] = r.task.cpu_units
+        return shared, reserved
 
     def _rebalance(self) -> None:
         if self.cfg.cpu_binding != "shared":
@@ -536,12 +551,9 @@ class Worker:
         except ImportError:
             log.info("tracekit.node.binding.rebalance_shared not available: shared quotas not rebalanced")
             return
-        with self.lock:
-            # a task with its own cpu_quota or unit_name keeps what it asked for: left out of the max-min sharing
-            running = {k: r.task.cpu_units for k, r in self.running.items()
-                       if r.task.extra.get("cpu_quota") is None and r.task.extra.get("unit_name") is None}
+        shared, reserved = self._sharing()
         try:
-            rebalance_shared(self.cfg.run_id, self.cfg.node, running, len(self.cores))
+            rebalance_shared(self.cfg.run_id, self.cfg.node, shared, len(self.cores), reserved)
         except Exception as exc:  # binding trouble must never stop the worker
             log.warning("rebalance_shared failed: %s", exc)
 

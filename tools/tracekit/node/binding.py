@@ -227,14 +227,21 @@ def apply_quota(mechanism: str, name: str, percent: float | None) -> bool:
     return True
 
 
-def rebalance_shared(run_id: str, node_id: str, running: dict, cores: int) -> dict:
+def shared_capacity(cores: int, reserved_pct: float = 0.0) -> float:
+    """CPU % the max-min sharing divides: the node's cores x 100 % less what tasks with their own fixed quota hold
+    (never below 1 %: a quota of 0 would mean unlimited)."""
+    return max(1.0, 100.0 * max(1, int(cores)) - max(0.0, float(reserved_pct)))
+
+
+def rebalance_shared(run_id: str, node_id: str, running: dict, cores: int, reserved_pct: float = 0.0) -> dict:
     """Max-min fair CPU quotas (%) for the running shared tasks, applied to each task's cgroup/scope.
 
     ``running`` maps (trace_id, attempt) -> cpu_units; each task demands cpu_units x 100 % and the
-    node offers cores x 100 %. Tasks that ended meanwhile are skipped silently. Returns the quotas.
+    node offers :func:`shared_capacity` (cores x 100 % less ``reserved_pct``, the quotas tasks fixed themselves).
+    Tasks that ended meanwhile are skipped silently. Returns the quotas.
     """
     demands = {key: 100.0 * max(0, int(units)) for key, units in running.items()}
-    quotas = fair_quotas(demands, 100.0 * max(1, int(cores)))
+    quotas = fair_quotas(demands, shared_capacity(cores, reserved_pct))
     mech = detect_shared_mechanism()
     names = {key: task_cgroup_name(run_id, node_id, key[0], key[1]) for key in quotas}
     # a task launched just now may not have created its cgroup yet: it reads its quota from this file
