@@ -8,8 +8,9 @@ the reference run back to back against the same server process, and the ratio is
   reference client's saturation throughput on the same server (``wrk -c16``). Target: >= 2,000 requests/s.
 - ``loadgen_p50_*``: p50 latency, ours vs ``wrk -t1 -c1 --latency`` (closed loop, one connection: back to back)
   on the same path. Ours is closed loop with one connection too (``..._closed``), and open loop at a low fixed
-  rate (``..._open``: arrivals seldom queue, so its p50 is the service time as well; Debian's ``wrk`` is not
-  wrk2 and has no fixed-rate mode, so wrk's closed-loop p50 is the reference there too). Paths: ``/ping`` (the
+  rate (``..._open``, 200/s: arrivals seldom queue, so its p50 is the service time as well). Debian's ``wrk`` is
+  not wrk2 (no fixed-rate mode): its reference for the open-loop rows waits 1/rate after each response (its Lua
+  ``delay()``), so client and server are idle between requests as in our open loop. Paths: ``/ping`` (the
   server answers in ~40 µs, so the client's own cost decides: reported as it is), ``/ping?work_us=1000`` (1 ms of
   server CPU per request) and ``/thumb`` (ffmpeg per request). Target: ratio 0.9..1.1.
 - ``loadgen_saturation``: closed loop with 16 connections: requests/s, ours vs wrk's.
@@ -87,10 +88,16 @@ def _us(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, conns: int, seconds: float) -> tuple[float, float]:
-    """``wrk --latency`` closed loop: (requests/s, p50 ms)."""
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", url],
-                         check=True, capture_output=True, text=True).stdout
+def wrk(url: str, conns: int, seconds: float, pace_ms: float | None = None) -> tuple[float, float]:
+    """``wrk --latency``: (requests/s, p50 ms). Closed loop, or with ``pace_ms`` each connection waits that long
+    after a response before its next request (wrk's Lua ``delay()``; wrk times a request from its send)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = []
+        if pace_ms is not None:
+            (Path(tmp) / "pace.lua").write_text(f"function delay() return {pace_ms:g} end\n")
+            script = ["-s", str(Path(tmp) / "pace.lua")]
+        out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", *script, url],
+                             check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     return rps, _us(m.group(1), m.group(2))
@@ -110,7 +117,8 @@ def _med(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-# (bench name, our loadgen mode arguments, path, target); wrk runs closed loop c=1 on the same path
+# (bench name, our loadgen mode arguments, path, target); wrk runs c=1 on the same path, closed loop, or paced
+# like our open loop (the same gap between requests: both client and server wake from idle for each request)
 P50_CASES = (
     ("loadgen_p50_ping_closed", ("--concurrency", "1"), "/ping", "reported as it is (client cost decides)"),
     ("loadgen_p50_ping_open", ("--rate", "200"), "/ping", "reported as it is (client cost decides)"),
@@ -144,8 +152,8 @@ def run(quick: bool = True) -> list[dict]:
             for name, args, path, _ in P50_CASES:
                 lines, _ = loadgen(svc.url, path, *args, "--duration", f"{secs:g}")
                 add(name, _p50(lines))
-                if args[0] == "--concurrency":  # one wrk run per path serves the open-loop row as well
-                    add("wrk " + path, wrk(svc.url + path, 1, secs)[1] if have_wrk else None)
+                pace = None if args[0] == "--concurrency" else 1000 / float(args[1])
+                add("wrk " + name, wrk(svc.url + path, 1, secs, pace)[1] if have_wrk else None)
             lines, meta = loadgen(svc.url, "/ping", "--concurrency", "16", "--duration", f"{secs:g}")
             add("sat", _rate(lines, meta))
     finally:
@@ -160,9 +168,10 @@ def run(quick: bool = True) -> list[dict]:
             {"bench": "loadgen_overhead", "metric": "generator CPU % of one core @2000/s (baseline: µs/request)",
              "ours": _med(acc["cpu_pct"]), "baseline": _med(acc["cpu_us"]), "ratio": None, "target": "reported"}]
     for name, args, path, target in P50_CASES:
-        ours, ref = _med(acc[name]), _med(acc["wrk " + path])
-        mode = "closed c=1" if args[0] == "--concurrency" else f"open @{args[1]}/s"
-        rows.append({"bench": name, "metric": f"p50 ms, ours {mode} vs wrk c=1, {path}", "ours": ours,
+        ours, ref = _med(acc[name]), _med(acc["wrk " + name])
+        mode = ("closed c=1 vs wrk c=1" if args[0] == "--concurrency"
+                else f"open @{args[1]}/s vs wrk c=1 paced {1000 / float(args[1]):g} ms")
+        rows.append({"bench": name, "metric": f"p50 ms, ours {mode}, {path}", "ours": ours,
                      "baseline": ref, "ratio": ratio(ours, ref), "target": target})
     sat = _med(acc["sat"])
     rows.append({"bench": "loadgen_saturation", "metric": "req/s closed loop c=16 /ping", "ours": sat,
