@@ -12,10 +12,12 @@ resolution and never jump. ``--procs P`` splits the schedule over P processes (r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import multiprocessing
 import os
 import resource
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,64 @@ def wait_for_service(client, keys, trace_id: str, wait_s: float) -> str:
 # ---- sending ----
 
 
+# The request whose bytes are on the wire: [t_send, t_first_byte, t_last_byte] (perf_counter ns), set by ``_one``
+# in its own task's context; the socket reads it when aiohttp hands it the request's bytes.
+WIRE: contextvars.ContextVar[list] = contextvars.ContextVar("tracekit_loadgen_wire")
+
+
+class WireSocket(socket.socket):
+    """A TCP socket that time-stamps the request's bytes at the system calls: the first ``send`` of a request
+    (its bytes handed to the kernel), the first and the last ``recv`` that returned response bytes.
+
+    aiohttp's own code between building a request and completing its response (~150 µs of Python per request on
+    this machine, docs/services.md "Benchmark") is then outside the measured latency, as it is for ``wrk``,
+    whose time stamps are taken around its ``write``/``read`` calls. The asyncio selector transports call these
+    methods (uvloop would not: it uses the file descriptor directly, one more reason for the default loop).
+    """
+
+    __slots__ = ("rec",)
+
+    def stamp_send(self) -> None:
+        rec = WIRE.get(None)
+        if rec is not None and rec[0] is None:
+            rec[0] = time.perf_counter_ns()
+        self.rec = rec  # the request now owning this connection: its response's bytes are stamped into it
+
+    def stamp_recv(self, got: int) -> None:
+        t = time.perf_counter_ns()
+        rec = self.rec
+        if got and rec is not None:
+            if rec[1] is None:
+                rec[1] = t
+            rec[2] = t
+
+    def send(self, data, *args) -> int:  # noqa: D102 - socket.socket's
+        self.stamp_send()
+        return super().send(data, *args)
+
+    def sendmsg(self, buffers, *args) -> int:  # noqa: D102 - socket.socket's
+        self.stamp_send()
+        return super().sendmsg(buffers, *args)
+
+    def recv(self, bufsize: int, *args) -> bytes:  # noqa: D102 - socket.socket's
+        data = super().recv(bufsize, *args)
+        self.stamp_recv(len(data))
+        return data
+
+    def recv_into(self, buffer, *args) -> int:  # noqa: D102 - socket.socket's
+        got = super().recv_into(buffer, *args)
+        self.stamp_recv(got)
+        return got
+
+
+def wire_socket(addr_info) -> socket.socket:
+    """aiohttp's ``socket_factory``: a :class:`WireSocket` for the address family of ``addr_info``."""
+    family, type_, proto, _, _ = addr_info
+    sock = WireSocket(family, type_, proto)
+    sock.rec = None
+    return sock
+
+
 class Clock:
     """Monotonic time anchored once to wall time + offset: controller epoch ms with µs resolution."""
 
@@ -119,10 +179,14 @@ class Clock:
 
 async def _one(session, spec: LoadSpec, n: int, entry: MixEntry, sched_ns: int | None, clock: Clock,
                out: list) -> None:
-    """Send one request; append its raw tuple to ``out`` (``sched_ns`` None: closed loop, scheduled = sent)."""
+    """Send one request; append its raw tuple to ``out`` (``sched_ns`` None: closed loop, scheduled = sent).
+
+    Its times are the wire's (:class:`WireSocket`) when the request reached the socket and its response came
+    back; otherwise (connection errors) those taken here around aiohttp's calls."""
     t_send = time.perf_counter_ns()
-    if sched_ns is None:
-        sched_ns = t_send
+    closed = sched_ns is None
+    wire = [None, None, None]
+    WIRE.set(wire)  # this task's own context: the socket stamps this request's bytes into ``wire``
     t_fb = status = server = None
     nbytes = 0
     error = None
@@ -140,6 +204,10 @@ async def _one(session, spec: LoadSpec, n: int, entry: MixEntry, sched_ns: int |
     except aiohttp.ClientError as exc:
         error = f"{type(exc).__name__}: {exc}"[:300]
     t_end = time.perf_counter_ns()
+    if error is None and wire[0] is not None and wire[2] is not None:
+        t_send, t_fb, t_end = wire  # the wire's times (see WireSocket)
+    if closed:
+        sched_ns = t_send
     out.append((n, entry.method, entry.path, clock.at(sched_ns), clock.at(t_send),
                 clock.at(t_fb) if t_fb is not None else None, clock.at(t_end), status, len(entry.body), nbytes,
                 error, server))
@@ -153,7 +221,8 @@ async def _drive(spec: LoadSpec, part: int, clock: Clock, start_ns: int) -> list
     else:
         offsets = None
     limit = MAX_IN_FLIGHT if spec.mode == "open" else spec.concurrency
-    conn = aiohttp.TCPConnector(limit=limit, force_close=False, enable_cleanup_closed=True)
+    conn = aiohttp.TCPConnector(limit=limit, force_close=False, enable_cleanup_closed=True,
+                                socket_factory=wire_socket)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
     picks = MixPicker([e.weight for e in spec.mix], spec.seed)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout, auto_decompress=False,
@@ -190,7 +259,8 @@ async def _drive(spec: LoadSpec, part: int, clock: Clock, start_ns: int) -> list
 
 
 def _part(spec: LoadSpec, part: int, anchor: tuple[float, int], start_ns: int) -> list:
-    # the default asyncio loop: uvloop was measured slower with aiohttp's client here (bench/bench_loadgen.py)
+    # the default asyncio loop: uvloop was measured slower with aiohttp's client here (bench/bench_loadgen.py) and
+    # would bypass WireSocket
     return asyncio.run(_drive(spec, part, Clock(0.0, anchor), start_ns))
 
 

@@ -1,6 +1,7 @@
 """The demo service (docs/services.md): an aiohttp.web HTTP server doing real work per request with ffmpeg.
 
     GET /ping             "pong": the trivial endpoint for benchmarks
+    GET /ping?work_us=1000  the same after busy-looping that long on the CPU (0..MAX_WORK_US): a little work
     GET /thumb?t=1.5&w=320  one JPEG frame of the clip at ``t`` seconds, scaled to width ``w`` (ffmpeg per request)
 
 Every response carries ``schema.SERVER_TIME_HEADER`` (``X-Handle-Us``): the server's own handling time in
@@ -29,6 +30,7 @@ from aiohttp import web
 from tracekit.core.schema import SERVER_TIME_HEADER
 
 MAX_WIDTH = 1920
+MAX_WORK_US = 100_000  # /ping's busy loop: bounded so one request cannot hold the event loop longer than 0.1 s
 MAX_PARALLEL_FFMPEG = 4  # more requests queue inside the service (their wait is part of the handling time)
 
 
@@ -64,7 +66,24 @@ async def handling_time(request: web.Request, handler):
     return resp
 
 
-async def ping(_request: web.Request) -> web.Response:
+def work_us_arg(query) -> int:
+    """``work_us`` from a query: 0..MAX_WORK_US (default 0); ValueError when malformed or out of range."""
+    us = int(query.get("work_us", "0"))
+    if not 0 <= us <= MAX_WORK_US:
+        raise ValueError(f"work_us must be 0..{MAX_WORK_US}")
+    return us
+
+
+async def ping(request: web.Request) -> web.Response:
+    try:
+        us = work_us_arg(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    if us:
+        # busy on purpose (the work is CPU time, like a real handler's), not asyncio.sleep
+        until = time.perf_counter_ns() + us * 1000
+        while time.perf_counter_ns() < until:
+            pass
     return web.Response(text="pong")
 
 
