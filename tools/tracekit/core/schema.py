@@ -272,9 +272,9 @@ REQUEST_RAW_FIELDS = (
     "method",
     "path",
     "ts_sched",  # when the schedule wanted it sent (open loop: the arrival time; closed loop: = ts_send)
-    "ts_send",  # the request was handed to the connection
-    "ts_first_byte",  # status line and headers received (null on a connection error)
-    "ts_end",  # body fully read, or the error happened
+    "ts_send",  # the request's first bytes were handed to the socket (send)
+    "ts_first_byte",  # the first response bytes came off the socket (recv; null when none came)
+    "ts_end",  # the last response bytes came off the socket, or the error happened
     "status",  # HTTP status code, or null on an error
     "req_bytes",  # request body bytes sent
     "resp_bytes",  # response body bytes received
