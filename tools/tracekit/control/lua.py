@@ -355,7 +355,7 @@ local function decode(raw)
   if ok and type(t) == 'table' then return t end
   return nil
 end
--- the units a payload holds (COMPLETE gives them back with INCRBY: within the gate's range, never inf or NaN)
+-- the units a payload holds (COMPLETE gives them back: within the gate's range, never inf or NaN)
 local function units_of(t)
   local u = t and tonumber(t.cpu_units)
   if is_int(u, G_UNITS_LO, G_UNITS_HI) and type(t.trace_id) == 'string' then return u end
@@ -732,17 +732,18 @@ if redis.call('LREM', K.running(node), 1, raw) == 0 then
   return 'fenced'
 end
 local units = units_of(decode(raw)) or 0
-local total = tonumber(redis.call('GET', K.cap_total(node)))
+-- the node's counters in one read and one write (the values INCRBY / DECR and their clamps would leave)
+local v = redis.call('MGET', K.heartbeat(node), K.cap(node), K.cap_total(node), K.run_count(node))
+local total = tonumber(v[3])
 -- only what PLACE reserved on this node comes back: a payload put straight into q:<node> reserved nothing
 local mark = redis.call('HGET', K.trace_ids, tid)
 local placed = mark == 'p' .. attempt .. '@' .. node
 if total and placed then
-  local c = redis.call('INCRBY', K.cap(node), units)
-  if c > total then redis.call('SET', K.cap(node), total); c = total end
-  local rc = redis.call('DECR', K.run_count(node))
-  if rc < 0 then redis.call('SET', K.run_count(node), 0); rc = 0 end
+  local c = math.min((tonumber(v[2]) or 0) + units, total)
+  local rc = math.max((tonumber(v[4]) or 0) - 1, 0)
+  redis.call('MSET', K.cap(node), c, K.run_count(node), rc)
   local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
-  local s = {node = node, alive = redis.call('EXISTS', K.heartbeat(node)) == 1, cap = c, total = total, rc = rc,
+  local s = {node = node, alive = v[1] ~= false, cap = c, total = total, rc = rc,
              par = tonumber(info[1] or '0') or 0, draining = info[2] == '1', registered = true, slots = 0}
   if s.par > 0 then
     redis.call('RPUSH', K.slots, node)
@@ -751,9 +752,12 @@ if total and placed then
   idx_put(s)  -- the node's new state, known here without reading it back
 end
 -- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
--- under a free bad-<sha1> key; the worker then treats the attempt as refused
+-- under a free bad-<sha1> key; the worker then treats the attempt as refused. The usual case (no record) checks
+-- the other hash and writes this one with HSETNX: the check of this hash and the write in one call.
 local verdict = 'ok'
-if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, tid) == 1 then
+local h, other = K.done, K.failed
+if outcome ~= 'done' then h, other = K.failed, K.done end
+if redis.call('HEXISTS', other, tid) == 1 or redis.call('HSETNX', h, tid, rec) == 0 then
   local r = decode(rec) or {}
   if string.sub(tid, 1, 4) ~= 'bad-' then
     r.duplicate_of = tid
@@ -767,8 +771,8 @@ if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, ti
   r.trace_id = tid
   local ok, enc = pcall(cjson.encode, r)
   rec = ok and enc or cjson.encode({trace_id = tid, status = 'duplicate', reason = 'duplicate', node_id = node})
+  redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
 end
-redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
 if placed or not mark then redis.call('HSET', K.trace_ids, tid, 'd') end
 event(outcome, tid, attempt, node, '')
 ctl_log('c', {kind='release', trace_id=tid, attempt=attempt, node_id=node, ts=now_ms(), outcome=outcome})
