@@ -858,13 +858,72 @@ return {rule, tid or '', why}
 """
 
 
+class Step:
+    """One atomic step, called as a redis-py ``Script`` is (``keys=``, ``args=``, ``client=``).
+
+    On Redis >= 7 it is a function of one library (``FCALL``): the library's definitions run once when it is loaded,
+    not at every call as with ``EVALSHA`` (~2.4 µs of Redis CPU per call for the ``complete`` step's helpers). Loaded
+    on first use and again when Redis lost it (a restart); where ``FUNCTION`` is unknown (Redis 6.2, the documented
+    minimum) or not allowed to this user, the step runs as its script (``EVALSHA``), as before."""
+
+    def __init__(self, client: redis.Redis, script, function: str, library: _Library) -> None:
+        self.client, self.script_obj, self.function, self.library = client, script, function, library
+        self.script = script.script  # the script text (EVALSHA form)
+
+    def __call__(self, keys=None, args=None, client=None):
+        keys, args = list(keys or []), list(args or [])
+        c = client or self.client
+        lib = self.library
+        if isinstance(c, redis.client.Pipeline):
+            if lib.loaded:
+                return c.fcall(self.function, len(keys), *keys, *args)
+            return self.script_obj(keys=keys, args=args, client=c)
+        if lib.available:
+            try:
+                if not lib.loaded:
+                    lib.load(c)
+                if lib.available:
+                    return c.fcall(self.function, len(keys), *keys, *args)
+            except redis.exceptions.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                lib.loaded = False  # Redis restarted empty (or FUNCTION FLUSH): load it again, once
+                lib.load(c)
+                if lib.available:
+                    return c.fcall(self.function, len(keys), *keys, *args)
+        return self.script_obj(keys=keys, args=args, client=c)
+
+
+class _Library:
+    """The function library of one step set (key prefix + weigher table): its name carries a hash of its code, so
+    two sets never clash and a changed code is a new library."""
+
+    def __init__(self, code: str) -> None:
+        self.code, self.available, self.loaded = code, True, False
+
+    def load(self, client: redis.Redis) -> None:
+        try:
+            client.function_load(self.code, replace=True)
+            self.loaded = True
+        except redis.exceptions.ResponseError as exc:
+            # Redis 6.2 (no FUNCTION) or an ACL without it: the EVALSHA scripts from now on; any other error
+            # (READONLY, BUSY, ...) is the caller's to retry
+            if isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in str(exc).lower():
+                self.available = False
+            else:
+                raise
+
+
 class Scripts:
-    """The Lua scripts bound to one client and key prefix (EVALSHA, reloaded after a Redis restart)."""
+    """The Lua steps bound to one client and key prefix (FCALL on Redis >= 7, else EVALSHA; both reloaded after a
+    Redis restart)."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
+        code, names = library(keys.prefix, weigher_lua())
+        lib = _Library(code)
         for name, body in _bodies(keys.prefix, weigher_lua()).items():
-            setattr(self, name, client.register_script(body))
+            setattr(self, name, Step(client, client.register_script(body), names[name], lib))
 
 
 _CHUNK_START = re.compile(r"^(?:local\s|K\.)")
@@ -920,3 +979,24 @@ def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     steps = {"place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT, "complete": COMPLETE,
              "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
     return {"own": OWN, **{name: script_body(pre, body) for name, body in steps.items()}}
+
+
+# per-run state of the prelude that a function (which keeps its library's locals between calls) must reset
+_RESET = "IDX_ACT = nil\n"
+
+
+@lru_cache(maxsize=16)
+def library(prefix: str, metrics: str) -> tuple[str, dict[str, str]]:
+    """The steps as one Redis function library: (its code, step name -> function name). The prelude is defined
+    once at load; each function starts by resetting the per-run state (:data:`_RESET`), so a call sees exactly
+    what a fresh script run would."""
+    import hashlib
+
+    pre = prelude(Keys(prefix), metrics)
+    steps = {"own": OWN, "place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT,
+             "complete": COMPLETE, "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
+    tag = "tk_" + hashlib.sha1((pre + "".join(steps.values())).encode()).hexdigest()[:16]
+    names = {name: f"{tag}_{name}" for name in steps}
+    funcs = "".join(f"redis.register_function('{names[name]}', function(KEYS, ARGV)\n{_RESET}{body}\nend)\n"
+                    for name, body in steps.items())
+    return f"#!lua name={tag}\n{pre}{funcs}", names
