@@ -355,7 +355,7 @@ local function decode(raw)
   if ok and type(t) == 'table' then return t end
   return nil
 end
--- the units a payload holds (COMPLETE gives them back with INCRBY: within the gate's range, never inf or NaN)
+-- the units a payload holds (COMPLETE gives them back: within the gate's range, never inf or NaN)
 local function units_of(t)
   local u = t and tonumber(t.cpu_units)
   if is_int(u, G_UNITS_LO, G_UNITS_HI) and type(t.trace_id) == 'string' then return u end
@@ -732,17 +732,18 @@ if redis.call('LREM', K.running(node), 1, raw) == 0 then
   return 'fenced'
 end
 local units = units_of(decode(raw)) or 0
-local total = tonumber(redis.call('GET', K.cap_total(node)))
+-- the node's counters in one read and one write (the values INCRBY / DECR and their clamps would leave)
+local v = redis.call('MGET', K.heartbeat(node), K.cap(node), K.cap_total(node), K.run_count(node))
+local total = tonumber(v[3])
 -- only what PLACE reserved on this node comes back: a payload put straight into q:<node> reserved nothing
 local mark = redis.call('HGET', K.trace_ids, tid)
 local placed = mark == 'p' .. attempt .. '@' .. node
 if total and placed then
-  local c = redis.call('INCRBY', K.cap(node), units)
-  if c > total then redis.call('SET', K.cap(node), total); c = total end
-  local rc = redis.call('DECR', K.run_count(node))
-  if rc < 0 then redis.call('SET', K.run_count(node), 0); rc = 0 end
+  local c = math.min((tonumber(v[2]) or 0) + units, total)
+  local rc = math.max((tonumber(v[4]) or 0) - 1, 0)
+  redis.call('MSET', K.cap(node), c, K.run_count(node), rc)
   local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
-  local s = {node = node, alive = redis.call('EXISTS', K.heartbeat(node)) == 1, cap = c, total = total, rc = rc,
+  local s = {node = node, alive = v[1] ~= false, cap = c, total = total, rc = rc,
              par = tonumber(info[1] or '0') or 0, draining = info[2] == '1', registered = true, slots = 0}
   if s.par > 0 then
     redis.call('RPUSH', K.slots, node)
@@ -751,9 +752,12 @@ if total and placed then
   idx_put(s)  -- the node's new state, known here without reading it back
 end
 -- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
--- under a free bad-<sha1> key; the worker then treats the attempt as refused
+-- under a free bad-<sha1> key; the worker then treats the attempt as refused. The usual case (no record) checks
+-- the other hash and writes this one with HSETNX: the check of this hash and the write in one call.
 local verdict = 'ok'
-if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, tid) == 1 then
+local h, other = K.done, K.failed
+if outcome ~= 'done' then h, other = K.failed, K.done end
+if redis.call('HEXISTS', other, tid) == 1 or redis.call('HSETNX', h, tid, rec) == 0 then
   local r = decode(rec) or {}
   if string.sub(tid, 1, 4) ~= 'bad-' then
     r.duplicate_of = tid
@@ -767,8 +771,8 @@ if redis.call('HEXISTS', K.done, tid) == 1 or redis.call('HEXISTS', K.failed, ti
   r.trace_id = tid
   local ok, enc = pcall(cjson.encode, r)
   rec = ok and enc or cjson.encode({trace_id = tid, status = 'duplicate', reason = 'duplicate', node_id = node})
+  redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
 end
-redis.call('HSET', outcome == 'done' and K.done or K.failed, tid, rec)
 if placed or not mark then redis.call('HSET', K.trace_ids, tid, 'd') end
 event(outcome, tid, attempt, node, '')
 ctl_log('c', {kind='release', trace_id=tid, attempt=attempt, node_id=node, ts=now_ms(), outcome=outcome})
@@ -854,13 +858,72 @@ return {rule, tid or '', why}
 """
 
 
+class Step:
+    """One atomic step, called as a redis-py ``Script`` is (``keys=``, ``args=``, ``client=``).
+
+    On Redis >= 7 it is a function of one library (``FCALL``): the library's definitions run once when it is loaded,
+    not at every call as with ``EVALSHA`` (~2.4 µs of Redis CPU per call for the ``complete`` step's helpers). Loaded
+    on first use and again when Redis lost it (a restart); where ``FUNCTION`` is unknown (Redis 6.2, the documented
+    minimum) or not allowed to this user, the step runs as its script (``EVALSHA``), as before."""
+
+    def __init__(self, client: redis.Redis, script, function: str, library: _Library) -> None:
+        self.client, self.script_obj, self.function, self.library = client, script, function, library
+        self.script = script.script  # the script text (EVALSHA form)
+
+    def __call__(self, keys=None, args=None, client=None):
+        keys, args = list(keys or []), list(args or [])
+        c = client or self.client
+        lib = self.library
+        if isinstance(c, redis.client.Pipeline):
+            if lib.loaded:
+                return c.fcall(self.function, len(keys), *keys, *args)
+            return self.script_obj(keys=keys, args=args, client=c)
+        if lib.available:
+            try:
+                if not lib.loaded:
+                    lib.load(c)
+                if lib.available:
+                    return c.fcall(self.function, len(keys), *keys, *args)
+            except redis.exceptions.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                lib.loaded = False  # Redis restarted empty (or FUNCTION FLUSH): load it again, once
+                lib.load(c)
+                if lib.available:
+                    return c.fcall(self.function, len(keys), *keys, *args)
+        return self.script_obj(keys=keys, args=args, client=c)
+
+
+class _Library:
+    """The function library of one step set (key prefix + weigher table): its name carries a hash of its code, so
+    two sets never clash and a changed code is a new library."""
+
+    def __init__(self, code: str) -> None:
+        self.code, self.available, self.loaded = code, True, False
+
+    def load(self, client: redis.Redis) -> None:
+        try:
+            client.function_load(self.code, replace=True)
+            self.loaded = True
+        except redis.exceptions.ResponseError as exc:
+            # Redis 6.2 (no FUNCTION) or an ACL without it: the EVALSHA scripts from now on; any other error
+            # (READONLY, BUSY, ...) is the caller's to retry
+            if isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in str(exc).lower():
+                self.available = False
+            else:
+                raise
+
+
 class Scripts:
-    """The Lua scripts bound to one client and key prefix (EVALSHA, reloaded after a Redis restart)."""
+    """The Lua steps bound to one client and key prefix (FCALL on Redis >= 7, else EVALSHA; both reloaded after a
+    Redis restart)."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
+        code, names = library(keys.prefix, weigher_lua())
+        lib = _Library(code)
         for name, body in _bodies(keys.prefix, weigher_lua()).items():
-            setattr(self, name, client.register_script(body))
+            setattr(self, name, Step(client, client.register_script(body), names[name], lib))
 
 
 _CHUNK_START = re.compile(r"^(?:local\s|K\.)")
@@ -916,3 +979,24 @@ def _bodies(prefix: str, metrics: str) -> dict[str, str]:
     steps = {"place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT, "complete": COMPLETE,
              "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
     return {"own": OWN, **{name: script_body(pre, body) for name, body in steps.items()}}
+
+
+# per-run state of the prelude that a function (which keeps its library's locals between calls) must reset
+_RESET = "IDX_ACT = nil\n"
+
+
+@lru_cache(maxsize=16)
+def library(prefix: str, metrics: str) -> tuple[str, dict[str, str]]:
+    """The steps as one Redis function library: (its code, step name -> function name). The prelude is defined
+    once at load; each function starts by resetting the per-run state (:data:`_RESET`), so a call sees exactly
+    what a fresh script run would."""
+    import hashlib
+
+    pre = prelude(Keys(prefix), metrics)
+    steps = {"own": OWN, "place": PLACE, "reindex": REINDEX, "register": REGISTER, "beat": BEAT,
+             "complete": COMPLETE, "reap": REAP, "leave": LEAVE, "drain": DRAIN, "gate": GATE_CHECK}
+    tag = "tk_" + hashlib.sha1((pre + "".join(steps.values())).encode()).hexdigest()[:16]
+    names = {name: f"{tag}_{name}" for name in steps}
+    funcs = "".join(f"redis.register_function('{names[name]}', function(KEYS, ARGV)\n{_RESET}{body}\nend)\n"
+                    for name, body in steps.items())
+    return f"#!lua name={tag}\n{pre}{funcs}", names
