@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from conftest import TOOLS, run_script, wait_for, with_profiles
+from tracekit.control import lua
 from tracekit.core import paths
 from tracekit.core.jsonl import read_jsonl
 from tracekit.core.keys import Keys
@@ -326,6 +327,18 @@ def test_admin_clean_deletes_the_run_keys(env, redis_client):
     p = run_script("scheduler/admin.py", "clean", env=env)
     assert p.returncode == 0, p.stderr
     assert not redis_client.exists(K.pending, K.cap("n9"), K.nodes) and redis_client.exists("other:key")
+
+
+def test_admin_clean_deletes_the_runs_function_libraries_only(env, redis_client):
+    # Redis keeps a loaded library (in its RDB too) after the run's keys are gone: clean removes this prefix's
+    for prefix in (K.prefix, "other:"):
+        redis_client.function_load(lua.library(prefix, lua.weigher_lua())[0], replace=True)
+    mine = lua.library(K.prefix, lua.weigher_lua())[0].split("\n", 1)[0].split("=", 1)[1]
+    p = run_script("scheduler/admin.py", "clean", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "and 1 function library" in p.stdout
+    left = [dict(zip(lib[::2], lib[1::2]))["library_name"] for lib in redis_client.function_list()]
+    assert mine not in left and len(left) == 1
 
 
 def test_partitioned_worker_heals_and_its_late_completion_is_fenced(env, procs, redis_client):

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from tracekit.control.lua import drop_libraries
 from tracekit.control.placement import WEIGHER_TABLE
 from tracekit.core import paths
 from tracekit.core.errors import EXIT_FAILURE, Conflict
@@ -20,7 +21,8 @@ _FAMILIES = ("q:*", "running:*", "cap:*", "cap_total:*", "run_count:*", "node:*"
 
 
 def clean(client: redis.Redis, keys: Keys, force: bool) -> int:
-    """Delete every control-plane key of this prefix: registry-driven, plus a SCAN of the prefix (never KEYS)."""
+    """Delete every control-plane key of this prefix (registry-driven, plus a SCAN of the prefix, never KEYS) and
+    the prefix's Redis function libraries."""
     nodes = client.zrange(keys.nodes, 0, -1)
     alive = [n for n in nodes if client.exists(keys.heartbeat(n))]
     if (alive or client.exists(keys.scheduler_lock)) and not force:
@@ -34,7 +36,9 @@ def clean(client: redis.Redis, keys: Keys, force: bool) -> int:
     victims_l = sorted(victims)
     for i in range(0, len(victims_l), 500):
         n += client.delete(*victims_l[i:i + 500])
-    print(f"deleted {n} key(s) with prefix {keys.prefix!r} ({len(nodes)} registered node(s))")
+    libs = drop_libraries(client, keys.prefix)  # the run's Lua steps, which Redis keeps beside its keys
+    print(f"deleted {n} key(s) and {libs} function librar{'y' if libs == 1 else 'ies'} with prefix "
+          f"{keys.prefix!r} ({len(nodes)} registered node(s))")
     return 0
 
 

@@ -999,4 +999,30 @@ def library(prefix: str, metrics: str) -> tuple[str, dict[str, str]]:
     names = {name: f"{tag}_{name}" for name in steps}
     funcs = "".join(f"redis.register_function('{names[name]}', function(KEYS, ARGV)\n{_RESET}{body}\nend)\n"
                     for name, body in steps.items())
-    return f"#!lua name={tag}\n{pre}{funcs}", names
+    return f"#!lua name={tag}\n{library_marker(prefix)}{pre}{funcs}", names
+
+
+def library_marker(prefix: str) -> str:
+    """The line that names a library's key prefix, so ``admin clean`` finds the run's libraries (Redis keeps them,
+    in its RDB too, after the run's keys are gone)."""
+    return f"-- tracekit key prefix: {prefix!r}\n"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def drop_libraries(client: redis.Redis, prefix: str) -> int:
+    """Delete the function libraries of this key prefix (every code version); 0 where Redis has no FUNCTION."""
+    try:
+        libs = client.function_list(library="tk_*", withcode=True)
+    except redis.exceptions.ResponseError:
+        return 0  # Redis 6.2 or an ACL without FUNCTION: nothing was loaded either
+    marker, n = library_marker(prefix), 0
+    for lib in libs:  # RESP2 gives each library as a flat [name, value, ...] list
+        info = {_text(k): v for k, v in zip(lib[::2], lib[1::2])}
+        code = _text(info.get("library_code") or "")
+        if code.split("\n", 2)[1:2] == [marker.rstrip("\n")]:
+            client.function_delete(_text(info["library_name"]))
+            n += 1
+    return n
