@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -333,12 +334,13 @@ def test_admin_clean_deletes_the_runs_function_libraries_only(env, redis_client)
     # Redis keeps a loaded library (in its RDB too) after the run's keys are gone: clean removes this prefix's
     for prefix in (K.prefix, "other:"):
         redis_client.function_load(lua.library(prefix, lua.weigher_lua())[0], replace=True)
-    mine = lua.library(K.prefix, lua.weigher_lua())[0].split("\n", 1)[0].split("=", 1)[1]
+    mine, other = (lua.library(prefix, lua.weigher_lua())[0].split("\n", 1)[0].split("=", 1)[1]
+                   for prefix in (K.prefix, "other:"))
     p = run_script("scheduler/admin.py", "clean", env=env)
     assert p.returncode == 0, p.stderr
-    assert "and 1 function library" in p.stdout
+    assert re.search(r"and [1-9]\d* function librar(y|ies) ", p.stdout), p.stdout
     left = [dict(zip(lib[::2], lib[1::2]))["library_name"] for lib in redis_client.function_list()]
-    assert mine not in left and len(left) == 1
+    assert mine not in left and other in left  # (the module's earlier tests may have loaded others of theirs)
 
 
 def test_partitioned_worker_heals_and_its_late_completion_is_fenced(env, procs, redis_client):
