@@ -50,7 +50,7 @@ from tracekit.core.errors import Conflict, StepFailed, TracekitError, UsageError
 from tracekit.core.jsonl import append_line
 from tracekit.core.keys import Keys
 from tracekit.core.schema import EXEC_FIELDS, FENCED_FIELDS, REJECT_FIELDS, WORKER_META_FIELDS
-from tracekit.node.binding import fair_quotas, shared_capacity
+from tracekit.node.binding import fair_quotas, rebalance_shared, shared_capacity
 from tracekit.node.container import env_for_profile as container_env
 from tracekit.node.cpuset import allocate, check_requested
 from tracekit.node.procfs import format_cpu_list, parse_cpu_list
@@ -546,11 +546,6 @@ class Worker:
     def _rebalance(self) -> None:
         if self.cfg.cpu_binding != "shared":
             return
-        try:
-            from tracekit.node.binding import rebalance_shared
-        except ImportError:
-            log.info("tracekit.node.binding.rebalance_shared not available: shared quotas not rebalanced")
-            return
         shared, reserved = self._sharing()
         try:
             rebalance_shared(self.cfg.run_id, self.cfg.node, shared, len(self.cores), reserved)
@@ -616,11 +611,12 @@ class Worker:
         except InvalidTask as exc:  # the payload's own cpuset does not fit this node now: refused with the reason
             self._reject(raw, exc, task.trace_id, task.attempt, task.profile)
             return
-        app = load_profiles()[task.profile]["app"]
+        profile = load_profiles()[task.profile]
+        app = profile["app"]
         wrapper = ADAPTERS / ("cmd_wrapper.py" if app == "command" else "ffmpeg_wrapper.py")
         env = task_env()  # tasks never talk to Redis: keep the password (maybe in the URL) away from them
         env.update(bind_env)
-        env.update(container_env(load_profiles()[task.profile]))  # TC_CONTAINER_* (docs/containers.md)
+        env.update(container_env(profile))  # TC_CONTAINER_* (docs/containers.md)
         env.update({"RUN_ID": self.cfg.run_id, "NODE_ID": self.cfg.node, "TRACE_ID": task.trace_id,
                     "ATTEMPT": str(task.attempt), "PROFILE": task.profile, "CPU_UNITS": str(task.cpu_units),
                     "TS_ENQUEUE": str(task.ts_enqueue), "TS_DISPATCH": str(task.ts_dispatch or ""),
@@ -628,7 +624,7 @@ class Worker:
                     "TC_INPUT": str(cmd.input_path or ""), "TC_OUTPUT": str(cmd.output_path or ""),
                     "TC_OUTPUT_TMP": str(cmd.tmp_output_path or "")})
         if app == "service":
-            env.update(service_env(load_profiles()[task.profile]))
+            env.update(service_env(profile))
         if cmd.tmp_output_path is not None:
             cmd.tmp_output_path.parent.mkdir(parents=True, exist_ok=True)
         self.task_log.parent.mkdir(parents=True, exist_ok=True)
