@@ -78,3 +78,19 @@ def test_a_function_call_reads_the_active_weighers_afresh(redis_client):
     raw = redis_client.lmove(K.queue("n1"), K.running("n1"), "LEFT", "RIGHT")
     assert sc.complete(args=["n1", raw, "t1", 1, "done", "{}"]) == "ok"
     assert not redis_client.exists(K.index("w:instances:min"))
+
+
+def test_a_step_sent_ahead_of_its_reply_reloads_a_flushed_library(redis_client):
+    """``Step.begin`` (the scheduler's PLACE, sent before it checks the next head): the reply comes from ``finish``;
+    a library Redis lost meanwhile is loaded again and the step runs once."""
+    seven(redis_client)
+    sc = Scripts(redis_client, K)
+    assert one_placement(redis_client, sc) == [1, "empty"]
+    redis_client.rpush(K.pending, json.dumps({"trace_id": "t2", "profile": "p", "cpu_units": 1, "ts_enqueue": 1}))
+    assert sc.place.begin(["", "min", 10, "0"])() == [1, "empty"]
+    redis_client.function_flush()
+    redis_client.rpush(K.pending, json.dumps({"trace_id": "t3", "profile": "p", "cpu_units": 1, "ts_enqueue": 1}))
+    f0 = calls(redis_client, "fcall")
+    finish = sc.place.begin(["", "min", 10, "0"])
+    assert finish() == [0, "blocked"] and calls(redis_client, "fcall") - f0 == 2  # the failed call, then the step
+    assert redis_client.llen(K.queue("n1")) == 2 and redis_client.llen(K.pending) == 1

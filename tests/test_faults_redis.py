@@ -388,16 +388,16 @@ def test_the_scheduler_loop_survives_error_replies_and_exits_loudly_on_a_bug(red
     class Flaky(central.Scripts):
         def __init__(self, client, keys):
             super().__init__(client, keys)
-            real = self.place
+            real = self.place.begin  # the scheduler sends PLACE and waits for its reply later
 
-            def place(*a, **k):
+            def begin(*a, **k):
                 calls.append(1)
                 if len(calls) <= 3:
                     raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
                 if len(calls) == 5:
                     raise RuntimeError("injected bug")
                 return real(*a, **k)
-            self.place = place
+            self.place.begin = begin
     monkeypatch.setattr(central, "Scripts", Flaky)
     cfg = central.SchedulerConfig(run_id=run_env["RUN_ID"], reap_interval=0.2)
     with pytest.raises(RuntimeError, match="injected bug"):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from tracekit.control.head_gate import HeadGate, read_head
 from tracekit.control.health import Health
 from tracekit.control.lua import Scripts
 from tracekit.control.placement import ORDERS, WEIGHERS
@@ -236,13 +237,24 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     log.info("central scheduler up (weigher=%r order=%s max_attempts=%d run=%s, %s node(s) with free capacity)",
              cfg.weigher, cfg.order, cfg.max_attempts, cfg.run_id, indexed)
     total_placed, next_reap, last_report = 0, 0.0, time.monotonic()
+    gate = HeadGate()
+    # how much of the head to read and check for the next round: about what the last rounds placed (a head that
+    # waits for capacity is not read whole again every round)
+    want = [16]
 
     def round_once() -> tuple[int, str]:
         # check and refresh the lock in one round trip (the OWN step: taken again if it expired, never from another)
         held, holder = scripts.own(keys=[keys.scheduler_lock], args=[me, LOCK_TTL_MS, ""])
         if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
-        placed, status = scripts.place(args=[cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0"])
+        head = read_head(client, keys.pending, 2 * want[0])
+        finish = scripts.place.begin([cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0",
+                                      *gate.place_args(head[:want[0]])])
+        try:
+            gate.warm(head[want[0]:])  # the next round's head, checked while Redis places this one's
+        finally:
+            placed, status = finish()
+        want[0] = min(cfg.batch, max(16, 2 * int(placed)))
         drain_wake.set()
         return int(placed), status
 

@@ -24,7 +24,9 @@ the ``controller:log`` stream in the same atomic step; the scheduler drains that
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import redis
 
@@ -267,6 +269,17 @@ def weigher_lua() -> str:
 # the node, BEAT puts it back, REAP removes it); REINDEX rebuilds everything from the node keys.
 INDEX = r"""
 local IDX_BIG = 65536
+-- an integer as text, cached: a number passed to redis.call is formatted with "%.17g" and one concatenated with
+-- "%.14g" (sprintf both, ~0.15 µs each, a dozen per task); other numbers as a concatenation writes them
+local INT_S = {}
+local function istr(n)
+  local s = INT_S[n]
+  if not s then
+    s = string.format('%.14g', n)
+    if n == math.floor(n) and n >= 0 and n <= 65536 then INT_S[n] = s end
+  end
+  return s
+end
 local function node_state(node)
   local v = redis.call('MGET', K.heartbeat(node), K.cap(node), K.cap_total(node), K.run_count(node))
   local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
@@ -312,8 +325,8 @@ end
 -- is known not to hold it
 local function idx_put(s, hint)
   if not eligible(s) then idx_drop(s.node, hint and hint.small); return false end
-  if not (hint and hint.listed) then redis.call('ZADD', K.idx_free, 0, s.node) end
-  redis.call('ZADD', K.idx_cap, s.cap, s.node)
+  if not (hint and hint.listed) then redis.call('ZADD', K.idx_free, '0', s.node) end
+  redis.call('ZADD', K.idx_cap, istr(s.cap), s.node)
   local big = s.total > IDX_BIG
   for _, a in ipairs(active()) do
     local v, m = w_score(s, a)
@@ -361,6 +374,16 @@ local function units_of(t)
   if is_int(u, G_UNITS_LO, G_UNITS_HI) and type(t.trace_id) == 'string' then return u end
   return nil
 end
+-- the units of a payload PLACE placed, read from its text when it names cpu_units once (then that is the top-level
+-- member PLACE read) and holds no escape; else decoded
+local function placed_units(raw)
+  local i = string.find(raw, '"cpu_units"', 1, true)
+  if i and not string.find(raw, '"cpu_units"', i + 1, true) and not string.find(raw, '\\', 1, true) then
+    local u = tonumber(string.match(raw, '^"cpu_units"[ \t\n\r]*:[ \t\n\r]*(%d+)[ \t\n\r]*[,}]', i))
+    if is_int(u, G_UNITS_LO, G_UNITS_HI) then return u end
+  end
+  return units_of(decode(raw))
+end
 local function max_attempts()
   return tonumber(redis.call('HGET', K.config, 'max_attempts') or '3') or 3
 end
@@ -369,7 +392,7 @@ local function ctl_log(file, rec)
 end
 local function event(kind, tid, attempt, node, extra)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'kind', kind, 'trace_id', tid or '',
-             'attempt', tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
+             'attempt', type(attempt) == 'number' and istr(attempt) or tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
 end
 local function free_key(base)
   local k, i = base, 1
@@ -472,8 +495,13 @@ end
 
 PLACE = r"""
 -- ARGV: weigher ('' = first-fit, or a name of METRICS), order (min | max), limit (max placements in this call),
--- log_candidates ('1': the placement line also lists every feasible node: O(nodes) per placement, for debugging)
+-- log_candidates ('1': the placement line also lists every feasible node: O(nodes) per placement, for debugging),
+-- then (optional) the head of q:pending as the scheduler read and checked it with the same gate
+-- (payload.check), four values per entry in queue order: raw payload, trace_id, attempt, cpu_units. An entry
+-- byte-identical to the one at its position now skips the Lua gate (Redis's CPU is the scheduler's bottleneck);
+-- any other entry (pushed to the head meanwhile, or not sent) passes the Lua gate here.
 local weigher, order, limit, full = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local npre = math.floor((#ARGV - 4) / 4)
 local metric = METRICS[weigher]
 if weigher ~= '' and not metric then return redis.error_reply('unknown weigher ' .. weigher) end
 if order ~= 'min' and order ~= 'max' then return redis.error_reply('order must be min or max') end
@@ -515,11 +543,15 @@ local function scan(units)
     local fix, stale = {}, false
     local pos, CH, done = 0, 4, false
     while not done do
-      local chunk = redis.call('ZRANGE', zkey, pos, pos + CH - 1, 'WITHSCORES')
+      -- first-fit's index scores are all 0: read without them (a reply's scores cost more than its members)
+      local chunk, step = nil, 1
+      if metric then chunk, step = redis.call('ZRANGE', zkey, pos, pos + CH - 1, 'WITHSCORES'), 2
+      else chunk = redis.call('ZRANGE', zkey, pos, pos + CH - 1) end
       if #chunk == 0 then break end
       pos = pos + CH
-      for j = 1, #chunk, 2 do
-        local nd, sc = chunk[j], tonumber(chunk[j + 1])
+      for j = 1, #chunk, step do
+        local nd, sc = chunk[j], 0
+        if metric then sc = tonumber(chunk[j + 1]) end
         if second and (exact or sc ~= ssc) then done = true; break end
         local s = get(nd)
         if not eligible(s) then
@@ -559,38 +591,70 @@ local function candidates(units)
   end
   return out
 end
+-- the head of q:pending, read in chunks; everything this call takes from it is popped once, at the end
+local head, nread, taken = {}, 0, 0
+local function head_at(i)
+  if i > nread then
+    local more = redis.call('LRANGE', K.pending, nread, nread + math.max(npre - nread, 8) - 1)
+    for k = 1, #more do head[nread + k] = more[k] end
+    nread = nread + #more
+  end
+  return head[i]
+end
+-- the payload as placed: the raw text with node and ts_dispatch appended when it holds neither (nor an escape
+-- that could spell them), else re-encoded from its decoded table
+local function placed_payload(raw, t, nd, now)
+  if string.byte(raw, -1) == 125 and not string.find(raw, '\\', 1, true) and
+     not string.find(raw, '"node"', 1, true) and not string.find(raw, '"ts_dispatch"', 1, true) then
+    return string.sub(raw, 1, -2) .. ',"node":' .. cjson.encode(nd) .. ',"ts_dispatch":' .. string.format('%d', now) ..
+      '}'
+  end
+  t = t or cjson.decode(raw)
+  t.node = nd
+  t.ts_dispatch = now
+  return cjson.encode(t)  -- cannot fail after the gate (finite numbers, bounded depth)
+end
 local placed, status = 0, 'limit'
 while placed < limit do
-  local raw = redis.call('LINDEX', K.pending, 0)
+  local i = taken + 1
+  local raw = head_at(i)
   if not raw then status = 'empty'; break end
   -- everything that can fail is checked before the pop (gate, duplicate, encode): a refused payload is recorded
   -- failed (under its own trace_id when it can be read) and only then popped
-  local t, _, bad, tid = gate(raw)
-  local units = t and t.cpu_units
-  if t and type(units) ~= 'number' then
-    bad = 'cpu_units missing: the scheduler places only payloads that say how many units they need'
-    t, tid = nil, t.trace_id
-  end
-  if t then
-    local mark = redis.call('HGET', K.trace_ids, t.trace_id)
-    if mark and mark ~= 'q' .. (tonumber(t.attempt) or 1) then
-      bad = 'duplicate trace_id ' .. t.trace_id .. ': already used in this run (' .. mark .. ')'
-      t, tid = nil, nil
+  local t, tid, attempt, units, bad, _ = nil, nil, nil, nil, nil, nil
+  local a = 4 * i + 1
+  if i <= npre and raw == ARGV[a] then
+    tid, attempt, units = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  else
+    t, _, bad, tid = gate(raw)
+    if t then
+      tid, attempt, units = t.trace_id, tonumber(t.attempt) or 1, t.cpu_units
+      if type(units) ~= 'number' then
+        bad = 'cpu_units missing: the scheduler places only payloads that say how many units they need'
+        t, units = nil, nil
+      end
     end
   end
-  if not t then
+  if units then
+    local mark = redis.call('HGET', K.trace_ids, tid)
+    if mark and mark ~= 'q' .. istr(attempt) then
+      bad = 'duplicate trace_id ' .. tid .. ': already used in this run (' .. mark .. ')'
+      units, tid = nil, nil
+    end
+  end
+  if not units then
     fail(record_key(tid, raw), 0, '', nil, now_ms(), 'refused at the head of q:pending: ' .. bad, raw)
-    redis.call('LPOP', K.pending)
+    taken = i
   else
     local best, second = scan(units)
     if not best then status = 'blocked'; break end
     local nd = best.node
     local now = now_ms()
-    local rec = '{"trace_id":' .. cjson.encode(t.trace_id) .. ',"attempt":' .. (tonumber(t.attempt) or 1) ..
+    local rec = '{"trace_id":' .. cjson.encode(tid) .. ',"attempt":' .. istr(attempt) ..
       ',"node":' .. cjson.encode(nd) .. ',"ts":' .. string.format('%d', now) .. ',"weigher":' ..
-      cjson.encode(weigher) .. ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. units .. ',"cap":' ..
-      best.cap .. ',"cap_total":' .. best.total .. ',"run_count":' .. best.rc .. ',"value":' ..
-      string.format('%.6g', mval(best)) .. ',"runner_up":'
+      cjson.encode(weigher) .. ',"order":' .. cjson.encode(order) .. ',"cpu_units":' .. istr(units) .. ',"cap":' ..
+      istr(best.cap) .. ',"cap_total":' .. istr(best.total) .. ',"run_count":' .. istr(best.rc) .. ',"value":' ..
+      (metric and string.format('%.6g', mval(best)) or '0') .. ',"runner_up":'
     if second then
       rec = rec .. '{"node":' .. cjson.encode(second.node) .. ',"value":' .. string.format('%.6g', mval(second)) .. '}'
     else
@@ -608,17 +672,15 @@ while placed < limit do
       end
       rec = rec .. ',"candidates":[' .. table.concat(c, ',') .. ']}'
     else
-      rec = rec .. ',"feasible":' .. redis.call('ZCOUNT', K.idx_cap, units, '+inf') .. '}'
+      rec = rec .. ',"feasible":' .. istr(redis.call('ZCOUNT', K.idx_cap, istr(units), '+inf')) .. '}'
     end
-    t.node = nd
-    t.ts_dispatch = now
-    local enc = cjson.encode(t)  -- cannot fail after the gate (finite numbers, bounded depth); before the pop
-    redis.call('LPOP', K.pending)
-    redis.call('HSET', K.trace_ids, t.trace_id, 'p' .. (tonumber(t.attempt) or 1) .. '@' .. nd)
+    local enc = placed_payload(raw, t, nd, now)
+    taken = i
+    redis.call('HSET', K.trace_ids, tid, 'p' .. istr(attempt) .. '@' .. nd)
     redis.call('RPUSH', K.queue(nd), enc)
     best.cap = best.cap - units
     best.rc = best.rc + 1
-    redis.call('MSET', K.cap(nd), best.cap, K.run_count(nd), best.rc)
+    redis.call('MSET', K.cap(nd), istr(best.cap), K.run_count(nd), istr(best.rc))
     if best.par > 0 then
       redis.call('LREM', K.slots, 1, nd)
       best.slots = best.slots - 1
@@ -630,6 +692,7 @@ while placed < limit do
     placed = placed + 1
   end
 end
+if taken > 0 then redis.call('LTRIM', K.pending, taken, -1) end
 return {placed, status}
 """
 
@@ -731,17 +794,17 @@ if redis.call('LREM', K.running(node), 1, raw) == 0 then
   end
   return 'fenced'
 end
-local units = units_of(decode(raw)) or 0
 -- the node's counters in one read and one write (the values INCRBY / DECR and their clamps would leave)
 local v = redis.call('MGET', K.heartbeat(node), K.cap(node), K.cap_total(node), K.run_count(node))
 local total = tonumber(v[3])
 -- only what PLACE reserved on this node comes back: a payload put straight into q:<node> reserved nothing
 local mark = redis.call('HGET', K.trace_ids, tid)
-local placed = mark == 'p' .. attempt .. '@' .. node
+local placed = mark == 'p' .. istr(attempt) .. '@' .. node
 if total and placed then
+  local units = placed_units(raw) or 0
   local c = math.min((tonumber(v[2]) or 0) + units, total)
   local rc = math.max((tonumber(v[4]) or 0) - 1, 0)
-  redis.call('MSET', K.cap(node), c, K.run_count(node), rc)
+  redis.call('MSET', K.cap(node), istr(c), K.run_count(node), istr(rc))
   local info = redis.call('HMGET', K.node_info(node), 'parallel', 'draining')
   local s = {node = node, alive = v[1] ~= false, cap = c, total = total, rc = rc,
              par = tonumber(info[1] or '0') or 0, draining = info[2] == '1', registered = true, slots = 0}
@@ -749,7 +812,9 @@ if total and placed then
     redis.call('RPUSH', K.slots, node)
     s.slots = redis.call('HINCRBY', K.idx_slots, node, 1)
   end
-  idx_put(s)  -- the node's new state, known here without reading it back
+  -- the node's new state, known here without reading it back; with no weigher index kept, idx:big holds exactly
+  -- the nodes of more than IDX_BIG units
+  idx_put(s, {small = total <= IDX_BIG and #active() == 0})
 end
 -- a record of this trace_id exists already (a duplicate put straight into q:<node>): keep it, record this one
 -- under a free bad-<sha1> key; the worker then treats the attempt as refused. The usual case (no record) checks
@@ -775,7 +840,10 @@ if redis.call('HEXISTS', other, tid) == 1 or redis.call('HSETNX', h, tid, rec) =
 end
 if placed or not mark then redis.call('HSET', K.trace_ids, tid, 'd') end
 event(outcome, tid, attempt, node, '')
-ctl_log('c', {kind='release', trace_id=tid, attempt=attempt, node_id=node, ts=now_ms(), outcome=outcome})
+-- the release record, written out (cjson.encode of a table costs twice as much)
+redis.call('XADD', K.controller_log, '*', 'f', 'c', 'r', '{"kind":"release","trace_id":' .. cjson.encode(tid) ..
+  ',"attempt":' .. istr(attempt) .. ',"node_id":' .. cjson.encode(node) .. ',"ts":' .. string.format('%d', now_ms()) ..
+  ',"outcome":' .. cjson.encode(outcome) .. '}')
 wake()
 return verdict
 """
@@ -892,6 +960,37 @@ class Step:
                 if lib.available:
                     return c.fcall(self.function, len(keys), *keys, *args)
         return self.script_obj(keys=keys, args=args, client=c)
+
+    def begin(self, args: list) -> Callable[[], Any]:
+        """Send the step (no keys) and return the function that waits for its reply: the caller works while Redis
+        runs it. Where the library is not loaded (or unavailable) the step runs now and the function returns its
+        reply."""
+        lib = self.library
+        if not (lib.available and lib.loaded):
+            reply = self(args=args)
+            return lambda: reply
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("FCALL", self.function, 0, *args)
+        except BaseException:
+            pool.release(conn)
+            raise
+
+        def finish() -> Any:
+            try:
+                return conn.read_response()
+            except redis.exceptions.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                lib.loaded = False  # Redis restarted empty: the usual call loads the library again
+                return self(args=args)
+            except BaseException:
+                conn.disconnect()  # a reply may still be on its way: the connection is not reused
+                raise
+            finally:
+                pool.release(conn)
+        return finish
 
 
 class _Library:
