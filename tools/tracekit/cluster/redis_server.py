@@ -6,6 +6,7 @@ optional AOF persistence. Used by the test fixtures and the demo harness alike.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import socket
@@ -69,10 +70,8 @@ class RedisServer:
         for every command a Lua step calls, ~5 % of the scheduler's Redis CPU; Tracekit never reads them)."""
         import redis
 
-        try:
+        with contextlib.suppress(redis.ResponseError):  # Redis 6.2 has no such setting (and no such cost)
             self.client().config_set("latency-tracking", "no")
-        except redis.ResponseError:
-            pass  # Redis 6.2 has no such setting (and no such cost)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         import redis
