@@ -391,8 +391,10 @@ local function ctl_log(file, rec)
   redis.call('XADD', K.controller_log, '*', 'f', file, 'r', cjson.encode(rec))
 end
 local function event(kind, tid, attempt, node, extra)
-  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'kind', kind, 'trace_id', tid or '',
-             'attempt', type(attempt) == 'number' and istr(attempt) or tostring(attempt or 0), 'node', node or '', 'extra', extra or '')
+  local a = attempt or 0
+  if type(a) == 'number' then a = istr(a) end
+  redis.call('XADD', K.events, 'MAXLEN', '~', '100000', '*', 'kind', kind, 'trace_id', tid or '',
+             'attempt', tostring(a), 'node', node or '', 'extra', extra or '')
 end
 local function free_key(base)
   local k, i = base, 1
