@@ -244,10 +244,19 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
 
     def round_once() -> tuple[int, str]:
         # check and refresh the lock in one round trip (the OWN step: taken again if it expired, never from another)
-        held, holder = scripts.own(keys=[keys.scheduler_lock], args=[me, LOCK_TTL_MS, ""])
+        # and read the head, this round's and the next's, in the same round trip
+        own = [keys.scheduler_lock], [me, LOCK_TTL_MS, ""]
+        pipe = client.pipeline(transaction=False)
+        scripts.own(keys=own[0], args=own[1], client=pipe)
+        read_head(pipe, keys.pending, 2 * want[0])
+        lock, head = pipe.execute(raise_on_error=False)
+        if isinstance(head, Exception):
+            raise head
+        if isinstance(lock, Exception):
+            lock = scripts.own(keys=own[0], args=own[1])  # e.g. the library was lost: the usual call loads it
+        held, holder = lock
         if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
-        head = read_head(client, keys.pending, 2 * want[0])
         finish = scripts.place.begin([cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0",
                                       *gate.place_args(head[:want[0]])])
         try:

@@ -62,6 +62,7 @@ class HeadGate:
             self.fields(raw)
 
 
-def read_head(client: redis.Redis, key: str, count: int) -> list[bytes]:
-    """The first ``count`` entries of a queue as bytes (a payload that is not UTF-8 must reach the gate as is)."""
+def read_head(client: redis.Redis | redis.client.Pipeline, key: str, count: int) -> list[bytes]:
+    """The first ``count`` entries of a queue as bytes (a payload that is not UTF-8 must reach the gate as is); on
+    a pipeline, the reply comes with its others."""
     return client.execute_command("LRANGE", key, 0, count - 1, **{NEVER_DECODE: True}) or []
