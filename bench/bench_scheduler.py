@@ -47,6 +47,7 @@ from pathlib import Path
 from benchlib import print_table
 from tracekit.cluster.redis_server import RedisServer
 from tracekit.control import central
+from tracekit.control.head_gate import HeadGate, read_head
 from tracekit.control.lua import Scripts, library, weigher_lua
 from tracekit.control.placement import ORDERS, WEIGHER_TABLE
 from tracekit.core import paths
@@ -257,11 +258,12 @@ def fill(srv: RedisServer, nodes: int, weigher: str, order: str) -> dict:
     """Placements/s while empty nodes fill up and nothing completes (Redis does nothing but PLACE calls of 256, the
     scheduler's batch): one task per free unit, repeated on a fresh cluster until 5,000 placements were timed.
 
+    PLACE is called as the scheduler calls it: with the head it read (``LRANGE``) and checked (``HeadGate``).
     Also Redis's own time per script call (INFO commandstats, the least of the repeats: a figure of Redis alone,
-    though the OS may still preempt it): PLACE per placement, and COMPLETE per call for every placed task (taken by
-    a pipelined LMOVE first, as a worker takes it)."""
+    though the OS may still preempt it): PLACE per placement (with its share of the head reads), and COMPLETE per
+    call for every placed task (taken by a pipelined LMOVE first, as a worker takes it)."""
     client, keys = srv.client(), Keys()
-    sc = Scripts(client, keys)
+    sc, gate = Scripts(client, keys), HeadGate()
     placed, spent, place_us, complete_us = 0, 0.0, [], []
     while placed < 5000:
         total = _setup(client, keys, nodes)
@@ -270,14 +272,17 @@ def fill(srv: RedisServer, nodes: int, weigher: str, order: str) -> dict:
             pipe.rpush(keys.pending, _task(i))
         pipe.execute()
         sc.reindex(args=[weigher, order])
+        gate.warm(read_head(client, keys.pending, total))  # the scheduler checks the next head while Redis places
         client.config_resetstat()
         t0 = time.perf_counter()
         n = 0
         while n < total:
-            n += int(sc.place(args=[weigher, order, 256, "0"])[0])
+            head = gate.place_args(read_head(client, keys.pending, 256))
+            n += int(sc.place(args=[weigher, order, 256, "0", *head])[0])
         spent += time.perf_counter() - t0
         placed += total
-        place_us.append(_script_usec(client.info("commandstats")) / total)
+        stats = client.info("commandstats")
+        place_us.append((_script_usec(stats) + stats.get("cmdstat_lrange", {}).get("usec", 0)) / total)
         recs = [json.loads(f["r"]) for _, f in client.xrange(keys.controller_log, "-", "+") if f["f"] == "p"]
         pipe = client.pipeline(transaction=False)
         for r in recs:

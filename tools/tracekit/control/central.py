@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from tracekit.core.keys import Keys
 
 LOCK_TTL_MS = 5000
 LOCK_REFRESH_S = LOCK_TTL_MS / 1000 / 3  # the longest wait between two refreshes of the lock, whatever --reap-interval
+SWITCH_INTERVAL_S = 0.0005
 log = logging.getLogger("scheduler_central")
 
 
@@ -203,9 +205,12 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     if cfg.max_attempts < 1:
         raise UsageError("--max-attempts must be >= 1")
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # the daemon's own process
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        # the log drain's thread parses thousands of entries at a time: the placement loop, woken by a reply,
+        # must not wait the default 5 ms for the interpreter lock (enqueue -> placement latency, Redis left idle)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     health = Health(client, keys, "scheduler")
     retry = Retrier(log, stop, health)
