@@ -3,8 +3,9 @@
 Each ``bench/bench_*.py`` exposes ``run(quick: bool) -> list[dict]`` with rows
 ``{"bench", "metric", "ours", "baseline", "ratio", "target"}``. ``--full`` runs the long versions.
 Registered by their file name: ``bench_cluster``, ``bench_collector``, ``bench_launch`` (placement to exec,
-trivial-task throughput), ``bench_loadgen`` (load generator vs wrk), ``bench_parse_export``,
-``bench_replay_compare`` (sim-vs-real compare, and the replay when it exists, of 100 k tasks), ``bench_scheduler``.
+trivial-task throughput), ``bench_loadgen`` (load generator vs wrk), ``bench_parse_export``, ``bench_payload``
+(µs per ``payload.check`` vs the previous implementation), ``bench_replay_compare`` (sim-vs-real compare, and the
+replay when it exists, of 100 k tasks), ``bench_scheduler``.
 """
 
 from __future__ import annotations

@@ -141,6 +141,40 @@ def _parse_int(s: str) -> int | float:
     return int(s) if math.isfinite(f) else f
 
 
+# The decoders, built once (json.loads builds one per call). An integer literal of at most 308 digits is always
+# finite as a double, so without a run of 309 digits the parse_int callback returns what int() does: skipped.
+_DECODER = json.JSONDecoder(strict=False)
+_DECODER_INT = json.JSONDecoder(strict=False, parse_int=_parse_int)
+_LONG_DIGITS = re.compile(rb"(?<![0-9])[0-9]{309}")  # the lookbehind: one try per run of digits, not per digit
+_UESCAPE = re.compile(rb"\\u")
+
+
+def _loads(text: str, b: bytes) -> object:
+    """``json.loads(text, strict=False, parse_int=_parse_int)``, without the callback when no integer needs it."""
+    if text.startswith("\ufeff"):  # json.loads refuses a BOM before its decoder runs: its own message
+        return json.loads(text, strict=False, parse_int=_parse_int)
+    return (_DECODER_INT if _LONG_DIGITS.search(b) else _DECODER).decode(text)
+
+
+def _finite(v: object) -> bool:
+    """Every number in a parsed value (depth already bounded) is finite (``x - x`` is NaN for NaN and inf)."""
+    t = type(v)
+    if t is float:
+        return v - v == 0
+    if t is dict:
+        v = v.values()
+    elif t is not list:
+        return True
+    for x in v:
+        t = type(x)
+        if t is float:
+            if x - x != 0:
+                return False
+        elif (t is dict or t is list) and not _finite(x):
+            return False
+    return True
+
+
 def _scan(v: object, path: str, found: dict) -> None:
     """Walk a parsed value (depth already bounded): the first non-finite number, any lone surrogate."""
     if isinstance(v, float):
@@ -209,6 +243,41 @@ def _fields(d: dict) -> tuple[str, str] | None:
     return None
 
 
+def _usual(d: dict) -> bool:
+    """The usual payload's fields, checked in one pass: True only when :func:`_fields` finds nothing (no reason
+    built). False says nothing: the caller then asks :func:`_fields`."""
+    get = d.get
+    tid, prof = get("trace_id"), get("profile")
+    if not (type(tid) is str and type(prof) is str and len(tid) <= MAX_ID_LEN and len(prof) <= MAX_ID_LEN
+            and _ID_STR.match(tid) and _ID_STR.match(prof)):
+        return False
+    v = get("cpu_units")
+    if v is not None and not (type(v) is int and CPU_UNITS[0] <= v <= CPU_UNITS[1]):
+        return False
+    v = get("attempt")
+    if v is not None and not (type(v) is int and ATTEMPTS[0] <= v <= ATTEMPTS[1]):
+        return False
+    v = get("ts_enqueue")
+    if not ((type(v) is int or type(v) is float) and TS_MS[0] <= v <= TS_MS[1]):
+        return False
+    v = get("ts_dispatch")
+    if v is not None and not ((type(v) is int or type(v) is float) and TS_MS[0] <= v <= TS_MS[1]):
+        return False
+    v = get("node")
+    if v is not None and type(v) is not str:
+        return False
+    for key in ("input", "output"):
+        v = get(key)
+        if v is not None and not _path_ok(v):
+            return False
+    v = get("params")
+    if v is not None and type(v) is not dict and v != []:
+        return False
+    # any CPU control present: binding_problem's own checks
+    return get("cpuset") is None and get("cpu_quota") is None and get("cpu_weight") is None \
+        and get("unit_name") is None
+
+
 def cpuset_ok(v: object) -> bool:
     """``v`` is a CPU list string: comma-separated numbers or ascending ranges (``0-1``, ``2,5-7``)."""
     if not isinstance(v, str) or not 0 < len(v) <= CPUSET_MAX_CHARS:
@@ -236,7 +305,12 @@ def binding_problem(d: dict) -> str | None:
 
 def check(raw: str | bytes) -> Envelope:
     """Apply every rule to one payload; the :class:`Envelope` or :class:`InvalidPayload`. Never raises anything
-    else, whatever the input (no recursion, no decoding error, no overflow)."""
+    else, whatever the input (no recursion, no decoding error, no overflow).
+
+    The central scheduler runs this once per placed task, so the usual payload (printable, shallow, no ``\\u``
+    escape, no huge integer, fields of the usual types) takes fast paths that skip work it cannot need; every
+    other payload takes the full checks. Each fast path gives the verdict the full check would (same rule,
+    trace_id, attempt, profile and reason): see "The payload gate's fast paths" in docs/internals.md."""
     b = as_bytes(raw)
     if len(b) > MAX_PAYLOAD_BYTES:
         raise InvalidPayload(f"payload of {len(b)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit", "size",
@@ -245,22 +319,32 @@ def check(raw: str | bytes) -> Envelope:
         text = b.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidPayload(f"payload is not valid UTF-8 (byte {exc.start})", "utf8", trace_hint(b)) from None
-    m = _CONTROL.search(b)
-    if m:
-        raise InvalidPayload(f"payload holds a control character (0x{m.group()[0]:02x} at byte {m.start()})",
-                             "control", trace_hint(b))
-    if depth_of(b) > MAX_DEPTH:
+    # a control character is never printable: printable text (the usual payload) needs no scan
+    if not text.isprintable():
+        m = _CONTROL.search(b)
+        if m:
+            raise InvalidPayload(f"payload holds a control character (0x{m.group()[0]:02x} at byte {m.start()})",
+                                 "control", trace_hint(b))
+    # nesting deeper than MAX_DEPTH needs more opening brackets than that in the whole text (strings included)
+    if b.count(b"[") + b.count(b"{") > MAX_DEPTH and depth_of(b) > MAX_DEPTH:
         raise InvalidPayload(f"payload nests deeper than {MAX_DEPTH} levels", "depth", trace_hint(b))
     try:
-        d = json.loads(text, strict=False, parse_int=_parse_int)
+        d = _loads(text, b)
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise InvalidPayload(f"payload is not valid JSON: {exc}", "json", trace_hint(b)) from None
     found: dict = {}
-    _scan(d, "", found)
+    # a lone surrogate comes only from a \u escape (strict UTF-8 decoding never yields one): without one in the
+    # bytes, only the numbers need a look, and a cheap walk tells whether one is not finite
+    if _UESCAPE.search(b) or not _finite(d):
+        _scan(d, "", found)
     if "surrogate" in found:
         raise InvalidPayload("payload is not valid JSON: lone surrogate \\u escape", "json", trace_hint(b))
     if not isinstance(d, dict):
         raise InvalidPayload("payload must be a JSON object", "object")
+    if not found and _usual(d):
+        a = d.get("attempt")
+        u = d.get("cpu_units")
+        return Envelope(d, d["trace_id"], d["profile"], u, 1 if a is None else a)
     tid = d.get("trace_id") if safe_id(d.get("trace_id")) else None
     attempt = int(d["attempt"]) if _is_int(d.get("attempt"), *ATTEMPTS) else 1
     profile = d.get("profile") if safe_id(d.get("profile")) else None
