@@ -846,7 +846,9 @@ event(outcome, tid, attempt, node, '')
 redis.call('XADD', K.controller_log, '*', 'f', 'c', 'r', '{"kind":"release","trace_id":' .. cjson.encode(tid) ..
   ',"attempt":' .. istr(attempt) .. ',"node_id":' .. cjson.encode(node) .. ',"ts":' .. string.format('%d', now_ms()) ..
   ',"outcome":' .. cjson.encode(outcome) .. '}')
-wake()
+-- the capacity back matters to the scheduler only when a task waits (else the next push wakes it): a round per
+-- completion on an idle queue would delay the next placement and cost Redis ~20 µs each
+if placed and redis.call('EXISTS', K.pending) == 1 then wake() end
 return verdict
 """
 
