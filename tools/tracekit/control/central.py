@@ -247,18 +247,28 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     # waits for capacity is not read whole again every round)
     want = [16]
 
-    def round_once() -> tuple[int, str]:
-        # check and refresh the lock in one round trip (the OWN step: taken again if it expired, never from another)
-        # and read the head, this round's and the next's, in the same round trip
-        own = [keys.scheduler_lock], [me, LOCK_TTL_MS, ""]
+    own = [keys.scheduler_lock], [me, LOCK_TTL_MS, ""]
+
+    def lock_and_head(wait: float | None = None) -> tuple[list, list[bytes]]:
+        # check and refresh the lock (the OWN step: taken again if it expired, never from another) and read the
+        # head, this round's and the next's, in one round trip; with a wait, the wake list is waited on first in
+        # the same pipeline, so the head is read the moment the scheduler is woken
         pipe = client.pipeline(transaction=False)
+        if wait is not None:
+            pipe.blpop([keys.wake], timeout=wait)
         scripts.own(keys=own[0], args=own[1], client=pipe)
         read_head(pipe, keys.pending, 2 * want[0])
-        lock, head = pipe.execute(raise_on_error=False)
-        if isinstance(head, Exception):
-            raise head
+        *woke, lock, head = pipe.execute(raise_on_error=False)
+        for reply in (*woke, head):
+            if isinstance(reply, Exception):
+                raise reply
         if isinstance(lock, Exception):
             lock = scripts.own(keys=own[0], args=own[1])  # e.g. the library was lost: the usual call loads it
+        return lock, head
+
+    def round_once(read: list) -> tuple[int, str]:
+        # read: the lock and head read when the wait ended (taken once: a retried round reads them again)
+        lock, head = read.pop() if read else lock_and_head()
         held, holder = lock
         if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
@@ -272,10 +282,11 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
         drain_wake.set()
         return int(placed), status
 
+    read: list = []
     try:
         while not stop.is_set():
             try:
-                placed, status = retry(round_once, "place")
+                placed, status = retry(lambda r=read: round_once(r), "place")
             except redis.RedisError:
                 if stop.is_set():
                     break
@@ -301,7 +312,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
                 break
             timeout = max(0.05, min(cfg.reap_interval, next_reap - time.monotonic(), LOCK_REFRESH_S))
             try:
-                retry(lambda t=timeout: client.blpop([keys.wake], timeout=t), "wait")
+                read = [retry(lambda t=timeout: lock_and_head(t), "wait")]
             except redis.RedisError:
                 if stop.is_set():
                     break
