@@ -847,8 +847,11 @@ redis.call('XADD', K.controller_log, '*', 'f', 'c', 'r', '{"kind":"release","tra
   ',"attempt":' .. istr(attempt) .. ',"node_id":' .. cjson.encode(node) .. ',"ts":' .. string.format('%d', now_ms()) ..
   ',"outcome":' .. cjson.encode(outcome) .. '}')
 -- the capacity back matters to the scheduler only when a task waits (else the next push wakes it): a round per
--- completion on an idle queue would delay the next placement and cost Redis ~20 µs each
-if placed and redis.call('EXISTS', K.pending) == 1 then wake() end
+-- completion on an idle queue would delay the next placement and cost Redis ~20 µs each. The wake list is looked
+-- at first: while the scheduler is busy it holds its one element already (one call, the usual case)
+if placed and redis.call('LLEN', K.wake) == 0 and redis.call('EXISTS', K.pending) == 1 then
+  redis.call('LPUSH', K.wake, '1')
+end
 return verdict
 """
 
