@@ -245,7 +245,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
     gate = HeadGate()
     # how much of the head to read and check for the next round: about what the last rounds placed (a head that
     # waits for capacity is not read whole again every round)
-    want = [16]
+    want = 16
 
     own = [keys.scheduler_lock], [me, LOCK_TTL_MS, ""]
 
@@ -257,7 +257,7 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
         if wait is not None:
             pipe.blpop([keys.wake], timeout=wait)
         scripts.own(keys=own[0], args=own[1], client=pipe)
-        read_head(pipe, keys.pending, 2 * want[0])
+        read_head(pipe, keys.pending, 2 * want)
         *woke, lock, head = pipe.execute(raise_on_error=False)
         for reply in (*woke, head):
             if isinstance(reply, Exception):
@@ -268,17 +268,18 @@ def run(client: redis.Redis, keys: Keys, cfg: SchedulerConfig, stop: threading.E
 
     def round_once(read: list) -> tuple[int, str]:
         # read: the lock and head read when the wait ended (taken once: a retried round reads them again)
+        nonlocal want
         lock, head = read.pop() if read else lock_and_head()
         held, holder = lock
         if not int(held):
             raise Conflict(f"lost the scheduler lock to {holder}; exiting")
         finish = scripts.place.begin([cfg.weigher, cfg.order, cfg.batch, "1" if cfg.log_candidates else "0",
-                                      *gate.place_args(head[:want[0]])])
+                                      *gate.place_args(head[:want])])
         try:
-            gate.warm(head[want[0]:])  # the next round's head, checked while Redis places this one's
+            gate.warm(head[want:])  # the next round's head, checked while Redis places this one's
         finally:
             placed, status = finish()
-        want[0] = min(cfg.batch, max(16, 2 * int(placed)))
+        want = min(cfg.batch, max(16, 2 * int(placed)))
         drain_wake.set()
         return int(placed), status
 
