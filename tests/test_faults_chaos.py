@@ -131,6 +131,10 @@ def test_healed_node_stops_its_doomed_attempt_before_taking_new_work(run_env, tm
                                                   "ts_enqueue": 1, "attempt": 1, "output": "o/L1.out"}))
         redis_client.lpush(k.wake, "1")
         wait(lambda: redis_client.llen(k.running("h1")) == 1)
+        # and its adapter is up (the task's PID sentinel is there): a worker frozen between taking a task and
+        # starting its adapter is another race (an adapter stopped before it installs its handlers records nothing)
+        pids = Path(env.get("PROC_PID_DIR") or paths.run_dir(rid) / "pids")
+        wait(lambda: pids.is_dir() and any(pids.iterdir()))
         procs[0].send_signal(signal.SIGSTOP)  # no heartbeat; its task keeps running
         try:
             wait(lambda: redis_client.zcard(k.nodes) == 0, timeout=10)
