@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import pytest
 
-from test_node_helpers import alive, event_of, node_env, sentinels, wait_for
-from tracekit.control.launch import LauncherClient, LauncherUnavailable
+from test_node_helpers import adapter_cmd, alive, event_of, node_env, sentinels, wait_for
+from tracekit.control.launch import LauncherClient, LauncherUnavailable, spawn_adapter
 from tracekit.core import paths
 
 
@@ -109,3 +110,28 @@ def test_audit_launch_overhead_per_node(tmp_path):
     assert "subprocess 1" in row_b and "33.3 %" in row_b
     assert audit.launch_overhead(ParseResult(run_dir=tmp_path, out_dir=tmp_path)) == [
         "no exec event with ts_dispatch and ts_start"]
+
+
+def test_a_stop_sent_while_the_adapter_starts_is_forwarded_and_recorded(launcher):
+    """SIGTERM the moment the launcher forked the adapter (before it installed its handlers): the adapter starts
+    with it blocked, forwards it once it can, and records the attempt (it used to die of it, recording nothing)."""
+    client, env, log = launcher
+    for i in range(5):
+        p = client.launch("command", ["sleep", "30"], _task_env(env, f"s{i}"), log)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 128 + signal.SIGTERM
+        assert event_of(env, f"s{i}")["signal"] == signal.SIGTERM
+
+
+def test_a_stop_sent_while_an_adapter_interpreter_starts_is_recorded(run_env):
+    """The subprocess path (``launch.spawn_adapter``, a fresh interpreter): the same, through exec."""
+    env = node_env(run_env)
+    for i in range(3):
+        e = dict(os.environ, **env)
+        e.update(_task_env(env, f"f{i}", TC_LAUNCH_PATH="subprocess"))
+        p = spawn_adapter(adapter_cmd(["sleep", "30"]), env=e, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 128 + signal.SIGTERM
+        assert event_of(env, f"f{i}")["signal"] == signal.SIGTERM
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's mask is back

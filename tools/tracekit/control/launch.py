@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import threading
 from pathlib import Path
 
 import tracekit
+from tracekit.node.adapter import FORWARDED
 
 log = logging.getLogger("worker")
 LAUNCHER_ENV = "TRACEKIT_LAUNCHER"  # 0 = always the subprocess path
@@ -27,6 +29,17 @@ START_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 5.0
 MAX_MSG = 1 << 20
 DIED_STATUS = 137 << 8  # what a task whose launcher vanished reports: exit code 137 (as if SIGKILLed)
+
+
+def spawn_adapter(argv: list[str], **popen_kw) -> subprocess.Popen:
+    """Start a task's adapter interpreter in its own session (the subprocess path) with its stop signals blocked:
+    the mask survives exec, so a stop sent while it starts waits until the adapter can forward it and record the
+    attempt, instead of killing it before it records anything. Only for an adapter: it unblocks them itself."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    try:
+        return subprocess.Popen(argv, start_new_session=True, **popen_kw)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class LauncherUnavailable(Exception):

@@ -38,7 +38,7 @@ import redis
 
 from tracekit.control import payload
 from tracekit.control.health import Health, guarded
-from tracekit.control.launch import LauncherClient, LauncherUnavailable, launcher_enabled
+from tracekit.control.launch import LauncherClient, LauncherUnavailable, launcher_enabled, spawn_adapter
 from tracekit.control.lua import Scripts
 from tracekit.control.profiles import load_profiles
 from tracekit.control.redis_retry import RedisFatal, Retrier
@@ -693,8 +693,11 @@ class Worker:
             try:
                 env["TC_TS_BOUND"] = _ms(wall_ms())
                 t0 = wall_ms()
-                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        preexec_fn=pre, start_new_session=True)
+                if fallback:
+                    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                            preexec_fn=pre, start_new_session=True)
+                else:
+                    proc = spawn_adapter(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             except OSError as exc:
                 self._finish_failed_launch(raw, task, cmd, str(exc))
                 return None

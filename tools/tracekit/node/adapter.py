@@ -40,7 +40,9 @@ from tracekit.node import cgroupfs, procfs, sentinel
 from tracekit.node import container as ctr
 
 EXIT_PRE_EXEC = 125
-_FORWARDED = {signal.SIGINT, signal.SIGTERM}
+# the stop signals an adapter forwards to its application; whoever starts an adapter blocks them until the adapter
+# can forward them (a stop arriving while it starts would kill it before it records anything)
+FORWARDED = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1
 try:  # loaded before fork: the child must not import anything
     _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -224,7 +226,7 @@ def _child(cfg: AdapterConfig, cpus: list | None, shared: bind.SharedBinding | N
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # a blocked mask would survive exec
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # a blocked mask would survive exec
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -361,15 +363,15 @@ def run(cfg: AdapterConfig) -> int:
 
     # blocked across fork: a signal arriving meanwhile is delivered once the parent knows the child's pid
     # (forwarded), and in the child only after it restored the default handlers (it then dies of it)
-    old = {s: signal.signal(s, forward) for s in _FORWARDED}
-    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    old = {s: signal.signal(s, forward) for s in FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     pid = os.fork()
     if pid == 0:  # child
         os.close(ts_r)
         os.close(err_r)
         _child(cfg, cpus, shared, exec_argv, ts_w, err_w, parent)
     child.append(pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     os.close(ts_w)
     os.close(err_w)
     tee = _StderrTee(err_r)

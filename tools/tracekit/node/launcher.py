@@ -56,7 +56,8 @@ def _adapter_child(req: dict, launcher: int, ts_forked: float, keep: tuple) -> N
         gc.disable()  # a short-lived copy: no collection touching (and copying) the launcher's pages
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        # the stop signals stay blocked (since the fork) until the adapter can forward them; the rest unblocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, adapter.FORWARDED)
         os.setsid()  # like start_new_session: the task's group is killable as one
         if not adapter.set_pdeathsig(signal.SIGTERM, launcher):
             os._exit(adapter.EXIT_PRE_EXEC)
@@ -101,13 +102,16 @@ class Launcher:
 
     def launch(self, req: dict) -> None:
         launcher = os.getpid()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, adapter.FORWARDED)  # the child starts with them blocked
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
             self.send({"op": "error", "id": req.get("id"), "error": f"fork failed: {exc}"})
             return
         if pid == 0:
             _adapter_child(req, launcher, wall_ms(), (self.sock.fileno(), self.wake_r, self.wake_w))
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.children.add(pid)
         self.send({"op": "started", "id": req.get("id"), "pid": pid, "ts_forked": round(wall_ms(), 3)})
 
