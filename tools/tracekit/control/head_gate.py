@@ -55,7 +55,6 @@ class HeadGate:
             out += (raw, *found)
         return out
 
-
     def warm(self, raws: list[bytes]) -> None:
         """Check entries ahead of time (the next round's head, while Redis places this round's)."""
         for raw in raws:
