@@ -977,7 +977,10 @@ class Step:
             reply = self(args=args)
             return lambda: reply
         pool = self.client.connection_pool
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = pool.get_connection("FCALL")
         try:
             conn.send_command("FCALL", self.function, 0, *args)
         except BaseException:
