@@ -94,3 +94,44 @@ def test_a_step_sent_ahead_of_its_reply_reloads_a_flushed_library(redis_client):
     finish = sc.place.begin(["", "min", 10, "0"])
     assert finish() == [0, "blocked"] and calls(redis_client, "fcall") - f0 == 2  # the failed call, then the step
     assert redis_client.llen(K.queue("n1")) == 2 and redis_client.llen(K.pending) == 1
+
+
+def test_the_scheduler_loop_places_through_the_scripts_where_function_is_denied(redis_server, redis_client, run_env):
+    """The central loop (head read in a pipeline with the lock step, PLACE sent ahead) on the EVALSHA path."""
+    import threading
+    import time
+
+    from tracekit.control import central
+
+    seven(redis_client)
+    token = secrets.token_urlsafe(16)
+    redis_client.acl_setuser("tk-nofn2", enabled=True, passwords=[f"+{token}"], commands=["+@all", "-function"],
+                             keys=["*"], channels=["*"])
+    user = redis.Redis(host=redis_server.host, port=redis_server.port, username="tk-nofn2", password=token,
+                       decode_responses=True)
+    stop, loop = threading.Event(), None
+    try:
+        sc = Scripts(user, K)
+        sc.register(args=["n1", "i1", 2, 0, 60_000, "0"])
+        for i in range(4):
+            user.rpush(K.pending, json.dumps({"trace_id": f"a{i}", "profile": "p", "cpu_units": 1, "ts_enqueue": 1}))
+        f0 = calls(redis_client, "fcall")
+        loop = threading.Thread(target=central.run, args=(user, K, central.SchedulerConfig(
+            run_id=run_env["RUN_ID"], reap_interval=0.2), stop))
+        loop.start()
+        deadline = time.monotonic() + 10
+        while user.llen(K.queue("n1")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert user.llen(K.queue("n1")) == 2 and user.llen(K.pending) == 2
+        raw = user.lmove(K.queue("n1"), K.running("n1"), "LEFT", "RIGHT")
+        assert sc.complete(args=["n1", raw, json.loads(raw)["trace_id"], 1, "done", "{}"]) == "ok"
+        while user.llen(K.pending) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert user.llen(K.pending) == 1 and user.llen(K.queue("n1")) == 2  # the freed unit taken by the next
+        assert calls(redis_client, "fcall") == f0
+    finally:
+        stop.set()
+        if loop is not None:
+            loop.join(10)
+        user.close()
+        redis_client.acl_deluser("tk-nofn2")
