@@ -46,22 +46,29 @@ def test_steps_run_as_functions_and_a_flushed_library_is_loaded_again(redis_clie
     assert calls(redis_client, "evalsha") == e0
 
 
-def test_a_user_without_function_runs_the_scripts(redis_server, redis_client):
-    """An ACL that denies FUNCTION (as Redis 6.2 lacks it): the same steps run by EVALSHA, with the same results."""
+@pytest.fixture
+def no_function_user(redis_server, redis_client):
+    """A client whose ACL denies FUNCTION (as Redis 6.2 lacks it): the steps must run by EVALSHA."""
     seven(redis_client)
     token = secrets.token_urlsafe(16)
     redis_client.acl_setuser("tk-nofn", enabled=True, passwords=[f"+{token}"], commands=["+@all", "-function"],
                              keys=["*"], channels=["*"])
+    user = redis.Redis(host=redis_server.host, port=redis_server.port, username="tk-nofn", password=token,
+                       decode_responses=True)
     try:
-        user = redis.Redis(host=redis_server.host, port=redis_server.port, username="tk-nofn", password=token,
-                           decode_responses=True)
-        sc = Scripts(user, K)
-        f0, e0 = calls(redis_client, "fcall"), calls(redis_client, "evalsha")
-        assert one_placement(user, sc) == [1, "empty"]
-        assert calls(redis_client, "fcall") == f0 and calls(redis_client, "evalsha") - e0 >= 3
-        user.close()
+        yield user
     finally:
+        user.close()
         redis_client.acl_deluser("tk-nofn")
+
+
+def test_a_user_without_function_runs_the_scripts(no_function_user, redis_client):
+    """An ACL that denies FUNCTION: the same steps run by EVALSHA, with the same results."""
+    user = no_function_user
+    sc = Scripts(user, K)
+    f0, e0 = calls(redis_client, "fcall"), calls(redis_client, "evalsha")
+    assert one_placement(user, sc) == [1, "empty"]
+    assert calls(redis_client, "fcall") == f0 and calls(redis_client, "evalsha") - e0 >= 3
 
 
 def test_a_function_call_reads_the_active_weighers_afresh(redis_client):
@@ -96,19 +103,15 @@ def test_a_step_sent_ahead_of_its_reply_reloads_a_flushed_library(redis_client):
     assert redis_client.llen(K.queue("n1")) == 2 and redis_client.llen(K.pending) == 1
 
 
-def test_the_scheduler_loop_places_through_the_scripts_where_function_is_denied(redis_server, redis_client, run_env):
+def test_the_scheduler_loop_places_through_the_scripts_where_function_is_denied(no_function_user, redis_client,
+                                                                                 run_env):
     """The central loop (head read in a pipeline with the lock step, PLACE sent ahead) on the EVALSHA path."""
     import threading
     import time
 
     from tracekit.control import central
 
-    seven(redis_client)
-    token = secrets.token_urlsafe(16)
-    redis_client.acl_setuser("tk-nofn2", enabled=True, passwords=[f"+{token}"], commands=["+@all", "-function"],
-                             keys=["*"], channels=["*"])
-    user = redis.Redis(host=redis_server.host, port=redis_server.port, username="tk-nofn2", password=token,
-                       decode_responses=True)
+    user = no_function_user
     stop, loop = threading.Event(), None
     try:
         sc = Scripts(user, K)
@@ -133,5 +136,3 @@ def test_the_scheduler_loop_places_through_the_scripts_where_function_is_denied(
         stop.set()
         if loop is not None:
             loop.join(10)
-        user.close()
-        redis_client.acl_deluser("tk-nofn2")

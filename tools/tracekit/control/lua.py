@@ -960,10 +960,9 @@ class Step:
                 if lib.available:
                     return c.fcall(self.function, len(keys), *keys, *args)
             except redis.exceptions.ResponseError as exc:
-                if "function not found" not in str(exc).lower():
+                if not lib.lost(exc):
                     raise
-                lib.loaded = False  # Redis restarted empty (or FUNCTION FLUSH): load it again, once
-                lib.load(c)
+                lib.load(c)  # once
                 if lib.available:
                     return c.fcall(self.function, len(keys), *keys, *args)
         return self.script_obj(keys=keys, args=args, client=c)
@@ -991,10 +990,9 @@ class Step:
             try:
                 return conn.read_response()
             except redis.exceptions.ResponseError as exc:
-                if "function not found" not in str(exc).lower():
+                if not lib.lost(exc):
                     raise
-                lib.loaded = False  # Redis restarted empty: the usual call loads the library again
-                return self(args=args)
+                return self(args=args)  # the usual call loads the library again
             except BaseException:
                 conn.disconnect()  # a reply may still be on its way: the connection is not reused
                 raise
@@ -1009,6 +1007,14 @@ class _Library:
 
     def __init__(self, code: str) -> None:
         self.code, self.available, self.loaded = code, True, False
+
+    def lost(self, exc: redis.exceptions.ResponseError) -> bool:
+        """Whether ``exc`` says Redis no longer has this library (a restart, ``FUNCTION FLUSH``); it is then loaded
+        again on the next call."""
+        if "function not found" in str(exc).lower():
+            self.loaded = False
+            return True
+        return False
 
     def load(self, client: redis.Redis) -> None:
         try:

@@ -684,20 +684,16 @@ class Worker:
                cpus: list) -> subprocess.Popen | None:
         """The subprocess path: one fresh adapter interpreter (or the bare command when no adapter exists)."""
         with open(self.task_log, "ab") as out:
-            if fallback:
-                argv = cmd.argv
-                pre = (lambda c=tuple(cpus): os.sched_setaffinity(0, c)) if cpus else None
-            else:
-                argv = [sys.executable, str(wrapper), "--", *cmd.argv]
-                pre = None
             try:
                 env["TC_TS_BOUND"] = _ms(wall_ms())
                 t0 = wall_ms()
                 if fallback:
-                    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    pre = (lambda c=tuple(cpus): os.sched_setaffinity(0, c)) if cpus else None
+                    proc = subprocess.Popen(cmd.argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                             preexec_fn=pre, start_new_session=True)
                 else:
-                    proc = spawn_adapter(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                    proc = spawn_adapter([sys.executable, str(wrapper), "--", *cmd.argv], env=env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             except OSError as exc:
                 self._finish_failed_launch(raw, task, cmd, str(exc))
                 return None
